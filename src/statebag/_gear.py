@@ -1,0 +1,94 @@
+"""Parameters shared by both chunker twins: validation, the gear table and the masks.
+
+Both ``statebag._cdc`` (compiled) and ``statebag._cdc_py`` (pure Python) take their tables from
+here, so the two cannot drift apart. Everything in this module is part of the repository format:
+changing a constant changes cut points and so breaks deduplication against existing data
+(``tests/test_chunking_golden.py`` guards it).
+
+Gear table: ``GEAR[i]`` is the little-endian ``uint64`` at byte offset ``8 * i`` of the 2048-byte
+BLAKE3 extended output of ``b"statebag/gear/v1" + seed.to_bytes(8, "little")``.
+
+Masks (normalized chunking, level 2): with ``bits = log2(avg_size)``, ``MASK_S`` has ``bits + 2``
+ones and ``MASK_L`` has ``bits - 2`` ones, both ending at bit 59 (the most significant bit
+used). Bits 60..63 stay clear so that a multi-byte step may compare ``h << k`` with
+``mask << k`` for ``k <= 4`` and still give exactly the byte-wise answer.
+"""
+
+from __future__ import annotations
+
+from blake3 import blake3
+
+from .errors import InvalidInputError
+
+__all__ = [
+    "DEFAULT_AVG_SIZE",
+    "DEFAULT_MAX_SIZE",
+    "DEFAULT_MIN_SIZE",
+    "GEAR_DOMAIN",
+    "MASK_TOP_BIT",
+    "check_params",
+    "gear_table",
+    "masks",
+]
+
+DEFAULT_MIN_SIZE = 4096
+DEFAULT_AVG_SIZE = 16384
+DEFAULT_MAX_SIZE = 65536
+
+MIN_SIZE_FLOOR = 64
+AVG_SIZE_FLOOR = 256
+MAX_SIZE_CEILING = 1 << 30
+SEED_LIMIT = 1 << 64
+
+GEAR_DOMAIN = b"statebag/gear/v1"
+MASK_TOP_BIT = 59
+
+
+def check_params(min_size: int, avg_size: int, max_size: int, seed: int) -> None:
+    """Refuse chunker parameters that the format does not allow, naming the one at fault."""
+    for name, value in (
+        ("min_size", min_size),
+        ("avg_size", avg_size),
+        ("max_size", max_size),
+        ("seed", seed),
+    ):
+        if type(value) is not int:
+            raise InvalidInputError(
+                f"{name} must be an int, got {type(value).__name__}", path=name
+            )
+    if min_size < MIN_SIZE_FLOOR:
+        raise InvalidInputError(
+            f"min_size must be at least {MIN_SIZE_FLOOR}, got {min_size}", path="min_size"
+        )
+    if avg_size < AVG_SIZE_FLOOR or avg_size & (avg_size - 1):
+        raise InvalidInputError(
+            f"avg_size must be a power of two of at least {AVG_SIZE_FLOOR}, got {avg_size}",
+            path="avg_size",
+        )
+    if not min_size < avg_size < max_size:
+        raise InvalidInputError(
+            "chunk sizes must satisfy min_size < avg_size < max_size, got "
+            f"{min_size} / {avg_size} / {max_size}",
+            path="max_size" if avg_size >= max_size else "min_size",
+        )
+    if max_size > MAX_SIZE_CEILING:
+        raise InvalidInputError(
+            f"max_size must be at most {MAX_SIZE_CEILING}, got {max_size}", path="max_size"
+        )
+    if not 0 <= seed < SEED_LIMIT:
+        raise InvalidInputError(f"seed must be in [0, 2**64), got {seed}", path="seed")
+
+
+def gear_table(seed: int) -> list[int]:
+    """The 256 gear values for ``seed``, as documented in the module docstring."""
+    stream = blake3(GEAR_DOMAIN + seed.to_bytes(8, "little")).digest(length=256 * 8)
+    return [int.from_bytes(stream[8 * i : 8 * i + 8], "little") for i in range(256)]
+
+
+def masks(avg_size: int) -> tuple[int, int]:
+    """``(MASK_S, MASK_L)`` for normalized chunking level 2 around ``avg_size``."""
+    bits = avg_size.bit_length() - 1
+    top = MASK_TOP_BIT + 1
+    mask_s = ((1 << (bits + 2)) - 1) << (top - (bits + 2))
+    mask_l = ((1 << (bits - 2)) - 1) << (top - (bits - 2))
+    return mask_s, mask_l

@@ -1,0 +1,420 @@
+"""Bytes on the wire: the canonical value encoding, and compressed frames.
+
+Two layers, used one after the other when a state is turned into nodes:
+
+1. **Canonical value encoding** (:func:`encode`, :func:`decode`). A JSON-like value (dict
+   with str keys, list, tuple, str, bytes, int, float, bool, None) is encoded with msgspec
+   MessagePack in deterministic order: dict keys are sorted, floats are always float64, so
+   the same value always gives the same bytes whatever the dict insertion order. Anything
+   else (set, datetime, Decimal, Enum, dataclass, msgspec Struct, non-str keys, ints outside
+   ``-2**63 <= i < 2**64``, cycles, lone surrogates) is refused with an
+   :class:`~statebag.errors.InvalidInputError` whose ``path`` names the place, such as
+   ``messages[3].body`` (``$`` is the root). Types round-trip exactly, except that tuples
+   come back as lists, bytearray and memoryview as bytes, and subclasses of dict, list,
+   str, int and float as the base type.
+
+2. **Frames** (:func:`compress`, :func:`decompress`). A frame is one codec byte followed by
+   the payload: :data:`CODEC_RAW` (the bytes as they are) or :data:`CODEC_ZSTD` (one zstd
+   frame that declares its content size, without checksum). Compression falls back to raw
+   when zstd does not make the bytes smaller. Decompression is bounded: a zstd frame that
+   declares more than ``max_size`` bytes is refused before any work is done. Node ids are
+   the BLAKE3-256 digest of the uncompressed bytes (:func:`digest`); given the expected id,
+   :func:`decompress` re-hashes and refuses a mismatch with an
+   :class:`~statebag.errors.IntegrityError`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from enum import Enum
+from itertools import chain
+from typing import Any, NoReturn
+
+import msgspec
+import zstandard
+from blake3 import blake3
+
+from .errors import IntegrityError, InvalidInputError
+
+__all__ = [
+    "CODEC_RAW",
+    "CODEC_ZSTD",
+    "DEFAULT_LEVEL",
+    "compress",
+    "decode",
+    "decompress",
+    "digest",
+    "encode",
+]
+
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+DEFAULT_LEVEL = 3
+
+_MIN_LEVEL = -7
+_MAX_LEVEL = 22
+_DIGEST_SIZE = 32
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+
+# ---------------------------------------------------------------------------------------------
+# Canonical value encoding
+# ---------------------------------------------------------------------------------------------
+
+# Exact leaf types msgspec encodes the way we want. bytearray and memoryview become msgpack
+# bin and decode as bytes.
+_LEAVES: frozenset[type] = frozenset(
+    {str, int, float, bool, type(None), bytes, bytearray, memoryview}
+)
+
+
+def _enc_hook(obj: Any) -> Any:
+    # msgspec only calls this for types it does not encode natively. The validation walk lets
+    # nothing reach it except subclasses of str, int and float, which become the base type.
+    if isinstance(obj, str):
+        return str(obj)
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    raise TypeError(f"unsupported type {type(obj).__qualname__}")
+
+
+class _ExtensionFound(Exception):
+    """A msgpack extension type in a buffer: our encoder never writes one."""
+
+
+def _ext_hook(code: int, data: memoryview) -> Any:
+    raise _ExtensionFound(f"msgpack extension type {code} is not part of the format")
+
+
+# Exact types needing no check beyond their type (str and int have content checks).
+_PLAIN_LEAVES: frozenset[type] = _LEAVES - {str, int}
+
+_ENCODER = msgspec.msgpack.Encoder(order="deterministic", enc_hook=_enc_hook)
+_DECODER = msgspec.msgpack.Decoder(ext_hook=_ext_hook)
+
+
+def encode(value: Any, /) -> bytes:
+    """Encode a JSON-like value to canonical MessagePack bytes.
+
+    Raises :class:`InvalidInputError` (a ``ValueError``) naming the path of the first value
+    that cannot be stored exactly.
+    """
+    limit = sys.getrecursionlimit()
+    failure: BaseException | None = None
+    if _quick_check(value, limit):
+        try:
+            return _ENCODER.encode(value)
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            # Out-of-range ints, non-str keys and lone surrogates land here; the full walk
+            # below finds where they are.
+            failure = exc
+    _diagnose(value, limit)
+    if isinstance(failure, RecursionError):
+        raise InvalidInputError(
+            f"value at $ is nested too deeply to encode (the limit is about {limit} levels, "
+            "less the depth of the calling code)",
+            path="$",
+        ) from failure
+    raise InvalidInputError(f"value at $ cannot be encoded: {failure}", path="$") from failure
+
+
+def decode(data: bytes | memoryview, /) -> Any:
+    """Decode canonical MessagePack bytes; dicts iterate in sorted key order.
+
+    A malformed buffer raises :class:`IntegrityError` with the decoder's error as cause.
+    """
+    try:
+        return _DECODER.decode(data)
+    except (msgspec.DecodeError, _ExtensionFound) as exc:
+        raise IntegrityError(f"malformed encoded value: {exc}") from exc
+
+
+def _quick_check(value: object, max_depth: int) -> bool:
+    """Cheap first pass: True when msgspec may encode ``value`` as it is.
+
+    Only refuses what msgspec would silently accept with another meaning (set, datetime,
+    Enum, Struct, dataclass, tuple subclasses ...) and nesting deeper than ``max_depth``, which
+    is also how a cycle shows up. Anything msgspec refuses by itself (non-str keys, ints out of
+    range, lone surrogates) is left to it. On False, :func:`_diagnose` finds the culprit.
+    """
+    leaves = _LEAVES
+    stack: list[Iterator[Any]] = [iter((value,))]
+    push = stack.append
+    children: Iterator[Any]
+    while stack:
+        for item in stack[-1]:
+            kind = type(item)
+            if kind in leaves:
+                continue
+            if kind is dict:
+                children = iter(item.values())
+            elif kind is list or kind is tuple:
+                children = iter(item)
+            elif isinstance(item, Enum):  # Rare from here on: subclasses.
+                return False
+            elif isinstance(item, dict):
+                children = iter(dict.values(item))
+            elif isinstance(item, list):
+                children = list.__iter__(item)
+            elif isinstance(item, (str, int, float)):
+                continue
+            else:
+                return False
+            # Tight loop over the leaves of the container; stop at the first non-leaf.
+            for child in children:
+                if type(child) not in leaves:
+                    break
+            else:
+                continue
+            if len(stack) > max_depth:
+                return False
+            push(chain((child,), children))
+            break
+        else:
+            stack.pop()
+    return True
+
+
+def _child_path(parent: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    if key.isidentifier():
+        return f"{parent}.{key}" if parent else key
+    return f"{parent}[{json.dumps(key)}]"
+
+
+def _show(path: str) -> str:
+    return path or "$"
+
+
+def _check_str(text: str, path: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"{what} at {_show(path)} is not valid Unicode (lone surrogate at position "
+            f"{exc.start})",
+            path=_show(path),
+        ) from exc
+
+
+def _diagnose(value: object, max_depth: int) -> None:
+    """Full walk with paths: raise InvalidInputError at the first problem found, if any.
+
+    Refuses everything :func:`_quick_check` refuses, and what msgspec refuses by itself.
+    """
+    # Each frame: (children as (key, child) pairs, path of the container or None for the
+    # pseudo-container around the root, id of the container).
+    stack: list[tuple[Iterator[tuple[str | int, Any]], str | None, int]] = [
+        (iter((("", value),)), None, 0)
+    ]
+    on_path: dict[int, str] = {}  # id of each container on the current path -> its path
+    while stack:
+        children, parent, _ = stack[-1]
+        for key, item in children:
+            path = "" if parent is None else _child_path(parent, key)
+            kind = type(item)
+            if kind in _PLAIN_LEAVES:
+                continue
+            if isinstance(item, Enum):
+                _unsupported(item, path)
+            if isinstance(item, str):
+                _check_str(item, path, "string")
+                continue
+            if isinstance(item, int):
+                if not _INT_MIN <= item <= _INT_MAX:
+                    raise InvalidInputError(
+                        f"int at {_show(path)} is out of range: {item} is not within "
+                        "-2**63 .. 2**64-1",
+                        path=_show(path),
+                    )
+                continue
+            if isinstance(item, float):
+                continue
+            pairs: Iterator[tuple[str | int, Any]]
+            if isinstance(item, dict):
+                for k in dict.keys(item):
+                    if not isinstance(k, str):
+                        raise InvalidInputError(
+                            f"dict at {_show(path)} has key {k!r} of type "
+                            f"{type(k).__qualname__}; only str keys can be stored",
+                            path=_show(path),
+                        )
+                    _check_str(k, path, f"dict key {k!r}")
+                pairs = iter(dict.items(item))
+            elif kind is tuple or isinstance(item, list):
+                pairs = enumerate(item)
+            else:
+                _unsupported(item, path)
+            ident = id(item)
+            if ident in on_path:
+                raise InvalidInputError(
+                    f"cycle at {_show(path)}: the value contains itself (it is the same "
+                    f"object as {_show(on_path[ident])})",
+                    path=_show(path),
+                )
+            if len(stack) > max_depth:
+                raise InvalidInputError(
+                    f"value at {_show(path)} is nested more than {max_depth} levels deep",
+                    path=_show(path),
+                )
+            on_path[ident] = path
+            stack.append((pairs, path, ident))
+            break
+        else:
+            _, parent, ident = stack.pop()
+            if parent is not None:
+                del on_path[ident]
+
+
+def _unsupported(item: object, path: str) -> NoReturn:
+    raise InvalidInputError(
+        f"unsupported type {type(item).__qualname__} at {_show(path)}: only dict (with str "
+        "keys), list, tuple, str, bytes, int, float, bool and None can be stored",
+        path=_show(path),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Frames
+# ---------------------------------------------------------------------------------------------
+
+_RAW_HEADER = bytes([CODEC_RAW])
+_ZSTD_HEADER = bytes([CODEC_ZSTD])
+
+
+class _Contexts(threading.local):
+    """zstandard contexts are not thread-safe: each thread keeps its own."""
+
+    def __init__(self) -> None:
+        self.compressors: dict[int, zstandard.ZstdCompressor] = {}
+        self.decompressor: zstandard.ZstdDecompressor | None = None
+
+
+_contexts = _Contexts()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    compressor = _contexts.compressors.get(level)
+    if compressor is None:
+        compressor = zstandard.ZstdCompressor(
+            level=level, write_content_size=True, write_checksum=False
+        )
+        _contexts.compressors[level] = compressor
+    return compressor
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    decompressor = _contexts.decompressor
+    if decompressor is None:
+        decompressor = _contexts.decompressor = zstandard.ZstdDecompressor()
+    return decompressor
+
+
+def digest(data: bytes | memoryview, /) -> bytes:
+    """The 32-byte BLAKE3 digest of (uncompressed) bytes: the id of a node."""
+    return blake3(data).digest()
+
+
+def compress(raw: bytes | memoryview, /, *, level: int = DEFAULT_LEVEL) -> bytes:
+    """Return a frame holding ``raw``: zstd at ``level``, or raw when zstd does not pay.
+
+    ``level`` is 0 (store raw without trying), 1..22, or a fast level -1..-7.
+    """
+    if type(level) is not int or not _MIN_LEVEL <= level <= _MAX_LEVEL:
+        raise InvalidInputError(
+            f"level must be an int from {_MIN_LEVEL} to {_MAX_LEVEL} (0 stores raw), not {level!r}",
+            path="level",
+        )
+    if level:
+        packed = _compressor(level).compress(raw)
+        if len(packed) < len(raw):
+            return _ZSTD_HEADER + packed
+    return _RAW_HEADER + raw
+
+
+def decompress(
+    frame: bytes | memoryview, /, *, max_size: int, expected: bytes | None = None
+) -> bytes:
+    """Return the bytes held in ``frame``, at most ``max_size`` of them.
+
+    With ``expected`` (a 32-byte BLAKE3 digest), the result must hash to it. Any malformed,
+    truncated, oversized or mismatching frame raises :class:`IntegrityError`.
+    """
+    if type(max_size) is not int or max_size < 0:
+        raise InvalidInputError(
+            f"max_size must be a non-negative int, not {max_size!r}", path="max_size"
+        )
+    object_id: str | None = None
+    if expected is not None:
+        if len(expected) != _DIGEST_SIZE:
+            raise InvalidInputError(
+                f"expected must be a {_DIGEST_SIZE}-byte digest, not {len(expected)} bytes",
+                path="expected",
+            )
+        object_id = bytes(expected).hex()
+    where = f" of object {object_id}" if object_id else ""
+
+    view = memoryview(frame)
+    if not view.nbytes:
+        raise IntegrityError(f"empty frame{where}: no codec byte", object_id=object_id)
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    codec = view[0]
+    payload = view[1:]
+    if codec == CODEC_RAW:
+        if len(payload) > max_size:
+            raise IntegrityError(
+                f"raw frame{where} holds {len(payload)} bytes, more than the maximum {max_size}",
+                object_id=object_id,
+            )
+        raw = bytes(payload)
+    elif codec == CODEC_ZSTD:
+        raw = _unzstd(payload, max_size, where, object_id)
+    else:
+        raise IntegrityError(
+            f"frame{where} has unknown codec byte {codec} (known: {CODEC_RAW} raw, "
+            f"{CODEC_ZSTD} zstd)",
+            object_id=object_id,
+        )
+    if expected is not None:
+        actual = blake3(raw).digest()
+        if actual != expected:
+            raise IntegrityError(
+                f"object {object_id} is corrupt: its bytes hash to {actual.hex()}",
+                object_id=object_id,
+            )
+    return raw
+
+
+def _unzstd(payload: memoryview, max_size: int, where: str, object_id: str | None) -> bytes:
+    try:
+        declared = zstandard.get_frame_parameters(payload).content_size
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(
+            f"zstd frame{where} has a malformed header: {exc}", object_id=object_id
+        ) from exc
+    if declared in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR):
+        raise IntegrityError(
+            f"zstd frame{where} does not declare its content size", object_id=object_id
+        )
+    if declared > max_size:
+        raise IntegrityError(
+            f"zstd frame{where} declares {declared} bytes, more than the maximum {max_size}",
+            object_id=object_id,
+        )
+    try:
+        raw = _decompressor().decompress(payload, max_output_size=declared)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"zstd frame{where} is corrupt: {exc}", object_id=object_id) from exc
+    if len(raw) != declared:
+        raise IntegrityError(
+            f"zstd frame{where} declares {declared} bytes but holds {len(raw)}",
+            object_id=object_id,
+        )
+    return raw
