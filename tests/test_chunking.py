@@ -117,9 +117,7 @@ def test_any_contiguous_buffer_gives_the_same_cuts(chunker_cls: Any, buffer_type
 
 def test_digests_are_blake3_of_each_chunk(chunker_cls: Any) -> None:
     data = json_like_bytes(200_000, seed=3)
-    offsets, digests = chunker_cls(min_size=1024, avg_size=4096, max_size=16384).cut_and_hash(
-        data
-    )
+    offsets, digests = chunker_cls(min_size=1024, avg_size=4096, max_size=16384).cut_and_hash(data)
     starts = [0, *offsets[:-1]]
     assert digests == [blake3(data[a:b]).digest() for a, b in zip(starts, offsets, strict=True)]
     assert all(len(d) == 32 for d in digests)

@@ -64,7 +64,7 @@ cdef struct _Params:
     uint64_t gear_ls[256]
 
 
-cdef inline size_t _find_cut(const _Params* c, const uint8_t* p, size_t i, size_t end,
+cdef inline size_t _find_cut(_Params* c, const uint8_t* p, size_t i, size_t end,
                              uint64_t* fp_io, uint64_t mask) noexcept nogil:
     """Offset just past the first byte of p[i:end] whose hash has no bit of mask, else 0.
 
@@ -117,7 +117,7 @@ cdef inline size_t _find_cut(const _Params* c, const uint8_t* p, size_t i, size_
     return 0
 
 
-cdef inline size_t _chunk_length(const _Params* c, const uint8_t* p, size_t remaining) noexcept nogil:
+cdef inline size_t _chunk_length(_Params* c, const uint8_t* p, size_t remaining) noexcept nogil:
     if remaining <= c.min_size:
         return remaining
     cdef size_t limit = remaining if remaining < c.max_size else c.max_size
@@ -132,7 +132,7 @@ cdef inline size_t _chunk_length(const _Params* c, const uint8_t* p, size_t rema
     return limit
 
 
-cdef size_t _cut_batch(const _Params* c, const uint8_t* p, size_t start, size_t n,
+cdef size_t _cut_batch(_Params* c, const uint8_t* p, size_t start, size_t n,
                        size_t* ends, size_t max_chunks, size_t max_bytes) noexcept nogil:
     """Cut chunks from start until max_chunks are found, max_bytes are passed or n is reached."""
     cdef size_t count = 0
@@ -176,7 +176,7 @@ cdef extern from *:
 
 
 cdef struct _Scan:
-    const _Params* params
+    _Params* params
     const uint8_t* data
     size_t n
     size_t* ends        # ends[k] is written once, before published becomes > k

@@ -7,18 +7,15 @@ steps give exactly the same answers (see the header of ``ext/statebag/_cdc.pyx``
 
 from __future__ import annotations
 
-from typing import Union
-
 from blake3 import blake3
 
 from . import _gear
+from ._typing import Buffer
 from .errors import InvalidInputError
 
 __all__ = ["Chunker"]
 
 _U64 = (1 << 64) - 1
-
-Buffer = Union[bytes, bytearray, memoryview]
 
 
 class Chunker:

@@ -53,9 +53,7 @@ def check_params(min_size: int, avg_size: int, max_size: int, seed: int) -> None
         ("seed", seed),
     ):
         if type(value) is not int:
-            raise InvalidInputError(
-                f"{name} must be an int, got {type(value).__name__}", path=name
-            )
+            raise InvalidInputError(f"{name} must be an int, got {type(value).__name__}", path=name)
     if min_size < MIN_SIZE_FLOOR:
         raise InvalidInputError(
             f"min_size must be at least {MIN_SIZE_FLOOR}, got {min_size}", path="min_size"

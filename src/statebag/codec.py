@@ -18,7 +18,8 @@ Two layers, used one after the other when a state is turned into nodes:
    frame that declares its content size, without checksum). Compression falls back to raw
    when zstd does not make the bytes smaller. Decompression is bounded: a zstd frame that
    declares more than ``max_size`` bytes is refused before any work is done. Node ids are
-   the BLAKE3-256 digest of the uncompressed bytes (:func:`digest`); given the expected id,
+   the BLAKE3-256 digest of the uncompressed bytes
+   (:func:`statebag.hashing.hash_bytes`); given the expected id,
    :func:`decompress` re-hashes and refuses a mismatch with an
    :class:`~statebag.errors.IntegrityError`.
 """
@@ -35,9 +36,9 @@ from typing import Any, NoReturn
 
 import msgspec
 import zstandard
-from blake3 import blake3
 
 from .errors import IntegrityError, InvalidInputError
+from .hashing import DIGEST_SIZE, hash_bytes
 
 __all__ = [
     "CODEC_RAW",
@@ -46,7 +47,6 @@ __all__ = [
     "compress",
     "decode",
     "decompress",
-    "digest",
     "encode",
 ]
 
@@ -56,7 +56,6 @@ DEFAULT_LEVEL = 3
 
 _MIN_LEVEL = -7
 _MAX_LEVEL = 22
-_DIGEST_SIZE = 32
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 
@@ -316,11 +315,6 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return decompressor
 
 
-def digest(data: bytes | memoryview, /) -> bytes:
-    """The 32-byte BLAKE3 digest of (uncompressed) bytes: the id of a node."""
-    return blake3(data).digest()
-
-
 def compress(raw: bytes | memoryview, /, *, level: int = DEFAULT_LEVEL) -> bytes:
     """Return a frame holding ``raw``: zstd at ``level``, or raw when zstd does not pay.
 
@@ -352,9 +346,9 @@ def decompress(
         )
     object_id: str | None = None
     if expected is not None:
-        if len(expected) != _DIGEST_SIZE:
+        if len(expected) != DIGEST_SIZE:
             raise InvalidInputError(
-                f"expected must be a {_DIGEST_SIZE}-byte digest, not {len(expected)} bytes",
+                f"expected must be a {DIGEST_SIZE}-byte digest, not {len(expected)} bytes",
                 path="expected",
             )
         object_id = bytes(expected).hex()
@@ -383,7 +377,7 @@ def decompress(
             object_id=object_id,
         )
     if expected is not None:
-        actual = blake3(raw).digest()
+        actual = hash_bytes(raw)
         if actual != expected:
             raise IntegrityError(
                 f"object {object_id} is corrupt: its bytes hash to {actual.hex()}",

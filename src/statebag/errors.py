@@ -5,7 +5,7 @@
 - ``ConflictError``: another writer moved first; reload and retry the step.
 - ``IntegrityError``: stored bytes do not match their id; restore or repair, never retry.
 - ``ConfigError``: the repository or environment is set up wrongly; fix the setting named.
-- ``BackendError``: the object or metadata store failed; ``retryable`` says whether a retry may help.
+- ``BackendError``: the object or metadata store failed; ``retryable`` says if a retry may help.
 
 Every class has a stable ``kind`` code and a CLI ``exit_code``.
 """

@@ -7,15 +7,13 @@ The ``blake3`` package releases the GIL for inputs of 2 KiB and more.
 
 from __future__ import annotations
 
-from typing import Union
-
 from blake3 import blake3 as Hasher
+
+from ._typing import Buffer
 
 __all__ = ["DIGEST_SIZE", "Hasher", "hash_bytes"]
 
 DIGEST_SIZE = 32
-
-Buffer = Union[bytes, bytearray, memoryview]
 
 
 def hash_bytes(data: Buffer, /) -> bytes:

@@ -9,8 +9,8 @@ and refuses anything but 64 lowercase hex characters, naming the field it was gi
 from __future__ import annotations
 
 import re
-from typing import Union
 
+from ._typing import Buffer
 from .errors import InvalidInputError
 from .hashing import DIGEST_SIZE, hash_bytes
 
@@ -19,8 +19,6 @@ __all__ = ["HEX_LENGTH", "ContentId", "looks_like_id"]
 HEX_LENGTH = 2 * DIGEST_SIZE
 SHORT_LENGTH = 12
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
-
-Buffer = Union[bytes, bytearray, memoryview]
 
 
 class ContentId(bytes):
