@@ -79,3 +79,33 @@ def test_sdist_ships_the_cython_sources(tmp_path: Path) -> None:
     assert any(n.endswith("ext/statebag/__init__.pxd") for n in names)
     assert any(n.endswith("src/statebag/_cdc.pyi") for n in names)
     assert not any(n.endswith(".c") or n.endswith(".so") for n in names)
+
+
+@pytest.mark.parametrize("require", ["1", ""])
+def test_a_failed_compile_is_fatal_only_when_required(tmp_path: Path, require: str) -> None:
+    pytest.importorskip("Cython", reason="building needs Cython")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATEBAG_")}
+    env.update(CC="false", LDSHARED="false", STATEBAG_REQUIRE_EXTENSIONS=require)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "setup.py",
+            "-q",
+            "build_ext",
+            "--build-lib",
+            str(tmp_path / "lib"),
+            "--build-temp",
+            str(tmp_path / "tmp"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    built = list((tmp_path / "lib").rglob("_cdc*.so"))
+    if require:
+        assert result.returncode != 0, result.stdout + result.stderr
+    else:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "statebag._cdc" in result.stdout + result.stderr  # setuptools says it skipped it
+    assert built == []
