@@ -43,7 +43,6 @@ import threading
 from blake3 import blake3 as _blake3
 
 from statebag import _gear
-from statebag.errors import InvalidInputError
 
 # A batch is the unit handed from the scan to the hashers: small enough to stay in the L2
 # cache between the scan and the hash, large enough that hand-over costs stay negligible.
@@ -142,22 +141,6 @@ cdef size_t _cut_batch(_Params* c, const uint8_t* p, size_t start, size_t n,
         ends[count] = pos
         count += 1
     return count
-
-
-cdef object _byte_view(object data):
-    """A one-dimensional, C-contiguous memoryview of unsigned bytes over ``data``."""
-    cdef object view
-    try:
-        view = memoryview(data)
-    except TypeError:
-        raise InvalidInputError(
-            f"data must be a bytes-like object, got {type(data).__name__}", path="data"
-        ) from None
-    if not view.c_contiguous:
-        raise InvalidInputError("data must be a C-contiguous buffer", path="data")
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    return view
 
 
 cdef extern from *:
@@ -276,7 +259,7 @@ cdef class Chunker:
 
     def cut(self, data, /):
         """End offset of every chunk of ``data``; the last equals ``len(data)``."""
-        cdef const uint8_t[::1] view = _byte_view(data)
+        cdef const uint8_t[::1] view = _gear.byte_view(data)
         cdef size_t n = view.shape[0]
         cdef size_t count
         if n == 0:
@@ -300,11 +283,8 @@ cdef class Chunker:
         More than two threads would only contend for the GIL that every ``blake3`` call
         takes, so ``threads > 2`` behaves as ``threads=2``.
         """
-        if type(threads) is not int or threads < 1:
-            raise InvalidInputError(
-                f"threads must be an int >= 1, got {threads!r}", path="threads"
-            )
-        py_view = _byte_view(data)
+        _gear.check_threads(threads)
+        py_view = _gear.byte_view(data)
         cdef const uint8_t[::1] view = py_view
         cdef size_t n = view.shape[0]
         if n == 0:

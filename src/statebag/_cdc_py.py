@@ -11,7 +11,6 @@ from blake3 import blake3
 
 from . import _gear
 from ._typing import Buffer
-from .errors import InvalidInputError
 
 __all__ = ["Chunker"]
 
@@ -73,7 +72,7 @@ class Chunker:
 
     def cut(self, data: Buffer, /) -> list[int]:
         """End offset of every chunk of ``data``; the last equals ``len(data)``."""
-        view = _byte_view(data)
+        view = _gear.byte_view(data)
         end = len(view)
         offsets: list[int] = []
         pos = 0
@@ -87,8 +86,8 @@ class Chunker:
 
         ``threads`` is accepted for API parity and validated; the twin always runs on one.
         """
-        _check_threads(threads)
-        view = _byte_view(data)
+        _gear.check_threads(threads)
+        view = _gear.byte_view(data)
         offsets = self.cut(view)
         digests = []
         start = 0
@@ -96,22 +95,3 @@ class Chunker:
             digests.append(blake3(view[start:end]).digest())
             start = end
         return offsets, digests
-
-
-def _byte_view(data: Buffer) -> memoryview:
-    try:
-        view = memoryview(data)
-    except TypeError:
-        raise InvalidInputError(
-            f"data must be a bytes-like object, got {type(data).__name__}", path="data"
-        ) from None
-    if not view.c_contiguous:
-        raise InvalidInputError("data must be a C-contiguous buffer", path="data")
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    return view
-
-
-def _check_threads(threads: int) -> None:
-    if type(threads) is not int or threads < 1:
-        raise InvalidInputError(f"threads must be an int >= 1, got {threads!r}", path="threads")

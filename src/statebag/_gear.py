@@ -1,9 +1,9 @@
 """Parameters shared by both chunker twins: validation, the gear table and the masks.
 
-Both ``statebag._cdc`` (compiled) and ``statebag._cdc_py`` (pure Python) take their tables from
-here, so the two cannot drift apart. Everything in this module is part of the repository format:
-changing a constant changes cut points and so breaks deduplication against existing data
-(``tests/test_chunking_golden.py`` guards it).
+Both ``statebag._cdc`` (compiled) and ``statebag._cdc_py`` (pure Python) take their tables
+and their input checks from here, so the two cannot drift apart. The tables and masks are part
+of the repository format: changing one changes cut points and so breaks deduplication against
+existing data (``tests/test_chunking_golden.py`` guards it).
 
 Gear table: ``GEAR[i]`` is the little-endian ``uint64`` at byte offset ``8 * i`` of the 2048-byte
 BLAKE3 extended output of ``b"statebag/gear/v1" + seed.to_bytes(8, "little")``.
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from blake3 import blake3
 
+from ._typing import Buffer
 from .errors import InvalidInputError
 
 __all__ = [
@@ -26,7 +27,9 @@ __all__ = [
     "DEFAULT_MIN_SIZE",
     "GEAR_DOMAIN",
     "MASK_TOP_BIT",
+    "byte_view",
     "check_params",
+    "check_threads",
     "gear_table",
     "masks",
 ]
@@ -90,3 +93,24 @@ def masks(avg_size: int) -> tuple[int, int]:
     mask_s = ((1 << (bits + 2)) - 1) << (top - (bits + 2))
     mask_l = ((1 << (bits - 2)) - 1) << (top - (bits - 2))
     return mask_s, mask_l
+
+
+def byte_view(data: Buffer) -> memoryview:
+    """A one-dimensional, C-contiguous memoryview of unsigned bytes over ``data``."""
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise InvalidInputError(
+            f"data must be a bytes-like object, got {type(data).__name__}", path="data"
+        ) from None
+    if not view.c_contiguous:
+        raise InvalidInputError("data must be a C-contiguous buffer", path="data")
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+def check_threads(threads: int) -> None:
+    """Refuse a thread count that is not a positive int."""
+    if type(threads) is not int or threads < 1:
+        raise InvalidInputError(f"threads must be an int >= 1, got {threads!r}", path="threads")
