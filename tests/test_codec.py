@@ -701,3 +701,13 @@ def test_threads_compress_and_decompress_correctly() -> None:
     for (data, _), frame, (threaded_frame, out) in zip(inputs, single, results, strict=True):
         assert out == data
         assert threaded_frame == frame
+
+
+@pytest.mark.parametrize("tail", [b"\x00", b"junk", codec.compress(b"x" * 1000)[1:]])
+def test_bytes_after_the_zstd_frame_are_refused(tail: bytes) -> None:
+    raw = b"statebag " * 500
+    frame = codec.compress(raw)
+    assert frame[0] == codec.CODEC_ZSTD
+    assert codec.decompress(frame, max_size=len(raw)) == raw
+    with pytest.raises(IntegrityError):
+        codec.decompress(frame + tail, max_size=len(raw), expected=blake3(raw).digest())

@@ -403,7 +403,7 @@ def _unzstd(payload: memoryview, max_size: int, where: str, object_id: str | Non
             object_id=object_id,
         )
     try:
-        raw = _decompressor().decompress(payload, max_output_size=declared)
+        raw = _decompressor().decompress(payload, max_output_size=declared, allow_extra_data=False)
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"zstd frame{where} is corrupt: {exc}", object_id=object_id) from exc
     if len(raw) != declared:
