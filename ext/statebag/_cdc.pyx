@@ -44,9 +44,10 @@ from blake3 import blake3 as _blake3
 
 from statebag import _gear
 
-# A batch is the unit handed from the scan to the hashers: small enough to stay in the L2
-# cache between the scan and the hash, large enough that hand-over costs stay negligible.
-# Below PARALLEL_MIN_BYTES, threads > 1 would cost more in thread start-up than it saves.
+# With threads=1, cut_and_hash scans a batch and then hashes it: small enough that the batch
+# is still in the L2 cache when it is hashed, large enough that leaving and re-entering nogil
+# costs nothing measurable. Below PARALLEL_MIN_BYTES, a second thread would cost more to
+# start than it saves.
 cdef enum:
     BATCH_BYTES = 512 * 1024
     BATCH_CHUNKS = 1024
