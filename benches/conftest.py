@@ -47,34 +47,24 @@ SEED = 0
 DATASETS = ("random", "state")
 
 
-def _env_scale() -> float:
-    raw = os.environ.get("STATEBAG_BENCH_SCALE", "").strip()
+def _env_number(
+    name: str, kind: type[float] | type[int], default: float, low: float, high: float
+) -> Any:
+    """``name`` from the environment as ``kind``, within [low, high]; a bad value stops the run."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return 1.0
+        return kind(default)
     try:
-        scale = float(raw)
+        value = kind(raw)
     except ValueError:
-        raise pytest.UsageError(f"STATEBAG_BENCH_SCALE must be a number, not {raw!r}") from None
-    if not 0.0 < scale <= 4.0:
-        raise pytest.UsageError(f"STATEBAG_BENCH_SCALE must be in (0, 4], not {scale}")
-    return scale
+        raise pytest.UsageError(f"{name} must be a {kind.__name__}, not {raw!r}") from None
+    if not low <= value <= high:
+        raise pytest.UsageError(f"{name} must be within [{low}, {high}], not {value}")
+    return value
 
 
-def _env_rounds() -> int:
-    raw = os.environ.get("STATEBAG_BENCH_ROUNDS", "").strip()
-    if not raw:
-        return 3
-    try:
-        rounds = int(raw)
-    except ValueError:
-        raise pytest.UsageError(f"STATEBAG_BENCH_ROUNDS must be an int, not {raw!r}") from None
-    if rounds < 1:
-        raise pytest.UsageError(f"STATEBAG_BENCH_ROUNDS must be >= 1, not {rounds}")
-    return rounds
-
-
-SCALE = _env_scale()
-ROUNDS = _env_rounds()
+SCALE: float = _env_number("STATEBAG_BENCH_SCALE", float, 1.0, 1e-6, 4.0)
+ROUNDS: int = _env_number("STATEBAG_BENCH_ROUNDS", int, 3, 1, 1000)
 
 
 def scaled(size: int) -> int:
