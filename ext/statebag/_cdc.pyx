@@ -132,6 +132,11 @@ cdef inline size_t _chunk_length(_Params* c, const uint8_t* p, size_t remaining)
     return limit
 
 
+cdef inline size_t _max_chunks(_Params* c, size_t n) noexcept nogil:
+    # Every chunk but the last is longer than min_size.
+    return n // (c.min_size + 1) + 1
+
+
 cdef size_t _cut_batch(_Params* c, const uint8_t* p, size_t start, size_t n,
                        size_t* ends, size_t max_chunks, size_t max_bytes) noexcept nogil:
     """Cut chunks from start until max_chunks are found, max_bytes are passed or n is reached."""
@@ -265,7 +270,7 @@ cdef class Chunker:
         cdef size_t count
         if n == 0:
             return []
-        cdef size_t capacity = n // (self._params.min_size + 1) + 1
+        cdef size_t capacity = _max_chunks(&self._params, n)
         cdef size_t* ends = <size_t*>malloc(capacity * sizeof(size_t))
         if ends == NULL:
             raise MemoryError()
@@ -292,20 +297,15 @@ cdef class Chunker:
             return [], []
         if threads > 1 and n >= PARALLEL_MIN_BYTES:
             return self._cut_and_hash_parallel(py_view, n)
-        cdef size_t* ends = <size_t*>malloc(BATCH_CHUNKS * sizeof(size_t))
-        if ends == NULL:
-            raise MemoryError()
-        try:
-            return self._cut_and_hash_serial(view, py_view, ends)
-        finally:
-            free(ends)
+        return self._cut_and_hash_serial(view, py_view)
 
-    cdef tuple _cut_and_hash_serial(self, const uint8_t[::1] view, object py_view, size_t* ends):
+    cdef tuple _cut_and_hash_serial(self, const uint8_t[::1] view, object py_view):
         cdef size_t n = view.shape[0]
         cdef size_t pos = 0
         cdef size_t count, k, end
         cdef list offsets = []
         cdef list digests = []
+        cdef size_t ends[BATCH_CHUNKS]
         while pos < n:
             with nogil:
                 count = _cut_batch(&self._params, &view[0], pos, n, ends, BATCH_CHUNKS, BATCH_BYTES)
@@ -318,7 +318,7 @@ cdef class Chunker:
 
     cdef tuple _cut_and_hash_parallel(self, object py_view, size_t n):
         # One thread scans (no GIL) and publishes each cut; this thread hashes right behind it.
-        cdef _ScanJob job = _ScanJob(self, py_view, n // (self._params.min_size + 1) + 1)
+        cdef _ScanJob job = _ScanJob(self, py_view, _max_chunks(&self._params, n))
         cdef _Scan* scan = &job.scan
         cdef size_t hashed = 0
         cdef size_t available, start = 0, end
