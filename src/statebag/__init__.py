@@ -1,11 +1,13 @@
 """statebag: a content-addressed, versioned storage engine for application state.
 
-``statebag.backend`` says whether the compiled core (``"cython"``) or its pure-Python twin
-(``"python"``) is active; see ``statebag.chunking``.
+``statebag.open(url)`` opens a :class:`Repository`; ``StateBag`` is a dict-like state that
+records which fields changed. ``statebag.backend`` says whether the compiled core
+(``"cython"``) or its pure-Python twin (``"python"``) is active; see ``statebag.chunking``.
 """
 
 from __future__ import annotations
 
+from .bag import StateBag
 from .chunking import Chunker, backend
 from .errors import (
     BackendError,
@@ -17,19 +19,30 @@ from .errors import (
     StatebagError,
 )
 from .ids import ContentId
+from .repository import LazyState, Repository, open
+from .results import CommitResult, Diff, ManifestInfo, RepoStats, VerifyReport
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendError",
     "Chunker",
+    "CommitResult",
     "ConfigError",
     "ConflictError",
     "ContentId",
+    "Diff",
     "IntegrityError",
     "InvalidInputError",
+    "LazyState",
+    "ManifestInfo",
     "NotFoundError",
+    "RepoStats",
+    "Repository",
+    "StateBag",
     "StatebagError",
+    "VerifyReport",
     "__version__",
     "backend",
+    "open",
 ]

@@ -1,0 +1,433 @@
+"""State -> nodes and back: the Merkle DAG of one version.
+
+A state is a mapping of field names to values. Each field is encoded on its own with the
+canonical encoding (:func:`statebag.codec.encode`) and stored in one of two ways:
+
+- **inline**: an encoding shorter than ``inline_max`` bytes stays in the fields table;
+- **tree**: a longer encoding (always a str, bin, array or map, since scalars are at most 9
+  bytes) is split into its MessagePack *head* (the 1..5 bytes that say the type and the
+  length, kept in the fields table) and its *body* (everything after), and the body is cut
+  by the chunker into *chunks*. One chunk is the whole tree; more are listed by *index
+  nodes* (level 1 lists chunks, level k lists index nodes of level k - 1), split the same
+  content-defined way until one root remains.
+
+Keeping the head out of the body matters: the head of an array or a string holds its length,
+so an append would otherwise change the first chunk as well as the last. Cutting the
+canonical encoding by content means that an append to a list rewrites the last chunk or two,
+an edit in the middle of a list, a dict or a string rewrites one or two chunks, and the
+index node above them: O(1) nodes whatever the value's size, with the encoding and the cut
+running in C. (A prolly tree over elements would need one encode call per element, which
+costs more than the whole rest of a save for lists of small records.)
+
+The **fields table** maps every field name to its entry, sorted by name. It is stored as a
+tree of *fields nodes*: a level 0 node lists entries; a level k node lists (first name,
+child id, field count) of nodes of level k - 1. A group ends after a name whose BLAKE3 has a
+chosen byte with its low 6 bits zero (so about 64 per node), which depends only on the name:
+changing a field's value never moves a boundary, and changing one field of 10,000 rewrites
+one leaf and the path above it.
+
+Everything here is a pure transform: nodes come in and go out as bytes keyed by id; reading
+and writing them is the repository's business. Byte layouts are in docs/FORMAT.md.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import msgspec
+
+from . import codec
+from .errors import IntegrityError, InvalidInputError
+from .hashing import DIGEST_SIZE, hash_bytes
+
+__all__ = [
+    "FIELDS_FANOUT_MASK",
+    "INDEX_MAX",
+    "INDEX_MIN",
+    "Entry",
+    "InlineField",
+    "NewNode",
+    "TreeField",
+    "build_fields",
+    "build_index",
+    "children_of_fields_node",
+    "entry_size",
+    "iter_fields",
+    "parse_fields_node",
+    "parse_index_node",
+    "split_value",
+]
+
+# --- index nodes -------------------------------------------------------------------------------
+
+INDEX_TAG = 0x69  # "i"
+_INDEX_ENTRY = struct.Struct("<32sQ")
+INDEX_ENTRY_SIZE = _INDEX_ENTRY.size  # 40
+# An index node holds at least INDEX_MIN children before a content-defined boundary may end
+# it, so a value of up to INDEX_MIN chunks (16 MiB at the default average) has a single index
+# node, and an append to it writes at most: the changed chunks, that node, and the fields leaf.
+INDEX_MIN = 1024
+INDEX_MASK = (1 << 10) - 1
+INDEX_MAX = 4096
+
+# --- fields nodes ------------------------------------------------------------------------------
+
+FIELDS_FANOUT_MASK = 0x3F  # about 64 names per fields node
+FIELDS_MAX = 1024
+KIND_INLINE = 0
+KIND_TREE = 1
+
+_ENCODER = msgspec.msgpack.Encoder(order="deterministic")
+_DECODER = msgspec.msgpack.Decoder()
+
+
+class InlineField(NamedTuple):
+    """A value whose canonical encoding is shorter than the inline threshold."""
+
+    encoded: bytes
+
+
+class TreeField(NamedTuple):
+    """A value stored as nodes: its MessagePack head, and the tree of its body."""
+
+    head: bytes
+    root: bytes  # a chunk id when level == 0, else the id of an index node of that level
+    length: int  # bytes of the body
+    level: int
+
+
+Entry = InlineField | TreeField
+
+
+class NewNode(NamedTuple):
+    """A node produced by a split: its id, uncompressed bytes, and the ids it references.
+
+    ``children`` lists one id per reference, duplicates included: a node's reference count is
+    the number of references to it from other nodes and manifests.
+    """
+
+    node_id: bytes
+    data: bytes | memoryview
+    children: tuple[bytes, ...]
+
+
+def entry_size(entry: Entry, /) -> int:
+    """The length of the field's canonical encoding (its logical bytes)."""
+    if type(entry) is InlineField:
+        return len(entry.encoded)
+    assert type(entry) is TreeField
+    return len(entry.head) + entry.length
+
+
+# ---------------------------------------------------------------------------------------------
+# Values
+# ---------------------------------------------------------------------------------------------
+
+
+def head_length(encoded: bytes | memoryview, /) -> int:
+    """Length of the MessagePack head (type and length) of a str, bin, array or map."""
+    first = encoded[0]
+    if 0x80 <= first <= 0xBF:  # fixmap, fixarray, fixstr
+        return 1
+    if first in (0xD9, 0xC4):  # str8, bin8
+        return 2
+    if first in (0xDA, 0xC5, 0xDC, 0xDE):  # str16, bin16, array16, map16
+        return 3
+    if first in (0xDB, 0xC6, 0xDD, 0xDF):  # str32, bin32, array32, map32
+        return 5
+    raise InvalidInputError(
+        f"a value of {len(encoded)} encoded bytes must be a str, bytes, list or dict "
+        f"(MessagePack type byte 0x{first:02x})",
+        path="inline_max",
+    )
+
+
+def split_value(
+    encoded: bytes,
+    offsets: Sequence[int],
+    digests: Sequence[bytes],
+    /,
+    *,
+    head: int,
+) -> tuple[TreeField, list[NewNode]]:
+    """The tree of a value whose body ``encoded[head:]`` the chunker cut at ``offsets``.
+
+    Returns the entry and every node of the tree (chunks first, then index nodes bottom up),
+    new or not; the caller decides which it already has.
+    """
+    body = memoryview(encoded)[head:]
+    nodes: list[NewNode] = []
+    start = 0
+    lengths: list[int] = []
+    for end, digest in zip(offsets, digests, strict=True):
+        nodes.append(NewNode(digest, body[start:end], ()))
+        lengths.append(end - start)
+        start = end
+    if start != len(body) or not digests:
+        raise AssertionError("chunk offsets must cover the body")
+    root, level, index_nodes = build_index(list(digests), lengths)
+    nodes.extend(index_nodes)
+    return TreeField(bytes(encoded[:head]), root, len(body), level), nodes
+
+
+def build_index(ids: list[bytes], lengths: list[int], /) -> tuple[bytes, int, list[NewNode]]:
+    """Index nodes over chunks ``ids`` of ``lengths`` bytes: (root id, root level, nodes)."""
+    nodes: list[NewNode] = []
+    level = 0
+    while len(ids) > 1:
+        level += 1
+        next_ids: list[bytes] = []
+        next_lengths: list[int] = []
+        for lo, hi in _index_groups(ids):
+            group_ids = ids[lo:hi]
+            group_lengths = lengths[lo:hi]
+            data = bytes((INDEX_TAG, level)) + b"".join(
+                _INDEX_ENTRY.pack(i, n) for i, n in zip(group_ids, group_lengths, strict=False)
+            )
+            node_id = hash_bytes(data)
+            nodes.append(NewNode(node_id, data, tuple(group_ids)))
+            next_ids.append(node_id)
+            next_lengths.append(sum(group_lengths))
+        ids, lengths = next_ids, next_lengths
+    return ids[0], level, nodes
+
+
+def _index_groups(ids: list[bytes]) -> Iterator[tuple[int, int]]:
+    start = 0
+    count = len(ids)
+    for position in range(count):
+        size = position + 1 - start
+        if size >= INDEX_MAX or (
+            size >= INDEX_MIN and int.from_bytes(ids[position][-4:], "little") & INDEX_MASK == 0
+        ):
+            yield start, position + 1
+            start = position + 1
+    if start < count:
+        yield start, count
+
+
+def parse_index_node(data: bytes, /, *, node_id: str) -> tuple[int, list[tuple[bytes, int]]]:
+    """(level, [(child id, bytes below it)]) of an index node; IntegrityError if malformed."""
+    if (
+        len(data) < 2 + INDEX_ENTRY_SIZE
+        or data[0] != INDEX_TAG
+        or data[1] == 0
+        or (len(data) - 2) % INDEX_ENTRY_SIZE
+    ):
+        raise IntegrityError(f"node {node_id} is not a valid index node", object_id=node_id)
+    return data[1], list(_INDEX_ENTRY.iter_unpack(memoryview(data)[2:]))
+
+
+def leaves_of(
+    root: bytes, level: int, fetch: Callable[[Sequence[bytes]], Mapping[bytes, bytes]], /
+) -> list[tuple[bytes, int]]:
+    """The (chunk id, length) list of a tree, reading index nodes through ``fetch``."""
+    if level == 0:
+        return [(root, -1)]
+    frontier = [root]
+    for depth in range(level, 0, -1):
+        found = fetch(frontier)
+        children: list[tuple[bytes, int]] = []
+        for node_id in frontier:
+            node_level, entries = parse_index_node(found[node_id], node_id=node_id.hex())
+            if node_level != depth:
+                raise IntegrityError(
+                    f"index node {node_id.hex()} has level {node_level}, expected {depth}",
+                    object_id=node_id.hex(),
+                )
+            children.extend(entries)
+        if depth == 1:
+            return children
+        frontier = [child for child, _ in children]
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------------------------
+# Fields table
+# ---------------------------------------------------------------------------------------------
+
+
+def _entry_row(name: str, entry: Entry) -> list[Any]:
+    if type(entry) is InlineField:
+        return [name, KIND_INLINE, entry.encoded]
+    assert type(entry) is TreeField
+    return [name, KIND_TREE, entry.head, entry.root, entry.length, entry.level]
+
+
+def name_hash(name: str, /) -> bytes:
+    """BLAKE3 of the name's UTF-8: byte ``level`` of it decides fields-node boundaries."""
+    return hash_bytes(name.encode("utf-8"))
+
+
+def build_fields(
+    entries: Sequence[tuple[str, Entry]],
+    /,
+    *,
+    hashes: dict[str, bytes] | None = None,
+) -> tuple[bytes, list[NewNode]]:
+    """The fields tree of ``entries`` (sorted by name, unique): (root id, all its nodes).
+
+    ``hashes`` caches name hashes: those it has are used, those it lacks are added.
+    """
+    known = hashes if hashes is not None else {}
+    name_hashes = []
+    for name, _ in entries:
+        digest = known.get(name)
+        if digest is None:
+            digest = known[name] = name_hash(name)
+        name_hashes.append(digest)
+    nodes: list[NewNode] = []
+    rows: list[list[Any]] = [_entry_row(name, entry) for name, entry in entries]
+    child_refs: list[tuple[bytes, ...]] = [
+        (entry.root,) if type(entry) is TreeField else () for _, entry in entries
+    ]
+    counts = [1] * len(entries)
+    firsts = [name for name, _ in entries]
+    level = 0
+    while True:
+        groups = list(_fields_groups(name_hashes, level))
+        next_rows: list[list[Any]] = []
+        next_refs: list[tuple[bytes, ...]] = []
+        next_counts: list[int] = []
+        next_firsts: list[str] = []
+        next_hashes: list[bytes] = []
+        for lo, hi in groups:
+            data = _ENCODER.encode([level, rows[lo:hi]])
+            node_id = hash_bytes(data)
+            refs = tuple(ref for refs in child_refs[lo:hi] for ref in refs)
+            nodes.append(NewNode(node_id, data, refs))
+            if len(groups) == 1:
+                return node_id, nodes
+            count = sum(counts[lo:hi])
+            next_rows.append([firsts[lo], node_id, count])
+            next_refs.append((node_id,))
+            next_counts.append(count)
+            next_firsts.append(firsts[lo])
+            next_hashes.append(name_hashes[lo])
+        rows, child_refs, counts, firsts, name_hashes = (
+            next_rows,
+            next_refs,
+            next_counts,
+            next_firsts,
+            next_hashes,
+        )
+        level += 1
+
+
+def _fields_groups(name_hashes: list[bytes], level: int) -> Iterator[tuple[int, int]]:
+    # Level 0 may end a group after any entry; higher levels need two entries per group so
+    # every level has fewer nodes than the one below and the tree always reaches one root.
+    least = 1 if level == 0 else 2
+    byte = level % DIGEST_SIZE
+    start = 0
+    count = len(name_hashes)
+    for position in range(count):
+        size = position + 1 - start
+        if size >= FIELDS_MAX or (
+            size >= least and name_hashes[position][byte] & FIELDS_FANOUT_MASK == 0
+        ):
+            yield start, position + 1
+            start = position + 1
+    if start < count or count == 0:
+        yield start, count
+
+
+def parse_fields_node(data: bytes, /, *, node_id: str) -> tuple[int, list[Any]]:
+    """(level, rows) of a fields node, rows checked for shape; IntegrityError if malformed.
+
+    Level 0 rows are ``(name, entry)``; higher rows ``(first name, child id, field count)``.
+    """
+    try:
+        decoded = _DECODER.decode(data)
+        level, rows = decoded
+        if type(level) is not int or type(rows) is not list:
+            raise ValueError("not [level, rows]")
+        parsed: list[Any] = []
+        if level == 0:
+            for row in rows:
+                name, kind = row[0], row[1]
+                if type(name) is not str:
+                    raise ValueError("name is not a str")
+                if kind == KIND_INLINE and len(row) == 3 and type(row[2]) is bytes:
+                    parsed.append((name, InlineField(row[2])))
+                elif kind == KIND_TREE and len(row) == 6:
+                    head, root, length, lvl = row[2:]
+                    if not (
+                        type(head) is bytes
+                        and type(root) is bytes
+                        and len(root) == DIGEST_SIZE
+                        and type(length) is int
+                        and type(lvl) is int
+                    ):
+                        raise ValueError(f"bad tree entry for {name!r}")
+                    parsed.append((name, TreeField(head, root, length, lvl)))
+                else:
+                    raise ValueError(f"bad entry for {name!r}")
+        else:
+            for first, child, count in rows:
+                if not (
+                    type(first) is str
+                    and type(child) is bytes
+                    and len(child) == DIGEST_SIZE
+                    and type(count) is int
+                ):
+                    raise ValueError("bad child row")
+                parsed.append((first, child, count))
+        return level, parsed
+    except (msgspec.DecodeError, ValueError, TypeError, IndexError) as exc:
+        raise IntegrityError(
+            f"node {node_id} is not a valid fields node: {exc}", object_id=node_id
+        ) from exc
+
+
+def children_of_fields_node(data: bytes, /, *, node_id: str) -> list[bytes]:
+    """Every id a fields node references (child nodes, or the roots of its tree fields)."""
+    level, rows = parse_fields_node(data, node_id=node_id)
+    if level:
+        return [child for _, child, _ in rows]
+    return [entry.root for _, entry in rows if type(entry) is TreeField]
+
+
+def iter_fields(
+    root: bytes,
+    fetch: Callable[[Sequence[bytes]], Mapping[bytes, bytes]],
+    /,
+    *,
+    names: Iterable[str] | None = None,
+) -> Iterator[tuple[str, Entry]]:
+    """The entries of a fields tree in name order (only ``names`` when given).
+
+    With ``names``, only the nodes on the paths to them are read.
+    """
+    wanted = None if names is None else frozenset(names)
+    frontier = [root]
+    while frontier:
+        found = fetch(frontier)
+        next_frontier: list[bytes] = []
+        for node_id in frontier:
+            level, rows = parse_fields_node(found[node_id], node_id=node_id.hex())
+            if level == 0:
+                for name, entry in rows:
+                    if wanted is None or name in wanted:
+                        yield name, entry
+                continue
+            if wanted is None:
+                next_frontier.extend(child for _, child, _ in rows)
+                continue
+            firsts = [first for first, _, _ in rows]
+            for index, (_, child, _) in enumerate(rows):
+                upper = firsts[index + 1] if index + 1 < len(firsts) else None
+                lower = firsts[index] if index else None
+                if any(
+                    (lower is None or name >= lower) and (upper is None or name < upper)
+                    for name in wanted
+                ):
+                    next_frontier.append(child)
+        frontier = next_frontier
+
+
+def decode_value(head: bytes, chunks: Iterable[bytes | memoryview], /) -> Any:
+    """The value whose encoding is ``head`` followed by the chunks of its body."""
+    return codec.decode(b"".join((head, *chunks)))

@@ -1,0 +1,128 @@
+"""Packs: many compressed nodes in one stored object, with a self-describing footer.
+
+One save writes its new nodes into packs of about ``pack_size`` bytes (16 MiB by default),
+so a small save is one PUT however many nodes it has. A pack is::
+
+    frame 0 | frame 1 | ... | frame n-1 | footer (n x 48 bytes) | trailer (16 bytes)
+
+Each footer entry is ``node id (32) | le64 offset | le32 stored length | le32 raw size``;
+the trailer is ``le32 n | le32 reserved (0) | b"SBPACK01"``. The pack id is the BLAKE3 of
+the whole pack and its key is ``packs/<first two hex digits>/<pack id hex>``. The metadata
+index makes the footer unnecessary for reads; it is there so that a pack can be understood,
+verified and re-indexed on its own (by an audit, or a repair after metadata loss).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+from .errors import IntegrityError
+from .hashing import hash_bytes
+
+__all__ = [
+    "FOOTER_ENTRY_SIZE",
+    "PACK_MAGIC",
+    "TRAILER_SIZE",
+    "IndexRecord",
+    "PackEntry",
+    "PackWriter",
+    "pack_key",
+    "parse_footer",
+]
+
+PACK_MAGIC = b"SBPACK01"
+_FOOTER_ENTRY = struct.Struct("<32sQII")
+FOOTER_ENTRY_SIZE = _FOOTER_ENTRY.size  # 48
+_TRAILER = struct.Struct("<II8s")
+TRAILER_SIZE = _TRAILER.size  # 16
+_INDEX_RECORD = struct.Struct("<32sQII")
+
+
+class PackEntry(NamedTuple):
+    """Where one node lies in a pack."""
+
+    node_id: bytes
+    offset: int
+    length: int  # stored (frame) bytes
+    size: int  # uncompressed bytes
+
+
+class IndexRecord(NamedTuple):
+    """The metadata index's value for one node: ``node/<id>`` -> 48 bytes."""
+
+    pack_id: bytes
+    offset: int
+    length: int
+    size: int
+
+    def encode(self) -> bytes:
+        return _INDEX_RECORD.pack(self.pack_id, self.offset, self.length, self.size)
+
+    @classmethod
+    def decode(cls, data: bytes, /, *, node_id: str) -> IndexRecord:
+        if len(data) != _INDEX_RECORD.size:
+            raise IntegrityError(
+                f"index record of node {node_id} is {len(data)} bytes, not {_INDEX_RECORD.size}",
+                object_id=node_id,
+            )
+        return cls(*_INDEX_RECORD.unpack(data))
+
+
+def pack_key(pack_id: bytes, /) -> str:
+    """The object-store key of a pack."""
+    text = pack_id.hex()
+    return f"packs/{text[:2]}/{text}"
+
+
+class PackWriter:
+    """Accumulates frames; ``finish()`` returns the pack's id, bytes and entries."""
+
+    __slots__ = ("_entries", "_frames", "_size")
+
+    def __init__(self) -> None:
+        self._frames: list[bytes] = []
+        self._entries: list[PackEntry] = []
+        self._size = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def size(self) -> int:
+        """Bytes of frames so far."""
+        return self._size
+
+    def add(self, node_id: bytes, frame: bytes, raw_size: int, /) -> None:
+        self._entries.append(PackEntry(node_id, self._size, len(frame), raw_size))
+        self._frames.append(frame)
+        self._size += len(frame)
+
+    def finish(self) -> tuple[bytes, bytes, list[PackEntry]]:
+        footer = b"".join(_FOOTER_ENTRY.pack(*entry) for entry in self._entries)
+        trailer = _TRAILER.pack(len(self._entries), 0, PACK_MAGIC)
+        data = b"".join((*self._frames, footer, trailer))
+        return hash_bytes(data), data, self._entries
+
+
+def parse_footer(data: bytes, /, *, pack_id: str) -> list[PackEntry]:
+    """The entries of a whole pack's footer; IntegrityError if it is not a valid pack."""
+    if len(data) < TRAILER_SIZE:
+        raise IntegrityError(f"pack {pack_id} is too short to be a pack", object_id=pack_id)
+    count, reserved, magic = _TRAILER.unpack_from(data, len(data) - TRAILER_SIZE)
+    footer_start = len(data) - TRAILER_SIZE - count * FOOTER_ENTRY_SIZE
+    if magic != PACK_MAGIC or reserved != 0 or footer_start < 0:
+        raise IntegrityError(f"pack {pack_id} has a malformed trailer", object_id=pack_id)
+    entries = [
+        PackEntry(*fields)
+        for fields in _FOOTER_ENTRY.iter_unpack(
+            memoryview(data)[footer_start : len(data) - TRAILER_SIZE]
+        )
+    ]
+    for entry in entries:
+        if entry.offset + entry.length > footer_start:
+            raise IntegrityError(
+                f"pack {pack_id} lists node {entry.node_id.hex()} past its frames",
+                object_id=pack_id,
+            )
+    return entries

@@ -1,0 +1,1135 @@
+"""The repository: save, load, log, diff, verify and stats over one object store and one
+metadata store.
+
+``statebag.open(url)`` opens (and by default creates) a repository:
+
+- ``"path/to/repo"`` or ``"file:///abs/path"``: the embedded default, packs under
+  ``<path>/objects/`` and metadata in ``<path>/meta.sqlite`` (SQLite, WAL);
+- ``"memory://name"``: in this process only; every open of the same name shares the stores.
+
+A :class:`Repository` is safe to use from many threads at once, and several processes may
+use one local repository at once: every version is committed by the protocol of
+:mod:`statebag.commit`, whose conditional head move makes a lost race a
+:class:`~statebag.errors.ConflictError` and never a lost version.
+
+Metadata keys (all in the metadata store; layouts in docs/FORMAT.md):
+``config``, ``chain/<name>`` (head record), ``manifest/<id>`` (canonical manifest),
+``node/<id>`` (index record), ``pack/<id>`` (pack size), ``pending/<txn>``; counters
+``ref/<id>`` (reference counts) and ``stat/<name>`` (repository totals).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import unquote, urlparse
+
+import msgspec
+
+from . import codec, dag
+from .bag import StateBag
+from .chunking import Chunker
+from .commit import (
+    DEFAULT_LEASE,
+    HeadRecord,
+    Transaction,
+    commit,
+    decode_head,
+    head_key,
+    new_txn_id,
+)
+from .dag import Entry, InlineField, NewNode, TreeField
+from .errors import (
+    ConfigError,
+    ConflictError,
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    StatebagError,
+)
+from .ids import ContentId, looks_like_id
+from .meta import MetaStore
+from .meta.memory import MemoryMetaStore
+from .meta.sqlite import SQLiteMetaStore
+from .objects import ObjectStore
+from .objects.local import LocalObjectStore
+from .objects.memory import MemoryObjectStore
+from .packs import IndexRecord, PackWriter, pack_key
+from .results import CommitResult, Diff, ManifestInfo, RepoStats, VerifyReport
+
+__all__ = ["FORMAT_VERSION", "Config", "Repository", "open"]
+
+FORMAT_VERSION = 1
+MIB = 1 << 20
+
+# Bodies from this size up are cut with a second thread scanning while this one hashes.
+_PARALLEL_CUT_BYTES = 4 * MIB
+# Compression tasks take about this much raw data, so the pool's overhead stays small.
+_COMPRESS_TASK_BYTES = 1 * MIB
+# Ranged reads of nodes in one pack merge when the gap between them is at most this.
+_READ_GAP = 256 * 1024
+_READ_MAX = 8 * MIB
+_STRUCT_CACHE_BYTES = 64 * MIB
+_FIELDS_CACHE = 64
+_MAX_CHAIN_LENGTH = 512
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    """What a repository records at creation (``config`` key); fixed for its life."""
+
+    format: int = FORMAT_VERSION
+    min_size: int = 4096
+    avg_size: int = 16384
+    max_size: int = 65536
+    seed: int = 0
+    compression_level: int = codec.DEFAULT_LEVEL
+    pack_size: int = 16 * MIB
+    inline_max: int = 512
+    fsync: bool = True
+
+
+_OPTION_NAMES = (
+    "min_size",
+    "avg_size",
+    "max_size",
+    "seed",
+    "compression_level",
+    "pack_size",
+    "inline_max",
+    "fsync",
+)
+
+
+class Manifest(msgspec.Struct, frozen=True, kw_only=True):
+    """One committed version. Its id is the BLAKE3 of its canonical MessagePack encoding."""
+
+    format: int
+    chain: str
+    seq: int
+    parents: list[bytes]
+    root: bytes
+    fields: int
+    size: int
+    time_ns: int
+    meta: msgspec.Raw | None = None
+
+
+_MANIFEST_ENCODER = msgspec.msgpack.Encoder(order="deterministic")
+_MANIFEST_DECODER = msgspec.msgpack.Decoder(Manifest)
+_CONFIG_DECODER = msgspec.msgpack.Decoder(Config)
+
+
+class _FieldsTable(msgspec.Struct):
+    """A version's fields, kept in memory so the next save need not read them again."""
+
+    entries: dict[str, Entry]
+    node_ids: set[bytes]
+    name_hashes: dict[str, bytes]
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening
+# ---------------------------------------------------------------------------------------------
+
+_memory_stores: dict[str, tuple[MemoryObjectStore, MemoryMetaStore]] = {}
+_memory_lock = threading.Lock()
+
+
+def open(
+    url: str | os.PathLike[str],
+    /,
+    *,
+    create: bool = True,
+    threads: int | None = None,
+    min_size: int | None = None,
+    avg_size: int | None = None,
+    max_size: int | None = None,
+    seed: int | None = None,
+    compression_level: int | None = None,
+    pack_size: int | None = None,
+    inline_max: int | None = None,
+    fsync: bool | None = None,
+) -> Repository:
+    """Open the repository at ``url``; create it when missing unless ``create=False``.
+
+    Options set the repository's configuration at creation. On an existing repository an
+    option that differs from the recorded one raises :class:`ConfigError`, as does a
+    repository of a newer format than this version of statebag reads.
+    """
+    options = {
+        "min_size": min_size,
+        "avg_size": avg_size,
+        "max_size": max_size,
+        "seed": seed,
+        "compression_level": compression_level,
+        "pack_size": pack_size,
+        "inline_max": inline_max,
+        "fsync": fsync,
+    }
+    given = {name: value for name, value in options.items() if value is not None}
+    location = _location(url, create=create)
+    meta = _open_meta(location, fsync=True)
+    try:
+        config = _load_or_create_config(meta, given, create=create, where=str(url))
+        if not config.fsync and isinstance(location, Path):
+            # Created without fsync: metadata commits need not wait for the disk either.
+            meta.close()
+            meta = _open_meta(location, fsync=False)
+        objects = _open_objects(location, fsync=config.fsync)
+    except BaseException:
+        meta.close()
+        raise
+    return Repository(objects, meta, config, threads=threads, url=str(url))
+
+
+def _location(url: str | os.PathLike[str], *, create: bool) -> Path | str:
+    """The directory of a local repository, or the name of a memory one."""
+    text = os.fspath(url)
+    if not isinstance(text, str) or not text:
+        raise InvalidInputError("url must be a non-empty path or URL", path="url")
+    if text.startswith("memory://"):
+        name = text[len("memory://") :]
+        with _memory_lock:
+            if name not in _memory_stores:
+                if not create:
+                    raise NotFoundError(f"no repository at {text} (create=False)")
+                _memory_stores[name] = (MemoryObjectStore(), MemoryMetaStore())
+        return name
+    if text.startswith("file://"):
+        parsed = urlparse(text)
+        if parsed.netloc not in ("", "localhost"):
+            raise InvalidInputError(
+                f"a file URL names a local path (file:///abs/path), not host {parsed.netloc!r}",
+                path="url",
+            )
+        path = Path(unquote(parsed.path))
+    elif "://" in text:
+        scheme = text.split("://", 1)[0]
+        raise ConfigError(
+            f"repository URL scheme {scheme!r} is not supported by this version "
+            "(use a path, file:///abs/path or memory://name)"
+        )
+    else:
+        path = Path(text)
+    if not (path / "meta.sqlite").exists():
+        if not create:
+            raise NotFoundError(f"no repository at {path} (create=False)")
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{path} exists and is not a directory")
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _open_meta(location: Path | str, *, fsync: bool) -> MetaStore:
+    if isinstance(location, str):
+        return _memory_stores[location][1]  # closing a memory store keeps its contents
+    return SQLiteMetaStore(location / "meta.sqlite", synchronous="FULL" if fsync else "NORMAL")
+
+
+def _open_objects(location: Path | str, *, fsync: bool) -> ObjectStore:
+    if isinstance(location, str):
+        return _memory_stores[location][0]
+    return LocalObjectStore(location / "objects", fsync=fsync)
+
+
+def _load_or_create_config(
+    meta: MetaStore, given: dict[str, Any], *, create: bool, where: str
+) -> Config:
+    stored = meta.get("config")
+    if stored is None:
+        if not create:
+            raise NotFoundError(f"no repository at {where} (create=False)")
+        config = _check_config(given)
+        if meta.put_if_absent("config", _MANIFEST_ENCODER.encode(config)):
+            return config
+        stored = meta.get("config")
+        assert stored is not None
+    try:
+        raw = msgspec.msgpack.decode(stored)
+        version = raw.get("format") if isinstance(raw, dict) else None
+    except msgspec.DecodeError as exc:
+        raise IntegrityError(f"the configuration of {where} is unreadable: {exc}") from exc
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ConfigError(
+            f"the repository at {where} has format {version}, newer than this statebag "
+            f"reads (format {FORMAT_VERSION}); upgrade statebag"
+        )
+    config = _CONFIG_DECODER.decode(stored)
+    for name, value in given.items():
+        if getattr(config, name) != value:
+            raise ConfigError(
+                f"option {name}={value!r} contradicts the repository at {where}, created "
+                f"with {name}={getattr(config, name)!r}; leave it out or pass the same value"
+            )
+    return config
+
+
+def _check_config(given: dict[str, Any]) -> Config:
+    for name, value in given.items():
+        expected = bool if name == "fsync" else int
+        if type(value) is not expected:
+            raise InvalidInputError(
+                f"option {name} must be {expected.__name__}, not {value!r}", path=name
+            )
+    config = Config(**given)
+    try:
+        Chunker(config.min_size, config.avg_size, config.max_size, config.seed)
+    except ValueError as exc:
+        raise InvalidInputError(f"chunker options: {exc}", path="avg_size") from exc
+    if not 16 <= config.inline_max <= 65536:
+        raise InvalidInputError(
+            f"inline_max must be from 16 to 65536 bytes, not {config.inline_max}",
+            path="inline_max",
+        )
+    if not MIB <= config.pack_size <= 1024 * MIB:
+        raise InvalidInputError(
+            f"pack_size must be from 1 MiB to 1 GiB, not {config.pack_size}", path="pack_size"
+        )
+    codec.compress(b"", level=config.compression_level)  # validates the level
+    return config
+
+
+def check_chain(chain: object, /, *, field: str = "chain") -> str:
+    """A chain name: 1..256 characters, no control characters, not shaped like an id."""
+    if not isinstance(chain, str) or not chain:
+        raise InvalidInputError(f"{field} must be a non-empty str, not {chain!r}", path=field)
+    if len(chain) > 256:
+        raise InvalidInputError(f"{field} is longer than 256 characters", path=field)
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in chain):
+        raise InvalidInputError(f"{field} {chain!r} has a control character", path=field)
+    try:
+        chain.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(f"{field} {chain!r} is not valid Unicode", path=field) from exc
+    if looks_like_id(chain):
+        raise InvalidInputError(
+            f"{field} {chain!r} looks like a manifest id (64 hex characters); chain names "
+            "must not, so that the two can never be confused",
+            path=field,
+        )
+    return chain
+
+
+def _field_path(name: str, inner: str | None) -> str:
+    if not inner or inner == "$":
+        return name
+    return f"{name}{inner}" if inner.startswith("[") else f"{name}.{inner}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The repository
+# ---------------------------------------------------------------------------------------------
+
+
+class Repository:
+    """A versioned state store; see the module docstring. Use :func:`statebag.open`."""
+
+    def __init__(
+        self,
+        objects: ObjectStore,
+        meta: MetaStore,
+        config: Config,
+        /,
+        *,
+        threads: int | None = None,
+        url: str = "",
+        lease: float = DEFAULT_LEASE,
+    ) -> None:
+        if threads is not None and (type(threads) is not int or threads < 1):
+            raise InvalidInputError(f"threads must be an int >= 1, not {threads!r}", path="threads")
+        self._objects = objects
+        self._meta = meta
+        self._config = config
+        self._url = url
+        self._lease = lease
+        self._chunker = Chunker(config.min_size, config.avg_size, config.max_size, config.seed)
+        self._max_node = max(config.max_size, config.inline_max) + 16 * MIB
+        self._pool = ThreadPoolExecutor(
+            max_workers=threads or min(4, os.cpu_count() or 2),
+            thread_name_prefix="statebag",
+        )
+        self._lock = threading.Lock()
+        self._closed = False
+        self._structs: OrderedDict[bytes, bytes] = OrderedDict()  # index and fields nodes
+        self._structs_bytes = 0
+        self._tables: OrderedDict[bytes, _FieldsTable] = OrderedDict()
+        self._manifests: OrderedDict[bytes, Manifest] = OrderedDict()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def close(self) -> None:
+        """Release threads and store handles; the repository is unusable afterwards."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._pool.shutdown(wait=True)
+        self._objects.close()
+        self._meta.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<statebag.Repository {self._url!r}>"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StatebagError("the repository is closed")
+
+    # -- save --------------------------------------------------------------------------------
+
+    def save(
+        self,
+        chain: str,
+        state: Mapping[str, Any] | StateBag,
+        *,
+        parent: str | None = None,
+        changed: Iterable[str] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> CommitResult:
+        """Commit ``state`` as the next version of ``chain``; see the README for the rules.
+
+        ``parent=None`` saves on top of the chain's current head (or starts the chain);
+        a parent id must equal the head, else :class:`ConflictError`. ``changed`` names the
+        top-level fields whose values changed since the parent: the others present in both
+        are carried over without being encoded. A :class:`StateBag` supplies its own dirty
+        set when it was loaded from (or last saved as) the parent.
+        """
+        self._check_open()
+        started = time.perf_counter()
+        timings = dict.fromkeys(("encode", "chunk", "compress", "upload", "commit"), 0.0)
+        requests = {"object_puts": 0, "object_gets": 0, "meta_reads": 0, "meta_writes": 0}
+        chain = check_chain(chain)
+        bag = state if isinstance(state, StateBag) else None
+        data: Mapping[str, Any] = state.data if isinstance(state, StateBag) else state
+        if not isinstance(data, Mapping):
+            raise InvalidInputError(
+                f"state must be a Mapping[str, Any] or a StateBag, not {type(state).__name__}",
+                path="state",
+            )
+        names = list(data.keys())
+        for name in names:
+            if not isinstance(name, str):
+                raise InvalidInputError(
+                    f"state key {name!r} is a {type(name).__name__}; field names must be str",
+                    path=repr(name),
+                )
+            codec.encode(name)  # refuses lone surrogates, naming nothing better than the key
+        names.sort()
+        meta_raw = self._encode_meta(meta)
+        hint = None if changed is None else self._check_changed(changed)
+
+        head_bytes = self._meta.get(head_key(chain))
+        requests["meta_reads"] += 1
+        head = decode_head(head_bytes) if head_bytes is not None else None
+        if parent is not None:
+            wanted = ContentId.parse(parent, field="parent")
+            if head is None or head.head != wanted:
+                now = head.head.hex() if head is not None else None
+                raise ConflictError(
+                    f"chain {chain!r} is at {now}, not at parent {wanted.hex()}; load the "
+                    "head and apply the step again"
+                )
+        parent_id = head.head if head is not None else None
+        base: _FieldsTable | None = None
+        if parent_id is not None:
+            base = self._fields_table(self._manifest(parent_id).root)
+            if hint is None and bag is not None and bag.base == parent_id.hex():
+                hint = set(bag.dirty)
+        else:
+            hint = None  # nothing to carry over
+
+        entries: dict[str, Entry] = {}
+        new_nodes: dict[bytes, NewNode] = {}
+        seen: set[bytes] = set()
+        reused = 0
+        compress_jobs: list[tuple[list[NewNode], Future[list[bytes]]]] = []
+        level = self._config.compression_level
+        for name in names:
+            old = base.entries.get(name) if base is not None else None
+            if old is not None and hint is not None and name not in hint:
+                entries[name] = old
+                reused += type(old) is TreeField
+                continue
+            t = time.perf_counter()
+            encoded = self._encode_field(name, data[name])
+            timings["encode"] += time.perf_counter() - t
+            if len(encoded) < self._config.inline_max:
+                entries[name] = InlineField(encoded)
+                continue
+            t = time.perf_counter()
+            head_len = dag.head_length(encoded)
+            body = memoryview(encoded)[head_len:]
+            offsets, digests = self._chunker.cut_and_hash(
+                body, threads=2 if len(body) >= _PARALLEL_CUT_BYTES else 1
+            )
+            entry, nodes = dag.split_value(encoded, offsets, digests, head=head_len)
+            timings["chunk"] += time.perf_counter() - t
+            if old == entry:
+                entries[name] = old
+                reused += 1
+                continue
+            entries[name] = entry
+            fresh, found = self._select_new(nodes, seen, requests)
+            reused += found
+            for node in fresh:
+                new_nodes[node.node_id] = node
+            compress_jobs.extend(self._submit_compress(fresh, level))
+
+        ordered = sorted(entries.items())
+        name_hashes = dict(base.name_hashes) if base is not None else {}
+        root, fields_nodes = dag.build_fields(ordered, hashes=name_hashes)
+        known = base.node_ids if base is not None else set()
+        unknown = [node for node in fields_nodes if node.node_id not in known]
+        reused += len(fields_nodes) - len(unknown)
+        fresh, found = self._select_new(unknown, seen, requests)
+        reused += found
+        for node in fresh:
+            new_nodes[node.node_id] = node
+        compress_jobs.extend(self._submit_compress(fresh, level))
+
+        t = time.perf_counter()
+        packs = self._build_packs(compress_jobs)
+        timings["compress"] = time.perf_counter() - t
+
+        logical = sum(dag.entry_size(entry) for entry in entries.values())
+        manifest = Manifest(
+            format=FORMAT_VERSION,
+            chain=chain,
+            seq=(head.seq + 1) if head is not None else 1,
+            parents=[parent_id] if parent_id is not None else [],
+            root=root,
+            fields=len(entries),
+            size=logical,
+            time_ns=time.time_ns(),
+            meta=meta_raw,
+        )
+        manifest_bytes = _MANIFEST_ENCODER.encode(manifest)
+        manifest_id = bytes(ContentId.of(manifest_bytes))
+        txn = new_txn_id()
+        tx = Transaction(
+            txn=txn,
+            chain=chain,
+            expected_head=head_bytes,
+            new_head=HeadRecord(manifest_id, manifest.seq, txn),
+            manifest_id=manifest_id,
+            manifest=manifest_bytes,
+            bytes_logical=logical,
+            root=root,
+            packs=packs,
+            new_nodes=new_nodes,
+            lease=self._lease,
+        )
+        t = time.perf_counter()
+        commit(self._objects, self._meta, tx, upload=self._upload)
+        timings["commit"] = time.perf_counter() - t
+        for key, count in tx.requests.items():
+            requests[key] = requests.get(key, 0) + count
+
+        self._remember_manifest(manifest_id, manifest)
+        self._remember_table(
+            root,
+            _FieldsTable(
+                entries,
+                {node.node_id for node in fields_nodes},
+                {name: name_hashes[name] for name in entries},
+            ),
+        )
+        if bag is not None:
+            bag.mark_saved(manifest_id.hex())
+        written = [node for node_id, node in new_nodes.items() if node_id not in tx.reused_late]
+        timings["total"] = time.perf_counter() - started
+        return CommitResult(
+            manifest_id=manifest_id.hex(),
+            parent=parent_id.hex() if parent_id is not None else None,
+            parents=[p.hex() for p in manifest.parents],
+            chain=chain,
+            seq=manifest.seq,
+            nodes_written=len(written),
+            nodes_reused=reused + len(tx.reused_late),
+            bytes_logical=logical,
+            bytes_new_raw=sum(len(node.data) for node in written),
+            bytes_new_stored=sum(len(data) for _, data, _ in packs),
+            requests=requests,
+            timings=timings,
+        )
+
+    def _encode_meta(self, meta: Mapping[str, Any] | None) -> msgspec.Raw | None:
+        if meta is None:
+            return None
+        if not isinstance(meta, Mapping):
+            raise InvalidInputError(
+                f"meta must be a Mapping[str, Any] or None, not {type(meta).__name__}",
+                path="meta",
+            )
+        try:
+            return msgspec.Raw(codec.encode(dict(meta)))
+        except InvalidInputError as exc:
+            path = _field_path("meta", exc.path)
+            raise InvalidInputError(f"meta: {exc}", path=path) from exc
+
+    @staticmethod
+    def _check_changed(changed: Iterable[str]) -> set[str]:
+        if isinstance(changed, (str, bytes)):
+            raise InvalidInputError(
+                "changed must be an iterable of field names, not a single str",
+                path="changed",
+            )
+        names = set()
+        for name in changed:
+            if not isinstance(name, str):
+                raise InvalidInputError(
+                    f"changed lists {name!r}, which is not a field name (str)", path="changed"
+                )
+            names.add(name)
+        return names
+
+    def _encode_field(self, name: str, value: Any) -> bytes:
+        try:
+            return codec.encode(value)
+        except InvalidInputError as exc:
+            path = _field_path(name, exc.path)
+            raise InvalidInputError(f"field {name!r}: {exc}", path=path) from exc
+
+    def _select_new(
+        self, nodes: Sequence[NewNode], seen: set[bytes], requests: dict[str, int]
+    ) -> tuple[list[NewNode], int]:
+        """The nodes not yet stored (nor already taken by this save), and how many were."""
+        candidates: list[NewNode] = []
+        for node in nodes:
+            if node.node_id not in seen:
+                seen.add(node.node_id)
+                candidates.append(node)
+        if not candidates:
+            return [], len(nodes)
+        stored = self._meta.get_many([f"node/{node.node_id.hex()}" for node in candidates])
+        requests["meta_reads"] += 1
+        fresh = [node for node in candidates if f"node/{node.node_id.hex()}" not in stored]
+        return fresh, len(candidates) - len(fresh)
+
+    def _submit_compress(
+        self, nodes: list[NewNode], level: int
+    ) -> list[tuple[list[NewNode], Future[list[bytes]]]]:
+        jobs: list[tuple[list[NewNode], Future[list[bytes]]]] = []
+        batch: list[NewNode] = []
+        size = 0
+        for node in nodes:
+            batch.append(node)
+            size += len(node.data)
+            if size >= _COMPRESS_TASK_BYTES:
+                jobs.append((batch, self._pool.submit(_compress_all, batch, level)))
+                batch, size = [], 0
+        if batch:
+            jobs.append((batch, self._pool.submit(_compress_all, batch, level)))
+        return jobs
+
+    def _build_packs(
+        self, jobs: list[tuple[list[NewNode], Future[list[bytes]]]]
+    ) -> list[tuple[bytes, bytes, list[Any]]]:
+        packs: list[tuple[bytes, bytes, list[Any]]] = []
+        writer = PackWriter()
+        raw = 0
+        for nodes, future in jobs:
+            for node, frame in zip(nodes, future.result(), strict=True):
+                # Packs split by raw size, so less than pack_size of new data is one pack.
+                if raw + len(node.data) > self._config.pack_size and len(writer):
+                    packs.append(writer.finish())
+                    writer, raw = PackWriter(), 0
+                writer.add(node.node_id, frame, len(node.data))
+                raw += len(node.data)
+        if len(writer):
+            packs.append(writer.finish())
+        return packs
+
+    def _upload(self, items: Sequence[tuple[str, bytes]]) -> None:
+        if len(items) == 1:
+            self._objects.put(*items[0])
+            return
+        futures = [self._pool.submit(self._objects.put, key, data) for key, data in items]
+        errors = [future.exception() for future in futures]
+        for error in errors:
+            if error is not None:
+                raise error
+
+    # -- reading nodes -----------------------------------------------------------------------
+
+    def _read_nodes(self, ids: Sequence[bytes], /, *, cache: bool = False) -> dict[bytes, bytes]:
+        """The bytes of nodes ``ids``, verified; IntegrityError names any that cannot be read."""
+        found: dict[bytes, bytes] = {}
+        wanted: list[bytes] = []
+        with self._lock:
+            for node_id in ids:
+                data = self._structs.get(node_id)
+                if data is not None:
+                    self._structs.move_to_end(node_id)
+                    found[node_id] = data
+                elif node_id not in found:
+                    wanted.append(node_id)
+        if not wanted:
+            return found
+        wanted = list(dict.fromkeys(wanted))
+        records = self._meta.get_many([f"node/{node_id.hex()}" for node_id in wanted])
+        by_pack: dict[bytes, list[tuple[bytes, IndexRecord]]] = {}
+        for node_id in wanted:
+            text = node_id.hex()
+            stored = records.get(f"node/{text}")
+            if stored is None:
+                raise IntegrityError(
+                    f"node {text} is referenced but not in the index", object_id=text
+                )
+            record = IndexRecord.decode(stored, node_id=text)
+            by_pack.setdefault(record.pack_id, []).append((node_id, record))
+        ranges: list[list[tuple[bytes, IndexRecord]]] = []
+        for members in by_pack.values():
+            members.sort(key=lambda item: item[1].offset)
+            current: list[tuple[bytes, IndexRecord]] = []
+            for item in members:
+                if current:
+                    first, last = current[0][1], current[-1][1]
+                    end = last.offset + last.length
+                    if (
+                        item[1].offset - end > _READ_GAP
+                        or item[1].offset + item[1].length - first.offset > _READ_MAX
+                    ):
+                        ranges.append(current)
+                        current = []
+                current.append(item)
+            ranges.append(current)
+        if len(ranges) == 1:
+            results = [self._read_range(ranges[0])]
+        else:
+            futures = [self._pool.submit(self._read_range, group) for group in ranges]
+            results = [future.result() for future in futures]
+        for result in results:
+            found.update(result)
+        if cache:
+            self._cache_structs({node_id: found[node_id] for node_id in wanted})
+        return found
+
+    def _read_range(self, group: list[tuple[bytes, IndexRecord]]) -> dict[bytes, bytes]:
+        pack_id = group[0][1].pack_id
+        start = group[0][1].offset
+        end = max(record.offset + record.length for _, record in group)
+        key = pack_key(pack_id)
+        try:
+            blob = self._objects.get(key, offset=start, length=end - start)
+        except NotFoundError as exc:
+            raise IntegrityError(
+                f"pack {pack_id.hex()} is missing; it holds node {group[0][0].hex()}",
+                object_id=pack_id.hex(),
+            ) from exc
+        view = memoryview(blob)
+        out: dict[bytes, bytes] = {}
+        for node_id, record in group:
+            lo = record.offset - start
+            frame = view[lo : lo + record.length]
+            if len(frame) != record.length:
+                raise IntegrityError(
+                    f"pack {pack_id.hex()} is truncated: node {node_id.hex()} is cut short",
+                    object_id=node_id.hex(),
+                )
+            out[node_id] = codec.decompress(frame, max_size=record.size, expected=node_id)
+            if len(out[node_id]) != record.size:
+                raise IntegrityError(
+                    f"node {node_id.hex()} has {len(out[node_id])} bytes, the index says "
+                    f"{record.size}",
+                    object_id=node_id.hex(),
+                )
+        return out
+
+    def _cache_structs(self, nodes: Mapping[bytes, bytes]) -> None:
+        with self._lock:
+            for node_id, data in nodes.items():
+                if node_id in self._structs:
+                    continue
+                self._structs[node_id] = data
+                self._structs_bytes += len(data)
+            while self._structs_bytes > _STRUCT_CACHE_BYTES and self._structs:
+                _, dropped = self._structs.popitem(last=False)
+                self._structs_bytes -= len(dropped)
+
+    def _fetch_structs(self, ids: Sequence[bytes]) -> dict[bytes, bytes]:
+        return self._read_nodes(ids, cache=True)
+
+    # -- manifests and fields tables ---------------------------------------------------------
+
+    def _manifest(self, manifest_id: bytes) -> Manifest:
+        with self._lock:
+            cached = self._manifests.get(manifest_id)
+        if cached is not None:
+            return cached
+        text = manifest_id.hex()
+        stored = self._meta.get(f"manifest/{text}")
+        if stored is None:
+            raise NotFoundError(f"manifest {text} does not exist")
+        if ContentId.of(stored) != manifest_id:
+            raise IntegrityError(
+                f"manifest {text} is corrupt: its bytes hash to another id", object_id=text
+            )
+        try:
+            manifest = _MANIFEST_DECODER.decode(stored)
+        except msgspec.DecodeError as exc:
+            raise IntegrityError(f"manifest {text} is malformed: {exc}", object_id=text) from exc
+        self._remember_manifest(manifest_id, manifest)
+        return manifest
+
+    def _remember_manifest(self, manifest_id: bytes, manifest: Manifest) -> None:
+        with self._lock:
+            self._manifests[manifest_id] = manifest
+            self._manifests.move_to_end(manifest_id)
+            while len(self._manifests) > 4096:
+                self._manifests.popitem(last=False)
+
+    def _fields_table(self, root: bytes) -> _FieldsTable:
+        with self._lock:
+            table = self._tables.get(root)
+            if table is not None:
+                self._tables.move_to_end(root)
+                return table
+        node_ids: set[bytes] = set()
+
+        def fetch(ids: Sequence[bytes]) -> dict[bytes, bytes]:
+            node_ids.update(ids)
+            return self._fetch_structs(ids)
+
+        entries = dict(dag.iter_fields(root, fetch))
+        table = _FieldsTable(entries, node_ids, {})
+        self._remember_table(root, table)
+        return table
+
+    def _remember_table(self, root: bytes, table: _FieldsTable) -> None:
+        with self._lock:
+            self._tables[root] = table
+            self._tables.move_to_end(root)
+            while len(self._tables) > _FIELDS_CACHE:
+                self._tables.popitem(last=False)
+
+    def _resolve(self, manifest_id: str, *, field: str = "manifest_id") -> bytes:
+        return ContentId.parse(manifest_id, field=field)
+
+    # -- load --------------------------------------------------------------------------------
+
+    def load(
+        self,
+        manifest_id: str,
+        fields: Iterable[str] | None = None,
+        lazy: bool = False,
+    ) -> dict[str, Any] | LazyState:
+        """The state of version ``manifest_id``: a dict, or only ``fields``, or a lazy mapping.
+
+        Dict keys come back sorted, and nested dicts' keys too (the canonical encoding sorts
+        them); values are equal to what was saved, with tuples as lists.
+        """
+        self._check_open()
+        manifest = self._manifest(self._resolve(manifest_id))
+        table = self._fields_table(manifest.root)
+        entries = table.entries
+        if fields is not None:
+            wanted = self._check_changed(fields)
+            missing = sorted(wanted - entries.keys())
+            if missing:
+                raise NotFoundError(
+                    f"version {manifest_id} has no field {', '.join(map(repr, missing))}"
+                )
+            entries = {name: entries[name] for name in sorted(wanted)}
+        if lazy:
+            return LazyState(self, entries)
+        return self._materialize(entries)
+
+    def load_latest(
+        self, chain: str, fields: Iterable[str] | None = None, lazy: bool = False
+    ) -> dict[str, Any] | LazyState:
+        """The state at the head of ``chain``; NotFoundError when it has no version."""
+        head = self.head(chain)
+        if head is None:
+            raise NotFoundError(f"chain {chain!r} has no version")
+        return self.load(head, fields=fields, lazy=lazy)
+
+    def load_bag(self, chain_or_id: str, /) -> StateBag:
+        """A :class:`StateBag` of a version (a chain's head, or an id), ready to save from."""
+        manifest_id = chain_or_id if looks_like_id(chain_or_id) else self.head(chain_or_id)
+        if manifest_id is None:
+            raise NotFoundError(f"chain {chain_or_id!r} has no version")
+        state = self.load(manifest_id)
+        assert isinstance(state, dict)
+        bag = StateBag(state)
+        bag.mark_saved(manifest_id)
+        return bag
+
+    def _materialize(self, entries: Mapping[str, Entry]) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        trees: list[tuple[str, TreeField]] = []
+        for name, entry in entries.items():
+            if type(entry) is InlineField:
+                result[name] = codec.decode(entry.encoded)
+            else:
+                assert type(entry) is TreeField
+                trees.append((name, entry))
+        if not trees:
+            return result
+        leaves = {name: self._leaves(entry) for name, entry in trees}
+        all_ids = [node_id for chunks in leaves.values() for node_id, _ in chunks]
+        chunks = self._read_nodes(all_ids)
+        for name, entry in trees:
+            pieces = [chunks[node_id] for node_id, _ in leaves[name]]
+            if sum(map(len, pieces)) != entry.length:
+                raise IntegrityError(
+                    f"field {name!r}: its chunks hold {sum(map(len, pieces))} bytes, the "
+                    f"entry says {entry.length}",
+                    object_id=entry.root.hex(),
+                )
+            result[name] = dag.decode_value(entry.head, pieces)
+        return dict(sorted(result.items()))
+
+    def _leaves(self, entry: TreeField) -> list[tuple[bytes, int]]:
+        return dag.leaves_of(entry.root, entry.level, self._fetch_structs)
+
+    # -- chains ------------------------------------------------------------------------------
+
+    def head(self, chain: str) -> str | None:
+        """The manifest id at the head of ``chain``, or None when it has no version."""
+        self._check_open()
+        stored = self._meta.get(head_key(check_chain(chain)))
+        return decode_head(stored).head.hex() if stored is not None else None
+
+    def chains(self) -> Iterator[str]:
+        """The names of every chain with a head, sorted."""
+        self._check_open()
+        for key, _ in self._meta.scan("chain/"):
+            yield key[len("chain/") :]
+
+    def log(self, chain: str) -> Iterator[ManifestInfo]:
+        """The versions of ``chain`` from its head back along first parents, newest first."""
+        current = self.head(chain)
+        manifest_id = bytes.fromhex(current) if current is not None else None
+        while manifest_id is not None:
+            manifest = self._manifest(manifest_id)
+            yield self._info(manifest_id, manifest)
+            manifest_id = manifest.parents[0] if manifest.parents else None
+
+    def _info(self, manifest_id: bytes, manifest: Manifest) -> ManifestInfo:
+        return ManifestInfo(
+            manifest_id=manifest_id.hex(),
+            parent=manifest.parents[0].hex() if manifest.parents else None,
+            parents=[p.hex() for p in manifest.parents],
+            seq=manifest.seq,
+            created_at=datetime.fromtimestamp(manifest.time_ns / 1e9, tz=UTC),
+            meta=codec.decode(manifest.meta) if manifest.meta is not None else None,
+            bytes_logical=manifest.size,
+        )
+
+    def info(self, manifest_id: str, /) -> ManifestInfo:
+        """The log entry of one version."""
+        raw = self._resolve(manifest_id)
+        return self._info(raw, self._manifest(raw))
+
+    # -- diff --------------------------------------------------------------------------------
+
+    def diff(self, a: str, b: str) -> Diff:
+        """Fields added, removed and changed from version ``a`` to version ``b``."""
+        self._check_open()
+        entries_a = self._fields_table(self._manifest(self._resolve(a, field="a")).root).entries
+        entries_b = self._fields_table(self._manifest(self._resolve(b, field="b")).root).entries
+        added = {
+            name: dag.entry_size(entry)
+            for name, entry in entries_b.items()
+            if name not in entries_a
+        }
+        removed = {
+            name: dag.entry_size(entry)
+            for name, entry in entries_a.items()
+            if name not in entries_b
+        }
+        changed = {
+            name: (dag.entry_size(entries_a[name]), dag.entry_size(entry))
+            for name, entry in entries_b.items()
+            if name in entries_a and entries_a[name] != entry
+        }
+        return Diff(added=added, removed=removed, changed=changed)
+
+    # -- stats -------------------------------------------------------------------------------
+
+    def stats(self) -> RepoStats:
+        """Counts and bytes of the whole repository, read from counters kept by commits."""
+        self._check_open()
+        totals = dict(self._meta.counters("stat/"))
+        return RepoStats(
+            chains=totals.get("stat/chains", 0),
+            manifests=totals.get("stat/manifests", 0),
+            nodes=totals.get("stat/nodes", 0),
+            packs=totals.get("stat/packs", 0),
+            bytes_logical=totals.get("stat/bytes_logical", 0),
+            bytes_stored=totals.get("stat/bytes_stored", 0),
+        )
+
+    # -- verify ------------------------------------------------------------------------------
+
+    def verify(self, manifest_id: str | None = None, read_data: float = 1.0) -> VerifyReport:
+        """Check versions (one, or every one) reach only present, intact nodes.
+
+        Every structural node (fields and index nodes) is read and checked; of the chunks,
+        each is checked to be indexed and its pack present, and a ``read_data`` fraction of
+        them (chosen by id, so repeated runs with the same fraction read the same ones) is
+        read back and re-hashed.
+        """
+        self._check_open()
+        if not (isinstance(read_data, (int, float)) and 0.0 <= read_data <= 1.0):
+            raise InvalidInputError(
+                f"read_data must be a fraction from 0 to 1, not {read_data!r}", path="read_data"
+            )
+        problems: list[str] = []
+        if manifest_id is not None:
+            targets = [self._resolve(manifest_id)]
+        else:
+            targets = [
+                bytes.fromhex(key[len("manifest/") :]) for key, _ in self._meta.scan("manifest/")
+            ]
+        threshold = math.floor(read_data * (1 << 64))
+        checked_structs: set[bytes] = set()
+        checked_chunks: set[bytes] = set()
+        packs_present: dict[bytes, bool] = {}
+        nodes_read = 0
+        for target in targets:
+            try:
+                manifest = self._manifest(target)
+            except (NotFoundError, IntegrityError) as exc:
+                problems.append(f"manifest {target.hex()}: {exc}")
+                continue
+            try:
+                self._verify_fields(manifest.root, checked_structs)
+                table = self._fields_table(manifest.root)
+            except IntegrityError as exc:
+                problems.append(f"manifest {target.hex()}: fields table: {exc}")
+                continue
+            for name, entry in table.entries.items():
+                if type(entry) is not TreeField:
+                    continue
+                try:
+                    leaves = dag.leaves_of(
+                        entry.root, entry.level, lambda ids: self._verified(ids, checked_structs)
+                    )
+                    sample: list[bytes] = []
+                    for node_id, _ in leaves:
+                        if node_id in checked_chunks:
+                            continue
+                        checked_chunks.add(node_id)
+                        self._check_indexed(node_id, packs_present)
+                        if int.from_bytes(node_id[:8], "little") < threshold:
+                            sample.append(node_id)
+                    if sample:
+                        for start in range(0, len(sample), 256):
+                            nodes_read += len(self._read_nodes(sample[start : start + 256]))
+                except IntegrityError as exc:
+                    problems.append(f"manifest {target.hex()}: field {name!r}: {exc}")
+        return VerifyReport(
+            ok=not problems,
+            problems=problems,
+            manifests=len(targets),
+            nodes_checked=len(checked_structs) + len(checked_chunks),
+            nodes_read=nodes_read + len(checked_structs),
+        )
+
+    def _verified(self, ids: Sequence[bytes], checked: set[bytes]) -> dict[bytes, bytes]:
+        """Structural nodes read from their packs (never from the cache), verified."""
+        with self._lock:
+            for node_id in ids:
+                if node_id not in checked:
+                    self._structs_bytes -= len(self._structs.pop(node_id, b""))
+        found = self._read_nodes(ids, cache=True)
+        checked.update(ids)
+        return found
+
+    def _verify_fields(self, root: bytes, checked: set[bytes]) -> None:
+        frontier = [root]
+        while frontier:
+            found = self._verified(frontier, checked)
+            next_frontier: list[bytes] = []
+            for node_id in frontier:
+                level, rows = dag.parse_fields_node(found[node_id], node_id=node_id.hex())
+                if level:
+                    next_frontier.extend(child for _, child, _ in rows)
+            frontier = next_frontier
+
+    def _check_indexed(self, node_id: bytes, packs_present: dict[bytes, bool]) -> None:
+        text = node_id.hex()
+        stored = self._meta.get(f"node/{text}")
+        if stored is None:
+            raise IntegrityError(f"chunk {text} is not in the index", object_id=text)
+        record = IndexRecord.decode(stored, node_id=text)
+        present = packs_present.get(record.pack_id)
+        if present is None:
+            try:
+                size = self._objects.stat(pack_key(record.pack_id))
+                present = size >= record.offset + record.length
+            except NotFoundError:
+                present = False
+            packs_present[record.pack_id] = present
+        if not present:
+            raise IntegrityError(
+                f"pack {record.pack_id.hex()} holding chunk {text} is missing or truncated",
+                object_id=record.pack_id.hex(),
+            )
+
+
+def _compress_all(nodes: list[NewNode], level: int) -> list[bytes]:
+    return [codec.compress(node.data, level=level) for node in nodes]
+
+
+class LazyState(Mapping[str, Any]):
+    """A version's state that reads each field on first access (then keeps it)."""
+
+    def __init__(self, repo: Repository, entries: Mapping[str, Entry]) -> None:
+        self._repo = repo
+        self._entries = dict(entries)
+        self._values: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, name: str) -> Any:
+        with self._lock:
+            if name in self._values:
+                return self._values[name]
+        entry = self._entries.get(name)
+        if entry is None:
+            raise KeyError(name)
+        value = self._repo._materialize({name: entry})[name]
+        with self._lock:
+            return self._values.setdefault(name, value)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def loaded(self) -> frozenset[str]:
+        """The fields read so far."""
+        with self._lock:
+            return frozenset(self._values)
+
+    def __repr__(self) -> str:
+        return f"<LazyState fields={len(self._entries)} loaded={len(self._values)}>"

@@ -1,0 +1,90 @@
+"""Helpers shared by the repository tests: exact comparison, and a recount of references."""
+
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from typing import Any
+
+from statebag import Repository, dag
+
+
+def same(a: Any, b: Any, path: str = "$") -> None:
+    """Assert ``b`` is exactly ``a`` as stored: same types (tuples come back as lists,
+    bytearray as bytes, subclasses as their base), floats bit for bit (NaN payloads, -0.0),
+    and dict keys in sorted order."""
+    if a is None or type(a) is bool:
+        assert b is a, f"{path}: {a!r} came back as {b!r}"
+    elif isinstance(a, float):
+        assert type(b) is float, f"{path}: float came back as {type(b).__name__}"
+        assert struct.pack("<d", a) == struct.pack("<d", b), f"{path}: {a!r} != {b!r}"
+    elif isinstance(a, int):
+        assert type(b) is int and b == a, f"{path}: {a!r} came back as {b!r}"
+    elif isinstance(a, str):
+        assert type(b) is str and b == a, f"{path}: {a!r} came back as {b!r}"
+    elif isinstance(a, (bytes, bytearray, memoryview)):
+        assert type(b) is bytes and b == bytes(a), f"{path}: {a!r} came back as {b!r}"
+    elif isinstance(a, dict):
+        assert type(b) is dict, f"{path}: dict came back as {type(b).__name__}"
+        assert list(b) == sorted(a), f"{path}: keys {list(b)} are not {sorted(a)}"
+        for key in a:
+            same(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert type(b) is list, f"{path}: sequence came back as {type(b).__name__}"
+        assert len(a) == len(b), f"{path}: length {len(a)} != {len(b)}"
+        for index, (x, y) in enumerate(zip(a, b, strict=True)):
+            same(x, y, f"{path}[{index}]")
+    else:
+        raise AssertionError(f"{path}: unexpected type {type(a).__name__}")
+
+
+def recount(repo: Repository) -> tuple[Counter[bytes], set[bytes]]:
+    """Reference counts recomputed from every manifest, and every node reachable.
+
+    Counts references the way the commit protocol does: one per (parent, child) edge of the
+    node graph (each node counted once however many versions share it) plus one per manifest
+    on its root.
+    """
+    meta = repo._meta
+    counts: Counter[bytes] = Counter()
+    reached: set[bytes] = set()
+    frontier: list[tuple[bytes, str]] = []
+    for key, _ in meta.scan("manifest/"):
+        manifest = repo._manifest(bytes.fromhex(key[len("manifest/") :]))
+        counts[manifest.root] += 1
+        frontier.append((manifest.root, "fields"))
+    while frontier:
+        node_id, kind = frontier.pop()
+        if node_id in reached:
+            continue
+        reached.add(node_id)
+        if kind == "chunk":
+            continue
+        data = repo._read_nodes([node_id])[node_id]
+        if kind == "fields":
+            level, rows = dag.parse_fields_node(data, node_id=node_id.hex())
+            if level:
+                children = [(child, "fields") for _, child, _ in rows]
+            else:
+                children = [
+                    (entry.root, "chunk" if entry.level == 0 else "index")
+                    for _, entry in rows
+                    if isinstance(entry, dag.TreeField)
+                ]
+        else:
+            level, entries = dag.parse_index_node(data, node_id=node_id.hex())
+            children = [(child, "chunk" if level == 1 else "index") for child, _ in entries]
+        for child, child_kind in children:
+            counts[child] += 1
+            frontier.append((child, child_kind))
+    return counts, reached
+
+
+def stored_counts(repo: Repository) -> Counter[bytes]:
+    return Counter(
+        {
+            bytes.fromhex(key[len("ref/") :]): value
+            for key, value in repo._meta.counters("ref/")
+            if value
+        }
+    )
