@@ -29,7 +29,8 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from enum import Enum
 from itertools import chain
 from typing import Any, NoReturn
@@ -37,6 +38,8 @@ from typing import Any, NoReturn
 import msgspec
 import zstandard
 
+from ._typing import Buffer
+from .chunking import backend
 from .errors import IntegrityError, InvalidInputError
 from .hashing import DIGEST_SIZE, hash_bytes
 
@@ -45,6 +48,7 @@ __all__ = [
     "CODEC_ZSTD",
     "DEFAULT_LEVEL",
     "compress",
+    "compress_batch",
     "decode",
     "decompress",
     "encode",
@@ -105,7 +109,7 @@ def encode(value: Any, /) -> bytes:
     """
     limit = sys.getrecursionlimit()
     failure: BaseException | None = None
-    if _quick_check(value, limit):
+    if _quick_check_impl(value, limit):
         try:
             return _ENCODER.encode(value)
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
@@ -140,6 +144,9 @@ def _quick_check(value: object, max_depth: int) -> bool:
     Enum, Struct, dataclass, tuple subclasses ...) and nesting deeper than ``max_depth``, which
     is also how a cycle shows up. Anything msgspec refuses by itself (non-str keys, ints out of
     range, lone surrogates) is left to it. On False, :func:`_diagnose` finds the culprit.
+
+    This is the pure-Python twin of ``statebag._walk.quick_check``, which must give the same
+    answer for every value: change the two together.
     """
     leaves = _LEAVES
     stack: list[Iterator[Any]] = [iter((value,))]
@@ -177,6 +184,26 @@ def _quick_check(value: object, max_depth: int) -> bool:
         else:
             stack.pop()
     return True
+
+
+# encode() runs the compiled walk whenever the compiled chunker is active. That follows
+# statebag.chunking's choice: STATEBAG_NO_EXTENSIONS=1 selects the twin here too, and a build
+# without extensions selects it after chunking has already warned. Only a build that has the
+# chunker but not the walk is left to warn about here.
+_quick_check_impl: Callable[[object, int], bool] = _quick_check
+if backend == "cython":
+    try:
+        from ._walk import quick_check as _compiled_quick_check
+    except ImportError as exc:
+        warnings.warn(
+            f"statebag's compiled validation walk is not available ({exc}); codec.encode "
+            "checks values with its pure-Python twin, which gives the same results more "
+            "slowly. Reinstall statebag to rebuild its extensions.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    else:
+        _quick_check_impl = _compiled_quick_check
 
 
 def _child_path(parent: str, key: str | int) -> str:
@@ -330,6 +357,35 @@ def compress(raw: bytes | memoryview, /, *, level: int = DEFAULT_LEVEL) -> bytes
         if len(packed) < len(raw):
             return _ZSTD_HEADER + packed
     return _RAW_HEADER + raw
+
+
+def compress_batch(
+    raws: Sequence[bytes | memoryview], /, *, level: int = DEFAULT_LEVEL
+) -> list[tuple[bytes, Buffer]]:
+    """Frames of many inputs at once, each as (codec byte, payload): ``header + payload`` is
+    exactly ``compress(raw, level=level)``.
+
+    One call into zstd compresses the whole batch without taking the GIL in between, so a
+    thread compressing a batch leaves the interpreter to the others; the frames stay in two
+    parts so that writing them into a pack is the only copy.
+    """
+    if type(level) is not int or not _MIN_LEVEL <= level <= _MAX_LEVEL:
+        raise InvalidInputError(
+            f"level must be an int from {_MIN_LEVEL} to {_MAX_LEVEL} (0 stores raw), not {level!r}",
+            path="level",
+        )
+    if not level or not raws:
+        return [(_RAW_HEADER, raw) for raw in raws]
+    packed = _compressor(level).multi_compress_to_buffer(list(raws), threads=1)
+    frames: list[tuple[bytes, Buffer]] = []
+    # The stubs do not say that the collection is a sequence of buffers; it is.
+    segments = [packed[index] for index in range(len(packed))]
+    for raw, segment in zip(raws, segments, strict=True):
+        if len(segment) < len(raw):
+            frames.append((_ZSTD_HEADER, memoryview(segment)))  # type: ignore[arg-type]
+        else:
+            frames.append((_RAW_HEADER, raw))
+    return frames
 
 
 def decompress(
