@@ -711,3 +711,22 @@ def test_bytes_after_the_zstd_frame_are_refused(tail: bytes) -> None:
     assert codec.decompress(frame, max_size=len(raw)) == raw
     with pytest.raises(IntegrityError):
         codec.decompress(frame + tail, max_size=len(raw), expected=blake3(raw).digest())
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    raws=st.lists(st.binary(max_size=3000) | st.just(b"abc" * 2000), min_size=0, max_size=12),
+    level=st.sampled_from([0, 1, 3, -2, 9]),
+)
+def test_compress_batch_gives_the_frames_of_compress(raws: list[bytes], level: int) -> None:
+    frames = codec.compress_batch([memoryview(raw) for raw in raws], level=level)
+    assert len(frames) == len(raws)
+    for raw, (header, payload) in zip(raws, frames, strict=True):
+        frame = header + bytes(payload)
+        assert frame == codec.compress(raw, level=level)
+        assert codec.decompress(frame, max_size=len(raw)) == raw
+
+
+def test_compress_batch_refuses_a_bad_level() -> None:
+    with pytest.raises(InvalidInputError, match="level"):
+        codec.compress_batch([b"x"], level=99)

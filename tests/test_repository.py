@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import statebag
+import statebag.commit
 from statebag import (
     ConfigError,
     ConflictError,
@@ -701,3 +702,35 @@ def test_reference_counts_are_exact_over_a_history(repo: statebag.Repository) ->
     assert stored_counts(repo) == counts
     assert repo.stats().nodes == len(reached)
     assert next(iter(itertools.islice(repo.log("c"), 1))).seq == 15
+
+
+def test_a_failing_save_deletes_the_packs_it_already_shipped(tmp_path: Path) -> None:
+    with statebag.open(tmp_path / "r", fsync=False, pack_size=2**20) as repo:
+        repo.save("c", {"x": 1})
+        before = sorted(repo._objects.list(""))
+        stats = repo.stats()
+        rng = random.Random(0)
+        state = {f"a{i}": rng.randbytes(700_000) for i in range(6)}  # several packs first
+        state["z_bad"] = {"tags": {1, 2}}
+        shipped: list[int] = []
+        original = statebag.commit.Prepare.abandon
+
+        def spy(self: statebag.commit.Prepare) -> None:
+            shipped.append(len(self.pack_ids))
+            original(self)
+
+        statebag.commit.Prepare.abandon = spy  # type: ignore[method-assign]
+        try:
+            with pytest.raises(InvalidInputError) as info:
+                repo.save("c", state)
+        finally:
+            statebag.commit.Prepare.abandon = original  # type: ignore[method-assign]
+        assert shipped and shipped[0] >= 1  # packs had shipped before the bad field
+        assert info.value.path == "z_bad.tags"
+        assert sorted(repo._objects.list("")) == before
+        assert repo.stats() == stats
+        assert list(repo._meta.scan("pending/")) == []
+        del state["z_bad"]
+        result = repo.save("c", state)
+        assert result.requests["object_puts"] >= 3  # the packs did ship early
+        assert repo.load(result.manifest_id) == dict(sorted(state.items()))

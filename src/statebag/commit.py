@@ -27,9 +27,11 @@ head is read back: a head carrying this txn id means the commit happened.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import msgspec
@@ -44,6 +46,7 @@ __all__ = [
     "DEFAULT_LEASE",
     "HeadRecord",
     "PendingRecord",
+    "Prepare",
     "Transaction",
     "commit",
     "head_key",
@@ -114,6 +117,7 @@ class Transaction:
     lease: float = DEFAULT_LEASE
     # Filled in by commit():
     reused_late: set[bytes] = field(default_factory=set)
+    timings: dict[str, float] = field(default_factory=dict)
     requests: dict[str, int] = field(
         default_factory=lambda: {
             "object_puts": 0,
@@ -167,41 +171,116 @@ def _node_of(op: Op) -> bytes | None:
     return None
 
 
+class Prepare:
+    """Step 1, one pack at a time: record the pack in the pending entry, then upload it.
+
+    A save ships each pack as soon as it is full, so uploads overlap the compression of the
+    rest. ``submit`` runs an upload elsewhere (a thread pool) and returns its future.
+    """
+
+    def __init__(
+        self,
+        objects: ObjectStore,
+        meta: MetaStore,
+        /,
+        *,
+        txn: str,
+        chain: str,
+        lease: float,
+        submit: Callable[[Callable[[], None]], Future[None]] | None = None,
+    ) -> None:
+        self._objects = objects
+        self._meta = meta
+        self._txn = txn
+        self._chain = chain
+        self._lease = lease
+        self._submit = submit
+        self._started = time.time_ns()
+        self._uploads: list[Future[None]] = []
+        self.pack_ids: list[bytes] = []
+        self.requests = {"object_puts": 0, "object_deletes": 0, "meta_writes": 0}
+        self.upload_seconds = 0.0
+
+    def record(self) -> None:
+        """Put the pending entry as it stands (also with no pack yet)."""
+        pending = PendingRecord(
+            self._chain,
+            self._started,
+            self._started + int(self._lease * 1e9),
+            list(self.pack_ids),
+        )
+        self._meta.put(f"pending/{self._txn}", encode_record(pending))
+        self.requests["meta_writes"] += 1
+
+    def ship(self, pack_id: bytes, data: bytes, /) -> None:
+        self.pack_ids.append(pack_id)
+        self.record()
+        key = pack_key(pack_id)
+
+        def upload() -> None:
+            started = time.perf_counter()
+            self._objects.put(key, data)
+            self.upload_seconds += time.perf_counter() - started
+
+        self.requests["object_puts"] += 1
+        if self._submit is None:
+            upload()
+        else:
+            self._uploads.append(self._submit(upload))
+
+    def wait(self) -> None:
+        """Wait for every upload; the first failure is raised (after all have ended)."""
+        errors = [future.exception() for future in self._uploads]
+        self._uploads.clear()
+        for error in errors:
+            if error is not None:
+                raise error
+
+    def abandon(self) -> None:
+        """Undo step 1: delete the packs (no index names them yet) and the pending entry."""
+        with contextlib.suppress(Exception):
+            self.wait()
+        for pack_id in self.pack_ids:
+            self._objects.delete(pack_key(pack_id))
+            self.requests["object_deletes"] += 1
+        if self.pack_ids:
+            self._meta.delete(f"pending/{self._txn}")
+            self.requests["meta_writes"] += 1
+
+
 def commit(
     objects: ObjectStore,
     meta: MetaStore,
     tx: Transaction,
     /,
     *,
-    upload: Callable[[Sequence[tuple[str, bytes]]], None] | None = None,
+    prepared: Prepare | None = None,
 ) -> None:
     """Run the protocol for ``tx``; ConflictError when the head moved since it was read.
 
-    ``upload`` puts (key, data) pairs, in parallel if it likes; by default one after another.
+    With ``prepared``, step 1 was done by the caller (every pack of ``tx`` shipped through
+    it); otherwise this ships the packs one after another first.
     """
-    now = time.time_ns()
-    pending = PendingRecord(
-        tx.chain, now, now + int(tx.lease * 1e9), [pack_id for pack_id, _, _ in tx.packs]
-    )
-    if tx.packs:
-        # Without packs there is nothing to roll back: the one atomic write either happens
-        # or not. (In batches, the references taken first are; record them too.)
-        meta.put(f"pending/{tx.txn}", encode_record(pending))
-        tx.requests["meta_writes"] += 1
-        items = [(pack_key(pack_id), data) for pack_id, data, _ in tx.packs]
+    if prepared is None:
+        prepared = Prepare(objects, meta, txn=tx.txn, chain=tx.chain, lease=tx.lease)
         try:
-            if upload is None:
-                for key, data in items:
-                    objects.put(key, data)
-            else:
-                upload(items)
+            for pack_id, data, _ in tx.packs:
+                prepared.ship(pack_id, data)
         except BaseException:
-            _abandon_packs(objects, meta, tx)
+            prepared.abandon()
             raise
-        tx.requests["object_puts"] += len(items)
-    elif meta.max_batch is not None:
-        meta.put(f"pending/{tx.txn}", encode_record(pending))
-        tx.requests["meta_writes"] += 1
+    try:
+        prepared.wait()
+    except BaseException:
+        prepared.abandon()
+        raise
+    if not tx.packs and meta.max_batch is not None:
+        # In batches the references are taken before the head moves: record the save so
+        # that a crash in between can be rolled back.
+        prepared.record()
+    for key, count in prepared.requests.items():
+        tx.requests[key] += count
+    tx.timings["upload"] = prepared.upload_seconds
 
     records = {
         entry.node_id: IndexRecord(pack_id, entry.offset, entry.length, entry.size)

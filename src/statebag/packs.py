@@ -17,6 +17,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
+from ._typing import Buffer
 from .errors import IntegrityError
 from .hashing import hash_bytes
 
@@ -81,7 +82,7 @@ class PackWriter:
     __slots__ = ("_entries", "_frames", "_size")
 
     def __init__(self) -> None:
-        self._frames: list[bytes] = []
+        self._frames: list[Buffer] = []
         self._entries: list[PackEntry] = []
         self._size = 0
 
@@ -93,10 +94,13 @@ class PackWriter:
         """Bytes of frames so far."""
         return self._size
 
-    def add(self, node_id: bytes, frame: bytes, raw_size: int, /) -> None:
-        self._entries.append(PackEntry(node_id, self._size, len(frame), raw_size))
-        self._frames.append(frame)
-        self._size += len(frame)
+    def add(self, node_id: bytes, header: bytes, payload: Buffer, raw_size: int, /) -> None:
+        """Append one node's frame, given as its codec byte and payload (not joined yet)."""
+        length = len(header) + memoryview(payload).nbytes
+        self._entries.append(PackEntry(node_id, self._size, length, raw_size))
+        self._frames.append(header)
+        self._frames.append(payload)
+        self._size += length
 
     def finish(self) -> tuple[bytes, bytes, list[PackEntry]]:
         footer = b"".join(_FOOTER_ENTRY.pack(*entry) for entry in self._entries)

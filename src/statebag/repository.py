@@ -24,7 +24,7 @@ import math
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -41,6 +41,7 @@ from .chunking import Chunker
 from .commit import (
     DEFAULT_LEASE,
     HeadRecord,
+    Prepare,
     Transaction,
     commit,
     decode_head,
@@ -74,10 +75,10 @@ MIB = 1 << 20
 # Bodies from this size up are cut with a second thread scanning while this one hashes.
 _PARALLEL_CUT_BYTES = 4 * MIB
 # Compression tasks take about this much raw data, so the pool's overhead stays small.
-_COMPRESS_TASK_BYTES = 1 * MIB
+_COMPRESS_TASK_BYTES = 4 * MIB
 # Ranged reads of nodes in one pack merge when the gap between them is at most this.
 _READ_GAP = 256 * 1024
-_READ_MAX = 8 * MIB
+_READ_MAX = 2 * MIB
 _STRUCT_CACHE_BYTES = 64 * MIB
 _FIELDS_CACHE = 64
 _MAX_CHAIN_LENGTH = 512
@@ -463,58 +464,27 @@ class Repository:
 
         entries: dict[str, Entry] = {}
         new_nodes: dict[bytes, NewNode] = {}
-        seen: set[bytes] = set()
-        reused = 0
-        compress_jobs: list[tuple[list[NewNode], Future[list[bytes]]]] = []
         level = self._config.compression_level
-        for name in names:
-            old = base.entries.get(name) if base is not None else None
-            if old is not None and hint is not None and name not in hint:
-                entries[name] = old
-                reused += type(old) is TreeField
-                continue
-            t = time.perf_counter()
-            encoded = self._encode_field(name, data[name])
-            timings["encode"] += time.perf_counter() - t
-            if len(encoded) < self._config.inline_max:
-                entries[name] = InlineField(encoded)
-                continue
-            t = time.perf_counter()
-            head_len = dag.head_length(encoded)
-            body = memoryview(encoded)[head_len:]
-            offsets, digests = self._chunker.cut_and_hash(
-                body, threads=2 if len(body) >= _PARALLEL_CUT_BYTES else 1
+        txn = new_txn_id()
+        packer = _Packer(
+            Prepare(
+                self._objects,
+                self._meta,
+                txn=txn,
+                chain=chain,
+                lease=self._lease,
+                submit=self._pool.submit,
+            ),
+            pack_size=self._config.pack_size,
+        )
+        try:
+            root, packs, logical = self._encode_state(
+                data, names, base, hint, entries, new_nodes, packer, timings, requests, level
             )
-            entry, nodes = dag.split_value(encoded, offsets, digests, head=head_len)
-            timings["chunk"] += time.perf_counter() - t
-            if old == entry:
-                entries[name] = old
-                reused += 1
-                continue
-            entries[name] = entry
-            fresh, found = self._select_new(nodes, seen, requests)
-            reused += found
-            for node in fresh:
-                new_nodes[node.node_id] = node
-            compress_jobs.extend(self._submit_compress(fresh, level))
-
-        ordered = sorted(entries.items())
-        name_hashes = dict(base.name_hashes) if base is not None else {}
-        root, fields_nodes = dag.build_fields(ordered, hashes=name_hashes)
-        known = base.node_ids if base is not None else set()
-        unknown = [node for node in fields_nodes if node.node_id not in known]
-        reused += len(fields_nodes) - len(unknown)
-        fresh, found = self._select_new(unknown, seen, requests)
-        reused += found
-        for node in fresh:
-            new_nodes[node.node_id] = node
-        compress_jobs.extend(self._submit_compress(fresh, level))
-
-        t = time.perf_counter()
-        packs = self._build_packs(compress_jobs)
-        timings["compress"] = time.perf_counter() - t
-
-        logical = sum(dag.entry_size(entry) for entry in entries.values())
+        except BaseException:
+            packer.prepare.abandon()
+            raise
+        reused = packer.reused
         manifest = Manifest(
             format=FORMAT_VERSION,
             chain=chain,
@@ -528,7 +498,6 @@ class Repository:
         )
         manifest_bytes = _MANIFEST_ENCODER.encode(manifest)
         manifest_id = bytes(ContentId.of(manifest_bytes))
-        txn = new_txn_id()
         tx = Transaction(
             txn=txn,
             chain=chain,
@@ -543,18 +512,19 @@ class Repository:
             lease=self._lease,
         )
         t = time.perf_counter()
-        commit(self._objects, self._meta, tx, upload=self._upload)
+        commit(self._objects, self._meta, tx, prepared=packer.prepare)
         timings["commit"] = time.perf_counter() - t
+        timings["upload"] = tx.timings.get("upload", 0.0)
+        fields_nodes = packer.fields_nodes
         for key, count in tx.requests.items():
             requests[key] = requests.get(key, 0) + count
-
         self._remember_manifest(manifest_id, manifest)
         self._remember_table(
             root,
             _FieldsTable(
                 entries,
                 {node.node_id for node in fields_nodes},
-                {name: name_hashes[name] for name in entries},
+                {name: packer.name_hashes[name] for name in entries},
             ),
         )
         if bag is not None:
@@ -575,6 +545,75 @@ class Repository:
             requests=requests,
             timings=timings,
         )
+
+    def _encode_state(
+        self,
+        data: Mapping[str, Any],
+        names: list[str],
+        base: _FieldsTable | None,
+        hint: set[str] | frozenset[str] | None,
+        entries: dict[str, Entry],
+        new_nodes: dict[bytes, NewNode],
+        packer: _Packer,
+        timings: dict[str, float],
+        requests: dict[str, int],
+        level: int,
+    ) -> tuple[bytes, list[tuple[bytes, bytes, list[Any]]], int]:
+        """Encode, cut and compress the fields; ship full packs as they fill.
+
+        Returns the fields tree's root, every pack, and the logical bytes.
+        """
+        seen: set[bytes] = set()
+        for name in names:
+            old = base.entries.get(name) if base is not None else None
+            if old is not None and hint is not None and name not in hint:
+                entries[name] = old
+                packer.reused += type(old) is TreeField
+                continue
+            t = time.perf_counter()
+            encoded = self._encode_field(name, data[name])
+            timings["encode"] += time.perf_counter() - t
+            if len(encoded) < self._config.inline_max:
+                entries[name] = InlineField(encoded)
+                continue
+            t = time.perf_counter()
+            head_len = dag.head_length(encoded)
+            body = memoryview(encoded)[head_len:]
+            offsets, digests = self._chunker.cut_and_hash(
+                body, threads=2 if len(body) >= _PARALLEL_CUT_BYTES else 1
+            )
+            entry, nodes = dag.split_value(encoded, offsets, digests, head=head_len)
+            timings["chunk"] += time.perf_counter() - t
+            if old == entry:
+                entries[name] = old
+                packer.reused += 1
+                continue
+            entries[name] = entry
+            fresh, found = self._select_new(nodes, seen, requests)
+            packer.reused += found
+            for node in fresh:
+                new_nodes[node.node_id] = node
+            packer.add(self._submit_compress(fresh, level))
+            packer.drain(block=False)
+
+        ordered = sorted(entries.items())
+        name_hashes = dict(base.name_hashes) if base is not None else {}
+        root, fields_nodes = dag.build_fields(ordered, hashes=name_hashes)
+        packer.fields_nodes = fields_nodes
+        packer.name_hashes = name_hashes
+        known = base.node_ids if base is not None else set()
+        unknown = [node for node in fields_nodes if node.node_id not in known]
+        packer.reused += len(fields_nodes) - len(unknown)
+        fresh, found = self._select_new(unknown, seen, requests)
+        packer.reused += found
+        for node in fresh:
+            new_nodes[node.node_id] = node
+        packer.add(self._submit_compress(fresh, level))
+
+        t = time.perf_counter()
+        packs = packer.finish()
+        timings["compress"] = time.perf_counter() - t
+        return root, packs, sum(dag.entry_size(entry) for entry in entries.values())
 
     def _encode_meta(self, meta: Mapping[str, Any] | None) -> msgspec.Raw | None:
         if meta is None:
@@ -631,8 +670,8 @@ class Repository:
 
     def _submit_compress(
         self, nodes: list[NewNode], level: int
-    ) -> list[tuple[list[NewNode], Future[list[bytes]]]]:
-        jobs: list[tuple[list[NewNode], Future[list[bytes]]]] = []
+    ) -> list[tuple[list[NewNode], Future[list[tuple[bytes, Any]]]]]:
+        jobs: list[tuple[list[NewNode], Future[list[tuple[bytes, Any]]]]] = []
         batch: list[NewNode] = []
         size = 0
         for node in nodes:
@@ -645,38 +684,26 @@ class Repository:
             jobs.append((batch, self._pool.submit(_compress_all, batch, level)))
         return jobs
 
-    def _build_packs(
-        self, jobs: list[tuple[list[NewNode], Future[list[bytes]]]]
-    ) -> list[tuple[bytes, bytes, list[Any]]]:
-        packs: list[tuple[bytes, bytes, list[Any]]] = []
-        writer = PackWriter()
-        raw = 0
-        for nodes, future in jobs:
-            for node, frame in zip(nodes, future.result(), strict=True):
-                # Packs split by raw size, so less than pack_size of new data is one pack.
-                if raw + len(node.data) > self._config.pack_size and len(writer):
-                    packs.append(writer.finish())
-                    writer, raw = PackWriter(), 0
-                writer.add(node.node_id, frame, len(node.data))
-                raw += len(node.data)
-        if len(writer):
-            packs.append(writer.finish())
-        return packs
-
-    def _upload(self, items: Sequence[tuple[str, bytes]]) -> None:
-        if len(items) == 1:
-            self._objects.put(*items[0])
-            return
-        futures = [self._pool.submit(self._objects.put, key, data) for key, data in items]
-        errors = [future.exception() for future in futures]
-        for error in errors:
-            if error is not None:
-                raise error
-
     # -- reading nodes -----------------------------------------------------------------------
 
     def _read_nodes(self, ids: Sequence[bytes], /, *, cache: bool = False) -> dict[bytes, bytes]:
         """The bytes of nodes ``ids``, verified; IntegrityError names any that cannot be read."""
+        found, pending = self._start_reads(ids)
+        for future in pending.values():
+            found.update(future.result())
+        if cache:
+            self._cache_structs(found)
+        return found
+
+    def _start_reads(
+        self, ids: Sequence[bytes], /
+    ) -> tuple[dict[bytes, bytes], dict[bytes, Future[dict[bytes, bytes]]]]:
+        """Nodes found in the cache, and a future per node for the rest (shared per range).
+
+        Nodes are read in ranges of one pack (neighbours merged across small gaps), each range
+        fetched, decompressed and verified on the pool, so a caller can use the first nodes
+        while later ranges are still on their way.
+        """
         found: dict[bytes, bytes] = {}
         wanted: list[bytes] = []
         with self._lock:
@@ -685,10 +712,11 @@ class Repository:
                 if data is not None:
                     self._structs.move_to_end(node_id)
                     found[node_id] = data
-                elif node_id not in found:
+                else:
                     wanted.append(node_id)
+        pending: dict[bytes, Future[dict[bytes, bytes]]] = {}
         if not wanted:
-            return found
+            return found, pending
         wanted = list(dict.fromkeys(wanted))
         records = self._meta.get_many([f"node/{node_id.hex()}" for node_id in wanted])
         by_pack: dict[bytes, list[tuple[bytes, IndexRecord]]] = {}
@@ -717,16 +745,15 @@ class Repository:
                         current = []
                 current.append(item)
             ranges.append(current)
-        if len(ranges) == 1:
-            results = [self._read_range(ranges[0])]
-        else:
-            futures = [self._pool.submit(self._read_range, group) for group in ranges]
-            results = [future.result() for future in futures]
-        for result in results:
-            found.update(result)
-        if cache:
-            self._cache_structs({node_id: found[node_id] for node_id in wanted})
-        return found
+        # Ranges in the order their first node was asked for, so the caller's first needs
+        # come first off the pool.
+        position = {node_id: index for index, node_id in enumerate(wanted)}
+        ranges.sort(key=lambda group: min(position[node_id] for node_id, _ in group))
+        for group in ranges:
+            future = self._pool.submit(self._read_range, group)
+            for node_id, _ in group:
+                pending[node_id] = future
+        return found, pending
 
     def _read_range(self, group: list[tuple[bytes, IndexRecord]]) -> dict[bytes, bytes]:
         pack_id = group[0][1].pack_id
@@ -890,17 +917,29 @@ class Repository:
         if not trees:
             return result
         leaves = {name: self._leaves(entry) for name, entry in trees}
-        all_ids = [node_id for chunks in leaves.values() for node_id, _ in chunks]
-        chunks = self._read_nodes(all_ids)
-        for name, entry in trees:
-            pieces = [chunks[node_id] for node_id, _ in leaves[name]]
-            if sum(map(len, pieces)) != entry.length:
-                raise IntegrityError(
-                    f"field {name!r}: its chunks hold {sum(map(len, pieces))} bytes, the "
-                    f"entry says {entry.length}",
-                    object_id=entry.root.hex(),
-                )
-            result[name] = dag.decode_value(entry.head, pieces)
+        found, pending = self._start_reads(
+            [node_id for chunks in leaves.values() for node_id, _ in chunks]
+        )
+        try:
+            for name, entry in trees:
+                pieces = []
+                for node_id, _ in leaves[name]:
+                    data = found.get(node_id)
+                    if data is None:
+                        found.update(pending[node_id].result())
+                        data = found[node_id]
+                    pieces.append(data)
+                if sum(map(len, pieces)) != entry.length:
+                    raise IntegrityError(
+                        f"field {name!r}: its chunks hold {sum(map(len, pieces))} bytes, the "
+                        f"entry says {entry.length}",
+                        object_id=entry.root.hex(),
+                    )
+                result[name] = dag.decode_value(entry.head, pieces)
+        except BaseException:
+            for future in pending.values():
+                future.cancel()
+            raise
         return dict(sorted(result.items()))
 
     def _leaves(self, entry: TreeField) -> list[tuple[bytes, int]]:
@@ -1093,8 +1132,58 @@ class Repository:
             )
 
 
-def _compress_all(nodes: list[NewNode], level: int) -> list[bytes]:
-    return [codec.compress(node.data, level=level) for node in nodes]
+class _Packer:
+    """Frames arrive from the compression pool in submission order; full packs ship at once."""
+
+    def __init__(self, prepare: Prepare, *, pack_size: int) -> None:
+        self.prepare = prepare
+        self.reused = 0
+        self.fields_nodes: list[NewNode] = []
+        self.name_hashes: dict[str, bytes] = {}
+        self._pack_size = pack_size
+        self._jobs: deque[tuple[list[NewNode], Future[list[tuple[bytes, Any]]]]] = deque()
+        self._writer = PackWriter()
+        self._raw = 0
+        self._in_flight = 0
+        self._packs: list[tuple[bytes, bytes, list[Any]]] = []
+
+    def add(self, jobs: Iterable[tuple[list[NewNode], Future[list[tuple[bytes, Any]]]]]) -> None:
+        for job in jobs:
+            self._jobs.append(job)
+            self._in_flight += sum(len(node.data) for node in job[0])
+
+    def drain(self, *, block: bool) -> None:
+        """Pack the frames of finished jobs, in order (all of them when ``block``).
+
+        Also waits while more than two packs' worth of data is still being compressed, which
+        bounds a save's memory and ships packs while later fields are still being encoded.
+        """
+        jobs = self._jobs
+        while jobs and (block or jobs[0][1].done() or self._in_flight > 2 * self._pack_size):
+            nodes, future = jobs.popleft()
+            self._in_flight -= sum(len(node.data) for node in nodes)
+            for node, (header, payload) in zip(nodes, future.result(), strict=True):
+                # Packs split by raw size, so less than pack_size of new data is one pack.
+                if self._raw + len(node.data) > self._pack_size and len(self._writer):
+                    self._ship()
+                self._writer.add(node.node_id, header, payload, len(node.data))
+                self._raw += len(node.data)
+
+    def _ship(self) -> None:
+        pack = self._writer.finish()
+        self._packs.append(pack)
+        self._writer, self._raw = PackWriter(), 0
+        self.prepare.ship(pack[0], pack[1])
+
+    def finish(self) -> list[tuple[bytes, bytes, list[Any]]]:
+        self.drain(block=True)
+        if len(self._writer):
+            self._ship()
+        return self._packs
+
+
+def _compress_all(nodes: list[NewNode], level: int) -> list[tuple[bytes, Any]]:
+    return codec.compress_batch([node.data for node in nodes], level=level)
 
 
 class LazyState(Mapping[str, Any]):
