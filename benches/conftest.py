@@ -19,6 +19,12 @@ median time with ``bench.record(...)``; at the end of the
 session ``pytest_terminal_summary`` prints the ratios and throughput tables and, when
 benchmarks ran, writes them to ``.benchmarks/ratios.json`` (relative to the invocation
 directory). See README.md for what the ratios mean.
+
+Benchmarks over a data set of their own (the ``repository`` and ``agent`` groups of
+test_bench_repository.py) get their ``Bench`` from ``bench_on(name, size)``; they may also
+record per-stage times (``Bench.stages``) and figures measured inside one round
+(``Bench.figures``), which the report shows with the ratios. A ratio row says which direction
+is good: ``>=`` (a throughput ratio) or ``<=`` (a time ratio).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from blake3 import blake3
@@ -260,6 +266,10 @@ class Collector:
     results: dict[tuple[str, str], Result] = field(default_factory=dict)
     load_at_start: tuple[float, float, float] | None = None
     sizes: dict[str, int] = field(default_factory=dict)
+    # (data set, benchmark) -> stage -> median seconds over the rounds (e.g. CommitResult.timings)
+    stages: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    # data set -> figures measured inside a benchmark's round (e.g. the agent-thread workload)
+    figures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 _COLLECTOR = pytest.StashKey[Collector]()
@@ -282,20 +292,51 @@ def _collector(config: pytest.Config) -> Collector:
     return config.stash[_COLLECTOR]
 
 
+class Labelled(Protocol):
+    """What a benchmark's data set must say about itself: its id and its size in bytes."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Label:
+    """A data set known by id and size only (see ``bench_on``)."""
+
+    name: str
+    size: int
+
+
+Setup = Callable[[], tuple[tuple[Any, ...], dict[str, Any]] | None]
+
+
 class Bench:
     """What each benchmark test uses: ``run(fn)`` to time it, then ``record(name, nbytes)``."""
 
-    def __init__(self, benchmark: Any, dataset: Dataset, collector: Collector) -> None:
+    def __init__(self, benchmark: Any, dataset: Labelled, collector: Collector) -> None:
         self.benchmark = benchmark
         self.dataset = dataset
         self.collector = collector
 
-    def run(self, fn: Callable[[], Any]) -> Any:
+    def run(
+        self, fn: Callable[..., Any], *, setup: Setup | None = None, rounds: int | None = None
+    ) -> Any:
         """Time ``fn()`` for ROUNDS rounds of one call each, and return its (last) result.
 
-        Under ``--benchmark-disable`` it runs ``fn`` once, untimed.
+        With ``setup``, it runs before every round, untimed, and returns ``(args, kwargs)``
+        for ``fn`` (or None). ``rounds`` overrides ROUNDS (the agent workload runs once).
+        Under ``--benchmark-disable`` it runs ``setup`` and ``fn`` once, untimed.
         """
-        return self.benchmark.pedantic(fn, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+        return self.benchmark.pedantic(
+            fn,
+            setup=setup,
+            rounds=ROUNDS if rounds is None else rounds,
+            iterations=1,
+            warmup_rounds=0,
+        )
 
     def record(self, name: str, nbytes: int, **extra: Any) -> None:
         """Set ``extra_info`` and store the median for the ratios report; call after ``run``.
@@ -328,11 +369,33 @@ class Bench:
             rounds=len(stats.data),
         )
 
+    def stages(self, name: str, seconds: dict[str, float]) -> None:
+        """Per-stage times of benchmark ``name`` (medians over its rounds), for the report."""
+        shown = {stage: round(value * 1e3, 2) for stage, value in seconds.items()}
+        self.benchmark.extra_info.setdefault("stages_ms", {})[name] = shown
+        self.collector.stages[(self.dataset.name, name)] = dict(seconds)
+
+    def figures(self, **figures: Any) -> None:
+        """Figures measured inside the round(s), for ``extra_info`` and the report."""
+        self.benchmark.extra_info.update(figures)
+        self.collector.figures.setdefault(self.dataset.name, {}).update(figures)
+
 
 @pytest.fixture
 def bench(benchmark: Any, dataset: Dataset, pytestconfig: pytest.Config) -> Bench:
     """The ``benchmark`` fixture bound to the current data set and the session collector."""
     return Bench(benchmark, dataset, _collector(pytestconfig))
+
+
+@pytest.fixture
+def bench_on(benchmark: Any, pytestconfig: pytest.Config) -> Callable[[str, int], Bench]:
+    """``bench_on(name, size)``: the ``benchmark`` fixture bound to a data set of its own."""
+    collector = _collector(pytestconfig)
+
+    def make(name: str, size: int) -> Bench:
+        return Bench(benchmark, Label(name, size), collector)
+
+    return make
 
 
 # statebag._cdc runs cut_and_hash(threads=2) serially below this size.
@@ -343,9 +406,68 @@ TARGET_CUT_VS_PYFASTCDC = 1.1
 TARGET_CAH1_VS_H = 0.85
 TARGET_T2_VS_T1 = 1.7
 
+# The groups whose data sets get the chunking rows.
+CHUNKING_GROUPS = frozenset({"chunking", "hashing", "compress"})
 
-def compute_ratios(results: dict[tuple[str, str], Result]) -> list[dict[str, Any]]:
-    """The ratio rows, per data set, from the median times of one run.
+# The repository group: its data set, and its targets.
+REPO_DATASET = "state100"
+TARGET_FRESH_VS_ZSTD = 0.8  # T(fresh_save) / T(ref_zstd_2threads), >=
+DELTA_SHARE = 0.02  # the delta budget: this share of a fresh save, plus the durable-commit floor
+TARGET_DELTA_HINTED = 1.0  # t(delta_hinted) / (0.02 t(fresh_save) + t(ref_durable_commit)), <=
+TARGET_DELTA_UNHINTED = 1.2  # t(delta_unhinted) / t(ref_encode_cut_hash), <=
+TARGET_LOAD_VS_FLOOR = 0.7  # T(load_latest) / min(T(ref_decode), T(ref_unzstd_2threads)), >=
+
+# The agent-thread workload: its data set, and its targets.
+AGENT_DATASET = "agent"
+TARGET_AGENT_DEDUP = 60.0  # sum of logical bytes over all saves / bytes stored, >=
+TARGET_AGENT_P50 = 0.05  # p50 save (steps without an attachment edit) / median fresh save, <=
+
+
+def _row(
+    dataset: str,
+    metric: str,
+    measured: float | None,
+    target: float | None,
+    direction: str = ">=",
+    *,
+    meaningful: bool = True,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A ratio row; ``met`` is None when the measure is missing, not meaningful or untargeted."""
+    met: bool | None = None
+    if measured is not None and target is not None and meaningful:
+        met = measured >= target if direction == ">=" else measured <= target
+    return {
+        "dataset": dataset,
+        "metric": metric,
+        "measured": measured,
+        "target": target,
+        "direction": direction,
+        "met": met,
+        **extra,
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def compute_ratios(
+    results: dict[tuple[str, str], Result], figures: dict[str, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """The ratio rows from the median times of one run (and the figures of the agent workload).
+
+    See README.md for the formulas: the chunking rows per data set of the chunking, hashing
+    and compress groups, then the repository rows, then the agent-thread rows.
+    """
+    rows = _chunking_rows(results)
+    rows += _repository_rows(results)
+    rows += _agent_rows((figures or {}).get(AGENT_DATASET))
+    return rows
+
+
+def _chunking_rows(results: dict[tuple[str, str], Result]) -> list[dict[str, Any]]:
+    """The chunking rows, per data set, from the median times of one run.
 
     Throughput T = bytes / median seconds. H = 1 / (1/T_pyfastcdc + 1/T_blake3_per_chunk) is
     the throughput of cutting with pyfastcdc and then hashing the chunks, one after the other.
@@ -357,11 +479,8 @@ def compute_ratios(results: dict[tuple[str, str], Result]) -> list[dict[str, Any
         result = results.get((ds, name))
         return None if result is None or result.median <= 0 else result.mb_per_s
 
-    def ratio(a: float | None, b: float | None) -> float | None:
-        return None if a is None or b is None or b == 0 else a / b
-
     rows: list[dict[str, Any]] = []
-    seen = {ds for ds, _ in results}
+    seen = {ds for (ds, _), result in results.items() if result.group in CHUNKING_GROUPS}
     for ds in [d for d in DATASETS if d in seen] + sorted(seen - set(DATASETS)):
         cut = throughput(ds, "ours_cut")
         peer = throughput(ds, "pyfastcdc_cut")
@@ -371,27 +490,107 @@ def compute_ratios(results: dict[tuple[str, str], Result]) -> list[dict[str, Any
         h = None if peer is None or hashing is None else 1.0 / (1.0 / peer + 1.0 / hashing)
         # Two threads overlap scanning and hashing, so T(t2) cannot beat the slower of the two.
         bound = None if cut is None or hashing is None else min(cut, hashing)
-        t2_extra: dict[str, Any] = {"ceiling": ratio(bound, cah1)}
+        t2_extra: dict[str, Any] = {"ceiling": _ratio(bound, cah1)}
         t2_result = results.get((ds, "ours_cut_and_hash_t2"))
         if t2_result is not None and t2_result.nbytes < PARALLEL_MIN_BYTES:
             t2_extra["note"] = "serial below 4 MiB: not meaningful"
         for metric, measured, target, extra in (
-            ("cut / pyfastcdc", ratio(cut, peer), TARGET_CUT_VS_PYFASTCDC, {}),
-            ("cut_and_hash(t1) / H", ratio(cah1, h), TARGET_CAH1_VS_H, {"H_MB_per_s": h}),
-            ("cut_and_hash(t2) / cut_and_hash(t1)", ratio(cah2, cah1), TARGET_T2_VS_T1, t2_extra),
+            ("cut / pyfastcdc", _ratio(cut, peer), TARGET_CUT_VS_PYFASTCDC, {}),
+            ("cut_and_hash(t1) / H", _ratio(cah1, h), TARGET_CAH1_VS_H, {"H_MB_per_s": h}),
+            ("cut_and_hash(t2) / cut_and_hash(t1)", _ratio(cah2, cah1), TARGET_T2_VS_T1, t2_extra),
         ):
-            met = None if measured is None or "note" in extra else measured >= target
-            rows.append(
-                {
-                    "dataset": ds,
-                    "metric": metric,
-                    "measured": measured,
-                    "target": target,
-                    "met": met,
-                    **extra,
-                }
-            )
+            rows.append(_row(ds, metric, measured, target, meaningful="note" not in extra, **extra))
     return rows
+
+
+def _repository_rows(results: dict[tuple[str, str], Result]) -> list[dict[str, Any]]:
+    """The repository rows: the engine against references run in the same session.
+
+    Throughputs are over the state's total encoded bytes, so a throughput ratio is the inverse
+    of the time ratio. Time ratios (``<=``) compare medians directly.
+    """
+    ds = REPO_DATASET
+    if not any(d == ds for d, _ in results):
+        return []
+
+    def median(name: str) -> float | None:
+        result = results.get((ds, name))
+        return None if result is None or result.median <= 0 else result.median
+
+    def throughput(name: str) -> float | None:
+        result = results.get((ds, name))
+        return None if result is None or result.median <= 0 else result.mb_per_s
+
+    fresh = median("fresh_save")
+    durable = median("ref_durable_commit")
+    budget = None if fresh is None or durable is None else DELTA_SHARE * fresh + durable
+    decode, unzstd = throughput("ref_decode"), throughput("ref_unzstd_2threads")
+    floors = [(t, name) for t, name in ((decode, "decode"), (unzstd, "unzstd")) if t is not None]
+    floor, floor_name = min(floors) if len(floors) == 2 else (None, None)
+    zstd = throughput("ref_zstd_2threads")
+    return [
+        _row(
+            ds,
+            "fresh_save / zstd level 3 on 2 threads",
+            _ratio(throughput("fresh_save"), zstd),
+            TARGET_FRESH_VS_ZSTD,
+            detail=None if zstd is None else f"zstd {zstd:.0f} MB/s",
+        ),
+        _row(
+            ds,
+            f"delta_hinted / ({DELTA_SHARE:g} x fresh_save + durable_commit)",
+            _ratio(median("delta_hinted"), budget),
+            TARGET_DELTA_HINTED,
+            "<=",
+            detail=None if budget is None else f"budget {budget * 1e3:.1f} ms",
+            budget_s=budget,
+        ),
+        _row(
+            ds,
+            "delta_unhinted / encode+cut_and_hash",
+            _ratio(median("delta_unhinted"), median("ref_encode_cut_hash")),
+            TARGET_DELTA_UNHINTED,
+            "<=",
+        ),
+        _row(
+            ds,
+            "load_latest / min(decode, unzstd on 2 threads)",
+            _ratio(throughput("load_latest"), floor),
+            TARGET_LOAD_VS_FLOOR,
+            detail=None if floor is None else f"{floor_name} {floor:.0f} MB/s",
+        ),
+    ]
+
+
+def _agent_rows(figures: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The agent-thread rows, from the figures its single round measured."""
+    if not figures:
+        return []
+    ds = AGENT_DATASET
+    fresh = figures.get("fresh_median_s")
+    return [
+        _row(
+            ds,
+            "logical bytes of all saves / bytes stored",
+            _ratio(figures.get("bytes_logical_sum"), figures.get("bytes_stored")),
+            TARGET_AGENT_DEDUP,
+        ),
+        _row(
+            ds,
+            "p50 save (no attachment edit) / fresh save",
+            _ratio(figures.get("p50_s"), fresh),
+            TARGET_AGENT_P50,
+            "<=",
+            detail=None if fresh is None else f"fresh median {fresh * 1e3:.0f} ms",
+        ),
+        _row(
+            ds,
+            "p99 save (no attachment edit) / fresh save",
+            _ratio(figures.get("p99_s"), fresh),
+            None,
+            "<=",
+        ),
+    ]
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -404,18 +603,22 @@ def _ratio_lines(rows: list[dict[str, Any]]) -> list[str]:
         "|---|---|---:|---:|---|",
     ]
     for row in rows:
-        met = "n/a" if row["met"] is None else ("yes" if row["met"] else "NO")
+        if row["target"] is None:
+            met, target = "info", "-"
+        else:
+            met = "n/a" if row["met"] is None else ("yes" if row["met"] else "NO")
+            target = f"{row.get('direction', '>=')} {row['target']:.2f}"
         metric = row["metric"]
         if row.get("H_MB_per_s") is not None:
             metric += f" (H = {row['H_MB_per_s']:.0f} MB/s)"
         if row.get("ceiling") is not None:
             metric += f" (ceiling {row['ceiling']:.2f})"
+        if row.get("detail"):
+            metric += f" ({row['detail']})"
         if row.get("note"):
             metric += f" ({row['note']})"
-        lines.append(
-            f"| {row['dataset']} | {metric} | {_fmt(row['measured'])} "
-            f"| >= {row['target']:.2f} | {met} |"
-        )
+        measured = _fmt(row["measured"])
+        lines.append(f"| {row['dataset']} | {metric} | {measured} | {target} | {met} |")
     return lines
 
 
@@ -433,6 +636,32 @@ def _throughput_lines(results: dict[tuple[str, str], Result]) -> list[str]:
             f"| {result.nbytes / MIB:.1f} | {result.median * 1e3:.1f} "
             f"| {result.mb_per_s:.0f} | {result.nbytes / result.best / MB:.0f} |"
         )
+    return lines
+
+
+def _stage_lines(stages: dict[tuple[str, str], dict[str, float]]) -> list[str]:
+    """One row per benchmark that recorded stages, one column per stage (ms)."""
+    columns: list[str] = []
+    for seconds in stages.values():
+        columns += [name for name in seconds if name not in columns]
+    lines = [
+        "| dataset | benchmark | " + " | ".join(f"{name} ms" for name in columns) + " |",
+        "|---|---|" + "---:|" * len(columns),
+    ]
+    for (ds, name), seconds in stages.items():
+        cells = [_fmt(None if c not in seconds else seconds[c] * 1e3, 1) for c in columns]
+        lines.append(f"| {ds} | {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _figure_lines(figures: dict[str, dict[str, Any]]) -> list[str]:
+    lines: list[str] = []
+    for ds, values in figures.items():
+        shown = ", ".join(
+            f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+            for key, value in values.items()
+        )
+        lines.append(f"{ds}: {shown}")
     return lines
 
 
@@ -457,12 +686,21 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     )
     write("ratios from median times of this run; reported, not asserted")
     write("")
-    rows = compute_ratios(collector.results)
+    rows = compute_ratios(collector.results, collector.figures)
     for line in _ratio_lines(rows):
         write(line)
     write("")
     for line in _throughput_lines(collector.results):
         write(line)
+    if collector.stages:
+        write("")
+        write("stages (median seconds over the rounds, in ms)")
+        for line in _stage_lines(collector.stages):
+            write(line)
+    if collector.figures:
+        write("")
+        for line in _figure_lines(collector.figures):
+            write(line)
 
     out_dir = Path(config.invocation_params.dir) / ".benchmarks"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -483,6 +721,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         "benchmarks": [
             {**asdict(result), "MB_per_s": result.mb_per_s} for result in collector.results.values()
         ],
+        "stages": [
+            {"dataset": ds, "name": name, "seconds": seconds}
+            for (ds, name), seconds in collector.stages.items()
+        ],
+        "figures": collector.figures,
     }
     out.write_text(json.dumps(document, indent=2) + "\n")
     write("")

@@ -734,3 +734,16 @@ def test_a_failing_save_deletes_the_packs_it_already_shipped(tmp_path: Path) -> 
         result = repo.save("c", state)
         assert result.requests["object_puts"] >= 3  # the packs did ship early
         assert repo.load(result.manifest_id) == dict(sorted(state.items()))
+
+
+def test_versions_read_back_in_a_new_process_handle(tmp_path: Path) -> None:
+    path = tmp_path / "r"
+    with statebag.open(path, fsync=False) as repo:
+        first = repo.save("c", {"a": "x" * 2000}, meta={"step": 1, "tags": ["x"]}).manifest_id
+        second = repo.save("c", {"a": "y" * 2000}).manifest_id
+    with statebag.open(path) as repo:  # nothing cached: every manifest is decoded from disk
+        assert [info.meta for info in repo.log("c")] == [None, {"step": 1, "tags": ["x"]}]
+        assert repo.load(first) == {"a": "x" * 2000}
+        assert repo.verify().ok
+        third = repo.save("c", {"a": "z"}, parent=second, meta={"n": 3})
+        assert repo.info(third.manifest_id).meta == {"n": 3}

@@ -1,9 +1,24 @@
-"""The ``statebag`` command line.
+"""The ``statebag`` command line: a face over :class:`statebag.Repository`.
+
+Commands: ``init``, ``save``, ``load``, ``log``, ``diff``, ``verify``, ``stats`` work on the
+repository named by ``-r/--repo PATH_OR_URL`` (before or after the command) or, failing
+that, the ``STATEBAG_REPO`` environment variable. ``demo [DIR]`` runs a simulated agent
+workflow in DIR (or in a temporary directory it removes) and reports what storage cost.
+
+Only ``init`` creates a repository and only ``init`` passes configuration options: a
+repository records its options at creation, and an open that contradicts them fails.
+
+States travel as JSON. ``bytes`` values, which JSON lacks, are written by ``load`` as
+``{"$base64": "<standard base64>"}`` objects, and ``save`` turns such a one-key object back
+into bytes, so a state written by ``load`` saves back unchanged. Floats that are NaN or
+infinite are written as the non-standard tokens ``NaN``, ``Infinity`` and ``-Infinity``
+(as Python's json module writes and reads them; strict JSON parsers refuse them).
 
 Exit codes: 0 success; 1 an unexpected statebag error; 2 invalid input or usage
-(``InvalidInputError``, and argparse's own usage errors); 3 integrity failure; 4 conflict;
-5 not found; 6 configuration error; 7 backend failure. Each comes from the ``exit_code`` of
-the error class in ``statebag.errors``.
+(``InvalidInputError``, and argparse's own usage errors); 3 integrity failure (also
+``verify`` or ``demo`` finding a problem); 4 conflict (a stale ``--parent``); 5 not found;
+6 configuration error; 7 backend failure; 130 interrupted. Each of 1 to 7 comes from the
+``exit_code`` of the error class in :mod:`statebag.errors`.
 
 Progress goes to stderr only when stderr is a terminal and neither ``--json`` nor
 ``--quiet`` is given.
@@ -12,164 +27,815 @@ Progress goes to stderr only when stderr is a terminal and neither ``--json`` no
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import json
+import math
+import os
 import random
 import sys
+import tempfile
+import textwrap
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from itertools import islice
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
-from . import __version__, codec
-from .chunking import Chunker, backend
-from .errors import StatebagError
+import msgspec
+
+from . import __version__, backend
+from .bag import StateBag
+from .errors import (
+    ConfigError,
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    StatebagError,
+)
+from .ids import SHORT_LENGTH, looks_like_id
+from .repository import Repository
+from .repository import open as open_repository
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["main"]
 
+REPO_ENV = "STATEBAG_REPO"
+DEMO_CHAIN = "demo-agent"
 
-def _demo_state(size: int, seed: int) -> dict[str, Any]:
-    """A JSON-like agent state of about ``size`` bytes: a message history, scratch, a blob."""
-    rng = random.Random(seed)
-    words = [
-        "the",
-        "agent",
-        "called",
-        "a",
-        "tool",
-        "and",
-        "the",
-        "tool",
-        "returned",
-        "a",
-        "result",
-        "to",
-        "the",
-        "user",
-    ]
-    messages: list[dict[str, Any]] = []
-    total = 0
-    while total < size * 3 // 4:
-        text = " ".join(rng.choice(words) for _ in range(rng.randint(20, 600)))
-        messages.append({"role": rng.choice(["user", "assistant", "tool"]), "text": text})
-        total += len(text) + 32
+_EXIT_CODES = """\
+exit codes:
+  0    success
+  1    unexpected statebag error
+  2    invalid input or usage (bad JSON file, bad option, no repository given)
+  3    integrity failure (also: verify or demo found a problem)
+  4    conflict (another writer moved the chain; a stale --parent)
+  5    not found (no such repository, chain, version or field)
+  6    configuration error (options contradict the repository)
+  7    backend failure (storage I/O)
+  130  interrupted
+
+The repository is -r/--repo PATH_OR_URL (a directory, file:///abs/path or memory://name),
+before or after the command, or else the STATEBAG_REPO environment variable.
+"""
+
+_JSON_NOTE = """\
+JSON: bytes values are written as {"$base64": "<standard base64>"} objects, and save turns
+such a one-key object back into bytes. NaN and infinite floats are written as the
+non-standard tokens NaN, Infinity and -Infinity (Python's json reads them; strict parsers
+refuse them). Keys are sorted; the text is UTF-8.
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON in and out
+# ---------------------------------------------------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$base64": base64.b64encode(value).decode("ascii")}
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _dumps(value: Any, *, indent: int | None = 2) -> str:
+    return json.dumps(
+        value, sort_keys=True, ensure_ascii=False, indent=indent, default=_json_default
+    )
+
+
+def _loads(data: bytes | str, *, source: str) -> Any:
+    """Parse JSON text, turning ``{"$base64": ...}`` objects back into bytes."""
+
+    def hook(obj: dict[str, Any]) -> Any:
+        if len(obj) == 1 and isinstance(obj.get("$base64"), str):
+            try:
+                return base64.b64decode(obj["$base64"], validate=True)
+            except binascii.Error as exc:
+                raise InvalidInputError(
+                    f'{source}: a {{"$base64": ...}} object holds invalid base64: {exc}',
+                    path=source,
+                ) from exc
+        return obj
+
+    try:
+        return json.loads(data, object_hook=hook)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"{source} is not valid JSON: {exc}", path=source) from exc
+    except RecursionError as exc:
+        raise InvalidInputError(f"{source} is nested too deeply to parse", path=source) from exc
+
+
+def _read_state(file: str) -> dict[str, Any]:
+    source = "<stdin>" if file == "-" else file
+    try:
+        if file == "-":
+            data: bytes | str = (
+                sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+            )
+        else:
+            data = Path(file).read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot read {source}: {exc.strerror or exc}", path=source
+        ) from exc
+    state = _loads(data, source=source)
+    if not isinstance(state, dict):
+        raise InvalidInputError(
+            f"{source} holds a JSON {type(state).__name__}; a state is a JSON object "
+            "of field names to values",
+            path=source,
+        )
+    return state
+
+
+def _write_text(text: str, stream: IO[str] | None = None) -> None:
+    """Write ``text`` as UTF-8 whatever the locale, since JSON output must be UTF-8."""
+    stream = stream if stream is not None else sys.stdout
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        stream.write(text)
+        return
+    stream.flush()
+    buffer.write(text.encode("utf-8"))
+    buffer.flush()
+
+
+def _print_json(value: Any) -> None:
+    _write_text(_dumps(value) + "\n")
+
+
+def _names(text: str) -> list[str]:
+    """A comma-separated list of field names (argparse type)."""
+    names = [name.strip() for name in text.split(",")]
+    if not names or any(not name for name in names):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of names")
+    return names
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction from 0 to 1")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Output helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _console(stream: IO[str] | None = None) -> Console:
+    from rich.console import Console
+
+    # Markup and emoji off: chain names, field names and meta are user data, printed as is.
+    return Console(
+        file=stream if stream is not None else sys.stdout,
+        markup=False,
+        emoji=False,
+        highlight=False,
+    )
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    return not (getattr(args, "json", False) or getattr(args, "quiet", False)) and (
+        sys.stderr.isatty()
+    )
+
+
+@contextmanager
+def _progress(enabled: bool, description: str, total: int) -> Iterator[Callable[[], None]]:
+    """A progress bar on stderr; yields the function that advances it by one."""
+    if not enabled:
+        yield lambda: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress(
+        "{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=_console(sys.stderr),
+        transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda: progress.advance(task)
+
+
+@contextmanager
+def _status(enabled: bool, message: str) -> Iterator[None]:
+    """A spinner on stderr for work that reports no steps."""
+    if not enabled:
+        yield
+        return
+    with _console(sys.stderr).status(message):
+        yield
+
+
+def _print_fields(rows: Sequence[tuple[str, object]]) -> None:
+    width = max(len(name) for name, _ in rows)
+    _write_text("".join(f"{name:<{width}}  {value}\n" for name, value in rows))
+
+
+def _size(nbytes: int) -> str:
+    if nbytes < 1024:
+        return f"{nbytes} B"
+    value = float(nbytes)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            break
+    return f"{nbytes:,} ({value:.1f} {unit})"
+
+
+def _error(message: str) -> None:
+    print(f"statebag: error: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening the repository
+# ---------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _open(args: argparse.Namespace) -> Iterator[Repository]:
+    # No options here: they are fixed at init, and repeating them could only contradict.
+    try:
+        repo = open_repository(args.repo, create=False)
+    except NotFoundError as exc:
+        raise NotFoundError(
+            f"no repository at {args.repo}; create one with `statebag -r {args.repo} init`"
+        ) from exc
+    with repo:
+        yield repo
+
+
+def _resolve(repo: Repository, ref: str) -> str:
+    """A manifest id from an id (64 lowercase hex characters) or a chain name (its head)."""
+    if looks_like_id(ref):
+        return ref
+    head = repo.head(ref)
+    if head is None:
+        raise NotFoundError(f"chain {ref!r} has no version")
+    return head
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+
+_INIT_OPTIONS = ("min_size", "avg_size", "max_size", "compression_level", "pack_size", "inline_max")
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {
+        name: getattr(args, name) for name in _INIT_OPTIONS if getattr(args, name) is not None
+    }
+    if args.no_fsync:
+        options["fsync"] = False
+    # Opening without create first tells a new repository from an existing one; open()
+    # itself does not say which it did.
+    try:
+        repo = open_repository(args.repo, create=False, **options)
+        created = False
+    except NotFoundError:
+        repo = open_repository(args.repo, create=True, **options)
+        created = True
+    with repo:
+        config = msgspec.structs.asdict(repo.config)
+    if args.json:
+        _print_json({"repository": args.repo, "created": created, "config": config})
+        return 0
+    verb = "created" if created else "already exists, options agree:"
+    _write_text(f"repository {args.repo} {verb}\n")
+    _print_fields(list(config.items()))
+    return 0
+
+
+def _cmd_save(args: argparse.Namespace) -> int:
+    state = _read_state(args.file)
+    meta = None
+    if args.meta is not None:
+        meta = _loads(args.meta, source="--meta")
+        if not isinstance(meta, dict):
+            raise InvalidInputError("--meta must be a JSON object", path="--meta")
+    with _open(args) as repo:
+        result = repo.save(args.chain, state, parent=args.parent, changed=args.changed, meta=meta)
+    if args.json:
+        _print_json(msgspec.to_builtins(result))
+        return 0
+    _print_fields(
+        [
+            ("manifest", result.manifest_id),
+            ("chain", f"{result.chain} (seq {result.seq})"),
+            ("parent", result.parent or "-"),
+            ("nodes", f"{result.nodes_written} written, {result.nodes_reused} reused"),
+            ("logical", _size(result.bytes_logical)),
+            ("new raw", _size(result.bytes_new_raw)),
+            ("new stored", _size(result.bytes_new_stored)),
+            ("time", f"{result.timings.get('total', 0.0) * 1000:.1f} ms"),
+        ]
+    )
+    return 0
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    with _open(args) as repo:
+        if looks_like_id(args.ref):
+            state = repo.load(args.ref, fields=args.fields)
+        else:
+            state = repo.load_latest(args.ref, fields=args.fields)
+    text = _dumps(dict(state), indent=None if args.compact else 2) + "\n"
+    if args.output is None:
+        _write_text(text)
+        return 0
+    try:
+        Path(args.output).write_bytes(text.encode("utf-8"))
+    except OSError as exc:
+        raise InvalidInputError(
+            f"cannot write {args.output}: {exc.strerror or exc}", path="--output"
+        ) from exc
+    return 0
+
+
+def _cmd_log(args: argparse.Namespace) -> int:
+    with _open(args) as repo:
+        if repo.head(args.chain) is None:
+            raise NotFoundError(f"chain {args.chain!r} has no version")
+        infos = list(islice(repo.log(args.chain), args.limit))
+    if args.json:
+        rows = []
+        for info in infos:
+            row = msgspec.structs.asdict(info)
+            row["created_at"] = info.created_at.isoformat()
+            rows.append(row)
+        _print_json(rows)
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"chain {args.chain}, newest first")
+    table.add_column("manifest")
+    table.add_column("seq", justify="right")
+    table.add_column("created_at (UTC)")
+    table.add_column("bytes_logical", justify="right")
+    table.add_column("meta", overflow="fold")
+    for info in infos:
+        table.add_row(
+            info.manifest_id[:SHORT_LENGTH],
+            str(info.seq),
+            info.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            f"{info.bytes_logical:,}",
+            _dumps(info.meta, indent=None) if info.meta is not None else "",
+        )
+    _console().print(table)
+    return 0
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    with _open(args) as repo:
+        a = _resolve(repo, args.a)
+        b = _resolve(repo, args.b)
+        diff = repo.diff(a, b)
+    if args.json:
+        _print_json(
+            {
+                "a": a,
+                "b": b,
+                "added": diff.added,
+                "removed": diff.removed,
+                "changed": {name: list(sizes) for name, sizes in diff.changed.items()},
+            }
+        )
+        return 0
+    header = f"{a[:SHORT_LENGTH]} -> {b[:SHORT_LENGTH]}"
+    if not (diff.added or diff.removed or diff.changed):
+        _write_text(f"{header}: no differences\n")
+        return 0
+    from rich.table import Table
+
+    table = Table(title=header)
+    table.add_column("")
+    table.add_column("field", overflow="fold")
+    table.add_column("old bytes", justify="right")
+    table.add_column("new bytes", justify="right")
+    rows: list[tuple[str, str, str, str]] = []
+    rows += [("+", name, "", f"{size:,}") for name, size in diff.added.items()]
+    rows += [("-", name, f"{size:,}", "") for name, size in diff.removed.items()]
+    rows += [("~", name, f"{old:,}", f"{new:,}") for name, (old, new) in diff.changed.items()]
+    for row in sorted(rows, key=lambda row: row[1]):
+        table.add_row(*row)
+    _console().print(table)
+    _write_text(
+        f"{len(diff.added)} added, {len(diff.removed)} removed, {len(diff.changed)} changed\n"
+    )
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    with _open(args) as repo:
+        target = _resolve(repo, args.ref) if args.ref is not None else None
+        with _status(_show_progress(args), "verifying"):
+            report = repo.verify(target, read_data=args.read_data)
+    if args.json:
+        _print_json(msgspec.to_builtins(report))
+    else:
+        _print_fields(
+            [
+                ("result", "ok" if report.ok else f"{len(report.problems)} problem(s)"),
+                ("manifests", report.manifests),
+                ("nodes checked", report.nodes_checked),
+                ("nodes read", report.nodes_read),
+            ]
+        )
+        for problem in report.problems:
+            _write_text(f"  {problem}\n")
+    if report.ok:
+        return 0
+    _error(f"verify found {len(report.problems)} problem(s)")
+    return IntegrityError.exit_code
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    with _open(args) as repo:
+        stats = repo.stats()
+    if args.json:
+        _print_json(msgspec.to_builtins(stats))
+        return 0
+    ratio = stats.bytes_logical / stats.bytes_stored if stats.bytes_stored else 0.0
+    _print_fields(
+        [
+            ("chains", stats.chains),
+            ("versions", stats.manifests),
+            ("nodes", stats.nodes),
+            ("packs", stats.packs),
+            ("logical", _size(stats.bytes_logical)),
+            ("stored", _size(stats.bytes_stored)),
+            ("ratio", f"{ratio:.2f}x"),
+        ]
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# demo
+# ---------------------------------------------------------------------------------------------
+
+# fmt: off
+_VOCABULARY = (
+    "the", "agent", "called", "a", "tool", "and", "it", "returned", "result", "to",
+    "user", "who", "asked", "for", "plan", "with", "three", "steps", "then", "model",
+    "wrote", "code", "ran", "tests", "read", "logs", "fixed", "one", "bug", "searched",
+    "memory", "summarised", "state", "replied",
+)
+# fmt: on
+_ROLES = ("user", "assistant", "tool")
+_ATTACHMENT_BYTES = 2 << 20
+_ATTACHMENT_EVERY = 25
+
+
+def _demo_message(rng: random.Random, step: int) -> dict[str, Any]:
+    words = rng.choices(_VOCABULARY, k=rng.randint(20, 600))
+    return {"role": rng.choice(_ROLES), "step": step, "text": " ".join(words)}
+
+
+def _demo_step(bag: StateBag, rng: random.Random, step: int) -> None:
+    """One step of the simulated agent, made through the bag so it tracks what changed."""
+    messages = bag["messages"]
+    for _ in range(rng.randint(1, 2)):
+        messages.append(_demo_message(rng, step))
+    bag["scratch"] = {"step": step, "activations": [rng.random() for _ in range(300)]}
+    if step % _ATTACHMENT_EVERY == 0:
+        attachment = bytearray(bag.data["attachment"])
+        at = rng.randrange(len(attachment) - 16)
+        attachment[at : at + rng.randint(1, 16)] = rng.randbytes(16)
+        bag["attachment"] = bytes(attachment)
+
+
+def _demo_figures(location: str, args: argparse.Namespace) -> dict[str, Any]:
+    rng = random.Random(args.seed)
+    save_seconds: list[float] = []
+    with open_repository(location) as repo:
+        others = [chain for chain in repo.chains() if chain != DEMO_CHAIN]
+        if others:
+            raise ConfigError(
+                f"{location} holds other chains ({', '.join(map(repr, others[:3]))}); run the "
+                "demo in a new directory, or without DIR in a temporary one"
+            )
+        head = repo.head(DEMO_CHAIN)
+        if head is not None:
+            # A rerun in the same DIR resumes the agent where the last run left it.
+            bag = repo.load_bag(head)
+            first_step = repo.info(head).seq + 1
+        else:
+            bag = StateBag(
+                {
+                    "messages": [],
+                    "scratch": {},
+                    "attachment": rng.randbytes(_ATTACHMENT_BYTES),
+                }
+            )
+            first_step = 1
+        with _progress(_show_progress(args), "agent steps", args.steps) as advance:
+            for step in range(first_step, first_step + args.steps):
+                _demo_step(bag, rng, step)
+                started = time.perf_counter()
+                repo.save(DEMO_CHAIN, bag)
+                save_seconds.append(time.perf_counter() - started)
+                advance()
+        versions = list(repo.log(DEMO_CHAIN))
+
+    # Loads and verify go through a fresh handle, so no cache of the saves helps them.
+    with open_repository(location, create=False) as repo:
+        started = time.perf_counter()
+        repo.load(versions[0].manifest_id)
+        load_latest = time.perf_counter() - started
+        started = time.perf_counter()
+        repo.load(versions[-1].manifest_id)
+        load_first = time.perf_counter() - started
+        with _status(_show_progress(args), "verifying every version"):
+            report = repo.verify()
+        stored = repo.stats().bytes_stored
+
+    logical = sum(info.bytes_logical for info in versions)
+    ordered = sorted(save_seconds)
     return {
-        "messages": messages,
-        "scratch": {"step": len(messages), "notes": [rng.random() for _ in range(256)]},
-        "attachment": rng.randbytes(size // 4),
+        "steps": args.steps,
+        "versions": len(versions),
+        "bytes_logical": logical,
+        "bytes_stored": stored,
+        "ratio": logical / stored if stored else 0.0,
+        "save_ms_mean": 1000 * sum(ordered) / len(ordered),
+        "save_ms_p99": 1000 * ordered[math.ceil(0.99 * len(ordered)) - 1],
+        "load_latest_ms": 1000 * load_latest,
+        "load_first_ms": 1000 * load_first,
+        "verify_ok": report.ok,
+        "verify_problems": report.problems,
+        "backend": backend,
+        "repository": args.dir,
     }
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    # Until the repository lands, the demo measures the core on a generated state: encode each
-    # field, cut and hash it, compress the chunks. DIR is accepted and not used yet.
-    size = args.size_mib << 20
-    state = _demo_state(size, seed=args.seed)
-    progress = _progress(args)
-    chunker = Chunker()
-    rows: list[tuple[str, int, float]] = []
-
-    started = time.perf_counter()
-    encoded = [codec.encode(value) for value in state.values()]
-    rows.append(("encode (msgpack, canonical)", sum(map(len, encoded)), _since(started)))
-    blob = b"".join(encoded)
-
-    for threads in (1, 2):
-        started = time.perf_counter()
-        offsets, digests = chunker.cut_and_hash(blob, threads=threads)
-        rows.append((f"cut_and_hash, threads={threads}", len(blob), _since(started)))
-        if progress:
-            print(f"cut and hashed with {threads} thread(s)", file=sys.stderr)
-
-    started = time.perf_counter()
-    stored = 0
-    start = 0
-    for end in offsets:
-        stored += len(codec.compress(memoryview(blob)[start:end], level=3))
-        start = end
-    rows.append(("zstd level 3, per chunk", len(blob), _since(started)))
-
-    summary = {
-        "backend": backend,
-        "state_bytes": len(blob),
-        "chunks": len(offsets),
-        "unique_chunks": len(set(digests)),
-        "stored_bytes": stored,
-        "stages": [
-            {"stage": name, "bytes": nbytes, "seconds": seconds, "mb_per_s": _rate(nbytes, seconds)}
-            for name, nbytes, seconds in rows
-        ],
-    }
+    if args.dir is not None:
+        figures = _demo_figures(args.dir, args)
+    else:
+        with tempfile.TemporaryDirectory(prefix="statebag-demo-") as tmp:
+            figures = _demo_figures(tmp, args)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        _print_json(figures)
+    else:
+        _print_demo_table(figures)
+    if figures["verify_ok"]:
         return 0
-    _print_demo_table(summary, args.dir)
-    return 0
+    _error(f"verify found {len(figures['verify_problems'])} problem(s)")
+    return IntegrityError.exit_code
 
 
-def _print_demo_table(summary: dict[str, Any], directory: str | None) -> None:
-    from rich.console import Console
+def _print_demo_table(figures: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table(title=f"statebag demo (backend: {summary['backend']})")
-    table.add_column("stage")
-    table.add_column("MiB", justify="right")
-    table.add_column("seconds", justify="right")
-    table.add_column("MB/s", justify="right")
-    for stage in summary["stages"]:
-        table.add_row(
-            stage["stage"],
-            f"{stage['bytes'] / (1 << 20):.1f}",
-            f"{stage['seconds']:.3f}",
-            f"{stage['mb_per_s']:.0f}",
-        )
-    console = Console()
-    console.print(table)
-    ratio = summary["state_bytes"] / max(summary["stored_bytes"], 1)
-    console.print(
-        f"{summary['chunks']} chunks ({summary['unique_chunks']} unique), "
-        f"{summary['state_bytes']:,} bytes -> {summary['stored_bytes']:,} compressed "
-        f"({ratio:.2f}x)"
+    table = Table(
+        title=f"statebag demo: {figures['steps']} agent steps (backend {figures['backend']})"
     )
-    if directory is not None:
-        console.print(f"(DIR {directory!r} is not used until the repository lands)")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    verify = "ok" if figures["verify_ok"] else f"{len(figures['verify_problems'])} problem(s)"
+    rows = [
+        ("versions", f"{figures['versions']:,}"),
+        ("logical bytes (all versions)", _size(figures["bytes_logical"])),
+        ("stored bytes", _size(figures["bytes_stored"])),
+        ("ratio", f"{figures['ratio']:.1f}x"),
+        ("save, mean", f"{figures['save_ms_mean']:.1f} ms"),
+        ("save, p99", f"{figures['save_ms_p99']:.1f} ms"),
+        ("load latest version", f"{figures['load_latest_ms']:.1f} ms"),
+        ("load first version", f"{figures['load_first_ms']:.1f} ms"),
+        ("verify (every version)", verify),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console = _console()
+    console.print(table)
+    for problem in figures["verify_problems"]:
+        console.print(f"  {problem}")
+    if figures["repository"] is not None:
+        console.print(f"repository left in {figures['repository']} (chain {DEMO_CHAIN!r})")
 
 
-def _progress(args: argparse.Namespace) -> bool:
-    return not (args.json or args.quiet) and sys.stderr.isatty()
+# ---------------------------------------------------------------------------------------------
+# Parser and entry point
+# ---------------------------------------------------------------------------------------------
 
 
-def _since(started: float) -> float:
-    return time.perf_counter() - started
-
-
-def _rate(nbytes: int, seconds: float) -> float:
-    return nbytes / seconds / 1e6 if seconds > 0 else 0.0
+def _wrap(text: str) -> str:
+    """Fill each one-line paragraph; paragraphs laid out by hand keep their lines."""
+    return "\n\n".join(
+        paragraph if "\n" in paragraph else textwrap.fill(paragraph, width=88)
+        for paragraph in text.split("\n\n")
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="statebag", description="Content-addressed, versioned storage for application state."
+        prog="statebag",
+        description="Content-addressed, versioned storage for application state.",
+        epilog=_EXIT_CODES,
+        formatter_class=formatter,
     )
     parser.add_argument("--version", action="version", version=f"statebag {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    repo_help = f"repository path or URL (default: ${REPO_ENV})"
+    parser.add_argument("-r", "--repo", metavar="PATH_OR_URL", default=None, help=repo_help)
+    # The same option after the command; SUPPRESS keeps a value given before it.
+    with_repo = argparse.ArgumentParser(add_help=False)
+    with_repo.add_argument(
+        "-r", "--repo", metavar="PATH_OR_URL", default=argparse.SUPPRESS, help=repo_help
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="run the main job on a generated state")
-    demo.add_argument("dir", nargs="?", default=None, help="repository directory")
-    demo.add_argument("--size-mib", type=int, default=32, help="size of the generated state")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the generated state")
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], summary: str, epilog: str = ""
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            parents=[with_repo],
+            help=summary,
+            description=summary,
+            epilog=_wrap(epilog) or None,
+            formatter_class=formatter,
+        )
+        sub.set_defaults(handler=handler, needs_repo=True)
+        return sub
+
+    init = command(
+        "init",
+        _cmd_init,
+        "create the repository and print its configuration",
+        "Running init again with the same options (or none) is fine; an option that "
+        "contradicts the recorded configuration fails with exit code 6.",
+    )
+    init.add_argument("--min-size", type=int, help="smallest chunk, bytes (default 4096)")
+    init.add_argument("--avg-size", type=int, help="average chunk, bytes (default 16384)")
+    init.add_argument("--max-size", type=int, help="largest chunk, bytes (default 65536)")
+    init.add_argument("--compression-level", type=int, help="zstd level (default 3)")
+    init.add_argument("--pack-size", type=int, help="target pack size, bytes (default 16 MiB)")
+    init.add_argument(
+        "--inline-max", type=int, help="values under this many bytes stay inline (default 512)"
+    )
+    init.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="do not wait for the disk on commit (fast, unsafe on power loss)",
+    )
+    init.add_argument("--json", action="store_true", help="print the configuration as JSON")
+
+    save = command(
+        "save",
+        _cmd_save,
+        "save a JSON state as the next version of a chain",
+        "FILE holds one JSON object, the state (- reads stdin).\n\n" + _JSON_NOTE,
+    )
+    save.add_argument("chain", metavar="CHAIN", help="chain name")
+    save.add_argument("file", metavar="FILE", help="JSON file holding the state, - for stdin")
+    save.add_argument(
+        "--parent",
+        metavar="ID",
+        help="the version this state was made from; fails (exit 4) if the head moved on",
+    )
+    save.add_argument(
+        "--changed",
+        metavar="A,B",
+        type=_names,
+        help="the only fields that changed since the parent; the others are carried over "
+        "from it unread (trusted, not checked)",
+    )
+    save.add_argument("--meta", metavar="JSON", help="a JSON object stored with the version")
+    save.add_argument("--json", action="store_true", help="print the whole result as JSON")
+
+    load = command(
+        "load",
+        _cmd_load,
+        "print a version's state as JSON",
+        "ID_OR_CHAIN of 64 lowercase hex characters is a manifest id; anything else is a "
+        "chain name, meaning its newest version.\n\n" + _JSON_NOTE,
+    )
+    load.add_argument("ref", metavar="ID_OR_CHAIN", help="manifest id or chain name")
+    load.add_argument("--fields", metavar="A,B", type=_names, help="load only these fields")
+    load.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    load.add_argument("--compact", action="store_true", help="one line, no indentation")
+
+    log = command("log", _cmd_log, "list the versions of a chain, newest first")
+    log.add_argument("chain", metavar="CHAIN", help="chain name")
+    log.add_argument("--limit", type=_positive, metavar="N", help="at most N versions")
+    log.add_argument("--json", action="store_true", help="print a JSON list (full ids)")
+
+    diff = command(
+        "diff",
+        _cmd_diff,
+        "list the fields added, removed and changed from A to B, with sizes",
+        "A and B are manifest ids or chain names (a chain means its newest version). "
+        "Sizes are bytes of the fields' canonical encodings.",
+    )
+    diff.add_argument("a", metavar="A", help="old version: id or chain")
+    diff.add_argument("b", metavar="B", help="new version: id or chain")
+    diff.add_argument("--json", action="store_true", help="print the diff as JSON")
+
+    verify = command(
+        "verify",
+        _cmd_verify,
+        "check that versions reach only present, intact data",
+        "Without ID every version is checked. Exits 3 when a problem is found.",
+    )
+    verify.add_argument(
+        "ref", metavar="ID", nargs="?", default=None, help="one version: id or chain name"
+    )
+    verify.add_argument(
+        "--read-data",
+        type=_fraction,
+        default=1.0,
+        metavar="FRACTION",
+        help="fraction of chunks read back and re-hashed (default 1: all; the others are "
+        "only checked to be indexed in a present pack)",
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    stats = command("stats", _cmd_stats, "print counts and bytes of the whole repository")
+    stats.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    demo = commands.add_parser(
+        "demo",
+        help="simulate an agent workflow and report what storing it cost",
+        description=(
+            f"Simulate an agent of --steps steps, saving its state to chain {DEMO_CHAIN!r} "
+            "after each: chat messages appended, a scratch field rewritten, and a 2 MiB "
+            f"attachment edited every {_ATTACHMENT_EVERY} steps. Reports versions, logical "
+            "and stored bytes, save and load times, and a verify of every version (exit 3 "
+            "if it fails)."
+        ),
+        epilog=(
+            "DIR is created if missing and kept; a rerun continues the chain. Without DIR the "
+            "demo runs in a temporary directory removed afterwards. The demo never uses "
+            f"-r/--repo or ${REPO_ENV}, so it cannot write into a repository by accident. "
+            "--json keys: steps, versions, bytes_logical (sum over every version), "
+            "bytes_stored, ratio, save_ms_mean, save_ms_p99, load_latest_ms, load_first_ms, "
+            "verify_ok, verify_problems, backend, repository (DIR, or null)."
+        ),
+    )
+    demo.add_argument("dir", metavar="DIR", nargs="?", default=None, help="repository directory")
+    demo.add_argument("--steps", type=_positive, default=200, help="agent steps (default 200)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the simulation (default 0)")
     demo.add_argument("--json", action="store_true", help="print the figures as JSON")
     demo.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    demo.set_defaults(handler=_cmd_demo)
+    demo.set_defaults(handler=_cmd_demo, needs_repo=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code."""
-    args = _parser().parse_args(argv)
+    """Run the CLI; returns the process exit code (argparse usage errors exit 2)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.needs_repo:
+        args.repo = args.repo or os.environ.get(REPO_ENV) or None
+        if args.repo is None:
+            parser.error(
+                f"no repository given: pass -r/--repo PATH_OR_URL or set {REPO_ENV} "
+                "to the repository's path or URL"
+            )
+    elif args.repo is not None:
+        parser.error(f"{args.command} takes its directory as DIR, not -r/--repo")
     try:
         result: int = args.handler(args)
     except StatebagError as exc:
-        print(f"statebag: {exc.kind}: {exc}", file=sys.stderr)
+        _error(str(exc))
         return exc.exit_code
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`statebag load x | head`); stop quietly, and keep Python from
+        # complaining again when it flushes stdout at exit.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 1
     return result
 
 

@@ -78,7 +78,7 @@ _PARALLEL_CUT_BYTES = 4 * MIB
 _COMPRESS_TASK_BYTES = 4 * MIB
 # Ranged reads of nodes in one pack merge when the gap between them is at most this.
 _READ_GAP = 256 * 1024
-_READ_MAX = 2 * MIB
+_READ_MAX = 1 * MIB
 _STRUCT_CACHE_BYTES = 64 * MIB
 _FIELDS_CACHE = 64
 _MAX_CHAIN_LENGTH = 512
@@ -121,7 +121,8 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     fields: int
     size: int
     time_ns: int
-    meta: msgspec.Raw | None = None
+    # Always present; nil when there is none. (msgspec cannot decode an optional Raw.)
+    meta: msgspec.Raw = msgspec.Raw(b"\xc0")
 
 
 _MANIFEST_ENCODER = msgspec.msgpack.Encoder(order="deterministic")
@@ -494,7 +495,7 @@ class Repository:
             fields=len(entries),
             size=logical,
             time_ns=time.time_ns(),
-            meta=meta_raw,
+            meta=meta_raw if meta_raw is not None else msgspec.Raw(b"\xc0"),
         )
         manifest_bytes = _MANIFEST_ENCODER.encode(manifest)
         manifest_id = bytes(ContentId.of(manifest_bytes))
@@ -689,22 +690,23 @@ class Repository:
     def _read_nodes(self, ids: Sequence[bytes], /, *, cache: bool = False) -> dict[bytes, bytes]:
         """The bytes of nodes ``ids``, verified; IntegrityError names any that cannot be read."""
         found, pending = self._start_reads(ids)
-        for future in pending.values():
-            found.update(future.result())
+        result = {node_id: bytes(data) for node_id, data in found.items()}
+        for future in set(pending.values()):
+            result.update((node_id, bytes(data)) for node_id, data in future.result().items())
         if cache:
-            self._cache_structs(found)
-        return found
+            self._cache_structs(result)
+        return result
 
     def _start_reads(
         self, ids: Sequence[bytes], /
-    ) -> tuple[dict[bytes, bytes], dict[bytes, Future[dict[bytes, bytes]]]]:
+    ) -> tuple[dict[bytes, bytes | memoryview], dict[bytes, Future[dict[bytes, memoryview]]]]:
         """Nodes found in the cache, and a future per node for the rest (shared per range).
 
         Nodes are read in ranges of one pack (neighbours merged across small gaps), each range
         fetched, decompressed and verified on the pool, so a caller can use the first nodes
         while later ranges are still on their way.
         """
-        found: dict[bytes, bytes] = {}
+        found: dict[bytes, bytes | memoryview] = {}
         wanted: list[bytes] = []
         with self._lock:
             for node_id in ids:
@@ -714,7 +716,7 @@ class Repository:
                     found[node_id] = data
                 else:
                     wanted.append(node_id)
-        pending: dict[bytes, Future[dict[bytes, bytes]]] = {}
+        pending: dict[bytes, Future[dict[bytes, memoryview]]] = {}
         if not wanted:
             return found, pending
         wanted = list(dict.fromkeys(wanted))
@@ -755,7 +757,7 @@ class Repository:
                 pending[node_id] = future
         return found, pending
 
-    def _read_range(self, group: list[tuple[bytes, IndexRecord]]) -> dict[bytes, bytes]:
+    def _read_range(self, group: list[tuple[bytes, IndexRecord]]) -> dict[bytes, memoryview]:
         pack_id = group[0][1].pack_id
         start = group[0][1].offset
         end = max(record.offset + record.length for _, record in group)
@@ -768,23 +770,22 @@ class Repository:
                 object_id=pack_id.hex(),
             ) from exc
         view = memoryview(blob)
-        out: dict[bytes, bytes] = {}
+        frames: list[memoryview] = []
         for node_id, record in group:
             lo = record.offset - start
             frame = view[lo : lo + record.length]
-            if len(frame) != record.length:
+            if frame.nbytes != record.length:
                 raise IntegrityError(
                     f"pack {pack_id.hex()} is truncated: node {node_id.hex()} is cut short",
                     object_id=node_id.hex(),
                 )
-            out[node_id] = codec.decompress(frame, max_size=record.size, expected=node_id)
-            if len(out[node_id]) != record.size:
-                raise IntegrityError(
-                    f"node {node_id.hex()} has {len(out[node_id])} bytes, the index says "
-                    f"{record.size}",
-                    object_id=node_id.hex(),
-                )
-        return out
+            frames.append(frame)
+        datas = codec.decompress_batch(
+            frames,
+            sizes=[record.size for _, record in group],
+            expected=[node_id for node_id, _ in group],
+        )
+        return {node_id: data for (node_id, _), data in zip(group, datas, strict=True)}
 
     def _cache_structs(self, nodes: Mapping[bytes, bytes]) -> None:
         with self._lock:
@@ -920,22 +921,38 @@ class Repository:
         found, pending = self._start_reads(
             [node_id for chunks in leaves.values() for node_id, _ in chunks]
         )
+        # Each value is assembled (head, then chunks) in one scratch buffer reused from field
+        # to field: a fresh buffer per field would cost a page fault per 4 KiB.
+        scratch = bytearray()
         try:
             for name, entry in trees:
-                pieces = []
+                total = len(entry.head) + entry.length
+                if len(scratch) < total:
+                    scratch = bytearray(max(total, 2 * len(scratch)))
+                view = memoryview(scratch)
+                view[: len(entry.head)] = entry.head
+                position = len(entry.head)
                 for node_id, _ in leaves[name]:
                     data = found.get(node_id)
                     if data is None:
                         found.update(pending[node_id].result())
                         data = found[node_id]
-                    pieces.append(data)
-                if sum(map(len, pieces)) != entry.length:
-                    raise IntegrityError(
-                        f"field {name!r}: its chunks hold {sum(map(len, pieces))} bytes, the "
-                        f"entry says {entry.length}",
-                        object_id=entry.root.hex(),
-                    )
-                result[name] = dag.decode_value(entry.head, pieces)
+                    size = len(data)
+                    if position + size > total:
+                        break
+                    view[position : position + size] = data
+                    position += size
+                else:
+                    if position == total:
+                        result[name] = codec.decode(view[:total])
+                        view.release()
+                        continue
+                view.release()
+                raise IntegrityError(
+                    f"field {name!r}: its chunks do not add up to the {entry.length} bytes "
+                    "its entry says",
+                    object_id=entry.root.hex(),
+                )
         except BaseException:
             for future in pending.values():
                 future.cancel()
@@ -975,7 +992,7 @@ class Repository:
             parents=[p.hex() for p in manifest.parents],
             seq=manifest.seq,
             created_at=datetime.fromtimestamp(manifest.time_ns / 1e9, tz=UTC),
-            meta=codec.decode(manifest.meta) if manifest.meta is not None else None,
+            meta=codec.decode(manifest.meta),
             bytes_logical=manifest.size,
         )
 
