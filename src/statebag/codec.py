@@ -53,6 +53,7 @@ __all__ = [
     "decode",
     "decompress",
     "decompress_batch",
+    "check_digest",
     "encode",
 ]
 
@@ -451,7 +452,11 @@ def decompress(
 
 
 def decompress_batch(
-    frames: Sequence[memoryview], /, *, sizes: Sequence[int], expected: Sequence[bytes]
+    frames: Sequence[memoryview],
+    /,
+    *,
+    sizes: Sequence[int],
+    expected: Sequence[bytes],
 ) -> list[memoryview]:
     """The bytes held in many frames, each exactly ``sizes[i]`` long and hashing to
     ``expected[i]``; raises :class:`IntegrityError` naming the first that fails.
@@ -499,14 +504,20 @@ def decompress_batch(
     views: list[memoryview] = []
     for index, view in enumerate(results):
         assert view is not None
-        if hash_bytes(view) != expected[index]:
-            object_id = bytes(expected[index]).hex()
-            raise IntegrityError(
-                f"object {object_id} is corrupt: its bytes hash to {hash_bytes(view).hex()}",
-                object_id=object_id,
-            )
+        check_digest(view, expected[index])
         views.append(view)
     return views
+
+
+def check_digest(data: Buffer, expected: bytes, /) -> None:
+    """Raise :class:`IntegrityError` unless ``data`` hashes to ``expected``."""
+    actual = hash_bytes(data)
+    if actual != expected:
+        object_id = bytes(expected).hex()
+        raise IntegrityError(
+            f"object {object_id} is corrupt: its bytes hash to {actual.hex()}",
+            object_id=object_id,
+        )
 
 
 def _unzstd(payload: memoryview, max_size: int, where: str, object_id: str | None) -> bytes:

@@ -758,6 +758,7 @@ class Repository:
         return found, pending
 
     def _read_range(self, group: list[tuple[bytes, IndexRecord]]) -> dict[bytes, memoryview]:
+        """Fetch, decompress and hash-check the nodes of one pack range."""
         pack_id = group[0][1].pack_id
         start = group[0][1].offset
         end = max(record.offset + record.length for _, record in group)
@@ -917,7 +918,7 @@ class Repository:
                 trees.append((name, entry))
         if not trees:
             return result
-        leaves = {name: self._leaves(entry) for name, entry in trees}
+        leaves = self._leaves_of_many(trees)
         found, pending = self._start_reads(
             [node_id for chunks in leaves.values() for node_id, _ in chunks]
         )
@@ -958,6 +959,43 @@ class Repository:
                 future.cancel()
             raise
         return dict(sorted(result.items()))
+
+    def _leaves_of_many(
+        self, trees: Sequence[tuple[str, TreeField]]
+    ) -> dict[str, list[tuple[bytes, int]]]:
+        """The chunk lists of many trees, reading their index nodes level by level in one
+        batch per level rather than one round trip per field."""
+        lists: dict[str, list[tuple[bytes, int]]] = {}
+        frontier: dict[str, list[bytes]] = {}
+        depth: dict[str, int] = {}
+        for name, entry in trees:
+            if entry.level == 0:
+                lists[name] = [(entry.root, entry.length)]
+            else:
+                frontier[name] = [entry.root]
+                depth[name] = entry.level
+        while frontier:
+            found = self._fetch_structs(
+                list(dict.fromkeys(node_id for ids in frontier.values() for node_id in ids))
+            )
+            next_frontier: dict[str, list[bytes]] = {}
+            for name, ids in frontier.items():
+                children: list[tuple[bytes, int]] = []
+                for node_id in ids:
+                    level, entries = dag.parse_index_node(found[node_id], node_id=node_id.hex())
+                    if level != depth[name]:
+                        raise IntegrityError(
+                            f"index node {node_id.hex()} has level {level}, expected {depth[name]}",
+                            object_id=node_id.hex(),
+                        )
+                    children.extend(entries)
+                if depth[name] == 1:
+                    lists[name] = children
+                else:
+                    depth[name] -= 1
+                    next_frontier[name] = [child for child, _ in children]
+            frontier = next_frontier
+        return lists
 
     def _leaves(self, entry: TreeField) -> list[tuple[bytes, int]]:
         return dag.leaves_of(entry.root, entry.level, self._fetch_structs)
@@ -1071,7 +1109,7 @@ class Repository:
             try:
                 manifest = self._manifest(target)
             except (NotFoundError, IntegrityError) as exc:
-                problems.append(f"manifest {target.hex()}: {exc}")
+                problems.append(str(exc))  # the message names the manifest
                 continue
             try:
                 self._verify_fields(manifest.root, checked_structs)
