@@ -48,12 +48,12 @@ __all__ = [
     "CODEC_RAW",
     "CODEC_ZSTD",
     "DEFAULT_LEVEL",
+    "check_digest",
     "compress",
     "compress_batch",
     "decode",
     "decompress",
     "decompress_batch",
-    "check_digest",
     "encode",
 ]
 
