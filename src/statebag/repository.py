@@ -78,6 +78,9 @@ _PARALLEL_CUT_BYTES = 4 * MIB
 _COMPRESS_TASK_BYTES = 4 * MIB
 # Ranged reads of nodes in one pack merge when the gap between them is at most this.
 _READ_GAP = 256 * 1024
+# New nodes are looked up in the index in batches of about this many, or this much data.
+_LOOKUP_NODES = 1024
+_LOOKUP_BYTES = 4 * MIB
 _READ_MAX = 1 * MIB
 _STRUCT_CACHE_BYTES = 64 * MIB
 _FIELDS_CACHE = 64
@@ -565,6 +568,19 @@ class Repository:
         Returns the fields tree's root, every pack, and the logical bytes.
         """
         seen: set[bytes] = set()
+        # Nodes wait here for one index lookup for several fields (a query per field cost
+        # more than the lookups themselves), then go to the compression pool.
+        lookup: list[NewNode] = []
+        lookup_bytes = 0
+
+        def flush() -> None:
+            fresh, found = self._select_new(lookup, seen, requests)
+            packer.reused += found
+            for node in fresh:
+                new_nodes[node.node_id] = node
+            packer.add(self._submit_compress(fresh, level))
+            lookup.clear()
+
         for name in names:
             old = base.entries.get(name) if base is not None else None
             if old is not None and hint is not None and name not in hint:
@@ -590,12 +606,16 @@ class Repository:
                 packer.reused += 1
                 continue
             entries[name] = entry
-            fresh, found = self._select_new(nodes, seen, requests)
-            packer.reused += found
-            for node in fresh:
-                new_nodes[node.node_id] = node
-            packer.add(self._submit_compress(fresh, level))
+            if type(old) is TreeField:
+                # The parent's value of this field: its nodes need no lookup to be known.
+                seen.update(node_id for node_id, _ in self._leaves(old))
+            lookup.extend(nodes)
+            lookup_bytes += len(body)
+            if len(lookup) >= _LOOKUP_NODES or lookup_bytes >= _LOOKUP_BYTES:
+                flush()
+                lookup_bytes = 0
             packer.drain(block=False)
+        flush()
 
         ordered = sorted(entries.items())
         name_hashes = dict(base.name_hashes) if base is not None else {}

@@ -210,7 +210,9 @@ def check_keys(keys: object, /) -> list[str]:
         )
     seen: dict[str, None] = {}
     for i, key in enumerate(keys):
-        seen[check_meta_key(key, path=f"keys[{i}]")] = None
+        if not _plain_key(key):
+            key = check_meta_key(key, path=f"keys[{i}]")
+        seen[key] = None
     return list(seen)
 
 
@@ -242,6 +244,32 @@ def _as_bytes(value: object, path: str) -> bytes:
 
 def _as_expect(value: object, path: str) -> bytes | None:
     return None if value is None else _as_bytes(value, path)
+
+
+# Batches of thousands of operations are common (one per node of a save): the checks below
+# take the common case (an ASCII str key, bytes values) without building the error path.
+
+
+def _plain_key(key: object) -> bool:
+    """True for an ASCII str key that ``check_meta_key`` would return unchanged."""
+    return (
+        type(key) is str
+        and key.isascii()
+        and 0 < len(key) <= MAX_META_KEY_BYTES
+        and "\x00" not in key
+    )
+
+
+def _op_key(key: object, index: int) -> str:
+    if _plain_key(key):
+        return key  # type: ignore[return-value]
+    return check_meta_key(key, path=f"ops[{index}].key")
+
+
+def _op_expect(value: object, index: int) -> bytes | None:
+    if value is None or type(value) is bytes:
+        return value
+    return _as_bytes(value, f"ops[{index}].expect")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,27 +411,27 @@ def plan_batch(ops: Sequence[Op], /, *, max_batch: int | None) -> BatchPlan:
 
     for i, op in enumerate(ops):
         if isinstance(op, Put):
-            key = check_meta_key(op.key, path=f"ops[{i}].key")
-            value = _as_bytes(op.value, f"ops[{i}].value")
+            key = _op_key(op.key, i)
+            value = op.value if type(op.value) is bytes else _as_bytes(op.value, f"ops[{i}].value")
             if op.expect is not ANY:
-                condition(i, key, _as_expect(op.expect, f"ops[{i}].expect"))
+                condition(i, key, _op_expect(op.expect, i))
             known[key] = writes[key] = value
         elif isinstance(op, Delete):
-            key = check_meta_key(op.key, path=f"ops[{i}].key")
+            key = _op_key(op.key, i)
             if op.expect is not ANY:
-                condition(i, key, _as_expect(op.expect, f"ops[{i}].expect"))
+                condition(i, key, _op_expect(op.expect, i))
             known[key] = writes[key] = None
         elif isinstance(op, Check):
-            key = check_meta_key(op.key, path=f"ops[{i}].key")
+            key = _op_key(op.key, i)
             expect: object = op.expect  # typed bytes | None, but callers may pass ANY anyway
             if expect is ANY:
                 raise InvalidInputError(
                     f"ops[{i}] is a Check without a condition; expect must be bytes or None",
                     path=f"ops[{i}].expect",
                 )
-            condition(i, key, _as_expect(expect, f"ops[{i}].expect"))
+            condition(i, key, _op_expect(expect, i))
         elif isinstance(op, Add):
-            key = check_meta_key(op.key, path=f"ops[{i}].key")
+            key = _op_key(op.key, i)
             delta = op.delta
             if not isinstance(delta, int) or isinstance(delta, bool):
                 raise InvalidInputError(
@@ -421,7 +449,7 @@ def plan_batch(ops: Sequence[Op], /, *, max_batch: int | None) -> BatchPlan:
             change.delta += delta
             change.drop = False
         elif isinstance(op, DropCounter):
-            key = check_meta_key(op.key, path=f"ops[{i}].key")
+            key = _op_key(op.key, i)
             counters[key] = CounterChange(reset=True, delta=0, drop=True)
         else:
             raise InvalidInputError(
