@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 from urllib.parse import unquote, urlparse
 
 import msgspec
@@ -71,6 +71,7 @@ __all__ = ["FORMAT_VERSION", "Config", "Repository", "open"]
 
 FORMAT_VERSION = 1
 MIB = 1 << 20
+_T = TypeVar("_T")
 
 # Bodies from this size up are cut with a second thread scanning while this one hashes.
 _PARALLEL_CUT_BYTES = 4 * MIB
@@ -84,6 +85,7 @@ _LOOKUP_BYTES = 4 * MIB
 _READ_MAX = 1 * MIB
 _STRUCT_CACHE_BYTES = 64 * MIB
 _FIELDS_CACHE = 64
+_MANIFEST_CACHE = 4096
 _MAX_CHAIN_LENGTH = 512
 
 
@@ -131,6 +133,33 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
 _MANIFEST_ENCODER = msgspec.msgpack.Encoder(order="deterministic")
 _MANIFEST_DECODER = msgspec.msgpack.Decoder(Manifest)
 _CONFIG_DECODER = msgspec.msgpack.Decoder(Config)
+
+
+class _Recent(Generic[_T]):
+    """The last ``size`` values put, by id; safe to share between threads."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[bytes, _T] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> _T | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: bytes, value: _T) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
 
 
 class _FieldsTable(msgspec.Struct):
@@ -366,8 +395,8 @@ class Repository:
         self._closed = False
         self._structs: OrderedDict[bytes, bytes] = OrderedDict()  # index and fields nodes
         self._structs_bytes = 0
-        self._tables: OrderedDict[bytes, _FieldsTable] = OrderedDict()
-        self._manifests: OrderedDict[bytes, Manifest] = OrderedDict()
+        self._tables: _Recent[_FieldsTable] = _Recent(_FIELDS_CACHE)
+        self._manifests: _Recent[Manifest] = _Recent(_MANIFEST_CACHE)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -825,8 +854,7 @@ class Repository:
     # -- manifests and fields tables ---------------------------------------------------------
 
     def _manifest(self, manifest_id: bytes) -> Manifest:
-        with self._lock:
-            cached = self._manifests.get(manifest_id)
+        cached = self._manifests.get(manifest_id)
         if cached is not None:
             return cached
         text = manifest_id.hex()
@@ -845,18 +873,12 @@ class Repository:
         return manifest
 
     def _remember_manifest(self, manifest_id: bytes, manifest: Manifest) -> None:
-        with self._lock:
-            self._manifests[manifest_id] = manifest
-            self._manifests.move_to_end(manifest_id)
-            while len(self._manifests) > 4096:
-                self._manifests.popitem(last=False)
+        self._manifests.put(manifest_id, manifest)
 
     def _fields_table(self, root: bytes) -> _FieldsTable:
-        with self._lock:
-            table = self._tables.get(root)
-            if table is not None:
-                self._tables.move_to_end(root)
-                return table
+        table = self._tables.get(root)
+        if table is not None:
+            return table
         node_ids: set[bytes] = set()
 
         def fetch(ids: Sequence[bytes]) -> dict[bytes, bytes]:
@@ -869,11 +891,7 @@ class Repository:
         return table
 
     def _remember_table(self, root: bytes, table: _FieldsTable) -> None:
-        with self._lock:
-            self._tables[root] = table
-            self._tables.move_to_end(root)
-            while len(self._tables) > _FIELDS_CACHE:
-                self._tables.popitem(last=False)
+        self._tables.put(root, table)
 
     def _resolve(self, manifest_id: str, *, field: str = "manifest_id") -> bytes:
         return ContentId.parse(manifest_id, field=field)
