@@ -223,25 +223,49 @@ def parse_index_node(data: bytes, /, *, node_id: str) -> tuple[int, list[tuple[b
 def leaves_of(
     root: bytes, level: int, fetch: Callable[[Sequence[bytes]], Mapping[bytes, bytes]], /
 ) -> list[tuple[bytes, int]]:
-    """The (chunk id, length) list of a tree, reading index nodes through ``fetch``."""
-    if level == 0:
-        return [(root, -1)]
-    frontier = [root]
-    for depth in range(level, 0, -1):
-        found = fetch(frontier)
-        children: list[tuple[bytes, int]] = []
-        for node_id in frontier:
-            node_level, entries = parse_index_node(found[node_id], node_id=node_id.hex())
-            if node_level != depth:
-                raise IntegrityError(
-                    f"index node {node_id.hex()} has level {node_level}, expected {depth}",
-                    object_id=node_id.hex(),
-                )
-            children.extend(entries)
-        if depth == 1:
-            return children
-        frontier = [child for child, _ in children]
-    raise AssertionError("unreachable")
+    """The (chunk id, length) list of one tree, reading index nodes through ``fetch``."""
+    return leaves_of_many({"": (root, level)}, fetch)[""]
+
+
+def leaves_of_many(
+    trees: Mapping[str, tuple[bytes, int]],
+    fetch: Callable[[Sequence[bytes]], Mapping[bytes, bytes]],
+    /,
+) -> dict[str, list[tuple[bytes, int]]]:
+    """The chunk lists of trees given as name -> (root, level), reading the index nodes of
+    every tree one level at a time: one ``fetch`` per level, not one per tree.
+
+    A level 0 tree is its root chunk, listed with length -1 (unknown here).
+    """
+    lists: dict[str, list[tuple[bytes, int]]] = {}
+    frontier: dict[str, list[bytes]] = {}
+    depth: dict[str, int] = {}
+    for name, (root, level) in trees.items():
+        if level == 0:
+            lists[name] = [(root, -1)]
+        else:
+            frontier[name] = [root]
+            depth[name] = level
+    while frontier:
+        found = fetch(list(dict.fromkeys(i for ids in frontier.values() for i in ids)))
+        next_frontier: dict[str, list[bytes]] = {}
+        for name, ids in frontier.items():
+            children: list[tuple[bytes, int]] = []
+            for node_id in ids:
+                level, entries = parse_index_node(found[node_id], node_id=node_id.hex())
+                if level != depth[name]:
+                    raise IntegrityError(
+                        f"index node {node_id.hex()} has level {level}, expected {depth[name]}",
+                        object_id=node_id.hex(),
+                    )
+                children.extend(entries)
+            if depth[name] == 1:
+                lists[name] = children
+            else:
+                depth[name] -= 1
+                next_frontier[name] = [child for child, _ in children]
+        frontier = next_frontier
+    return lists
 
 
 # ---------------------------------------------------------------------------------------------

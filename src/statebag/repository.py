@@ -956,7 +956,9 @@ class Repository:
                 trees.append((name, entry))
         if not trees:
             return result
-        leaves = self._leaves_of_many(trees)
+        leaves = dag.leaves_of_many(
+            {name: (entry.root, entry.level) for name, entry in trees}, self._fetch_structs
+        )
         found, pending = self._start_reads(
             [node_id for chunks in leaves.values() for node_id, _ in chunks]
         )
@@ -997,43 +999,6 @@ class Repository:
                 future.cancel()
             raise
         return dict(sorted(result.items()))
-
-    def _leaves_of_many(
-        self, trees: Sequence[tuple[str, TreeField]]
-    ) -> dict[str, list[tuple[bytes, int]]]:
-        """The chunk lists of many trees, reading their index nodes level by level in one
-        batch per level rather than one round trip per field."""
-        lists: dict[str, list[tuple[bytes, int]]] = {}
-        frontier: dict[str, list[bytes]] = {}
-        depth: dict[str, int] = {}
-        for name, entry in trees:
-            if entry.level == 0:
-                lists[name] = [(entry.root, entry.length)]
-            else:
-                frontier[name] = [entry.root]
-                depth[name] = entry.level
-        while frontier:
-            found = self._fetch_structs(
-                list(dict.fromkeys(node_id for ids in frontier.values() for node_id in ids))
-            )
-            next_frontier: dict[str, list[bytes]] = {}
-            for name, ids in frontier.items():
-                children: list[tuple[bytes, int]] = []
-                for node_id in ids:
-                    level, entries = dag.parse_index_node(found[node_id], node_id=node_id.hex())
-                    if level != depth[name]:
-                        raise IntegrityError(
-                            f"index node {node_id.hex()} has level {level}, expected {depth[name]}",
-                            object_id=node_id.hex(),
-                        )
-                    children.extend(entries)
-                if depth[name] == 1:
-                    lists[name] = children
-                else:
-                    depth[name] -= 1
-                    next_frontier[name] = [child for child, _ in children]
-            frontier = next_frontier
-        return lists
 
     def _leaves(self, entry: TreeField) -> list[tuple[bytes, int]]:
         return dag.leaves_of(entry.root, entry.level, self._fetch_structs)
