@@ -151,25 +151,29 @@ def split_value(
     /,
     *,
     head: int,
+    unless: Entry | None = None,
 ) -> tuple[TreeField, list[NewNode]]:
     """The tree of a value whose body ``encoded[head:]`` the chunker cut at ``offsets``.
 
     Returns the entry and every node of the tree (chunks first, then index nodes bottom up),
-    new or not; the caller decides which it already has.
+    new or not; the caller decides which it already has. When the entry equals ``unless``
+    (the value did not change), no node is listed: the caller has them all.
     """
     body = memoryview(encoded)[head:]
-    nodes: list[NewNode] = []
-    start = 0
-    lengths: list[int] = []
-    for end, digest in zip(offsets, digests, strict=True):
-        nodes.append(NewNode(digest, body[start:end], ()))
-        lengths.append(end - start)
-        start = end
-    if start != len(body) or not digests:
+    if not digests or len(offsets) != len(digests) or offsets[-1] != len(body):
         raise AssertionError("chunk offsets must cover the body")
+    starts = [0, *offsets[:-1]]
+    lengths = [end - start for start, end in zip(starts, offsets, strict=True)]
     root, level, index_nodes = build_index(list(digests), lengths)
+    entry = TreeField(bytes(encoded[:head]), root, len(body), level)
+    if entry == unless:
+        return entry, []
+    nodes = [
+        NewNode(digest, body[start:end], ())
+        for start, end, digest in zip(starts, offsets, digests, strict=True)
+    ]
     nodes.extend(index_nodes)
-    return TreeField(bytes(encoded[:head]), root, len(body), level), nodes
+    return entry, nodes
 
 
 def build_index(ids: list[bytes], lengths: list[int], /) -> tuple[bytes, int, list[NewNode]]:

@@ -628,7 +628,7 @@ class Repository:
             offsets, digests = self._chunker.cut_and_hash(
                 body, threads=2 if len(body) >= _PARALLEL_CUT_BYTES else 1
             )
-            entry, nodes = dag.split_value(encoded, offsets, digests, head=head_len)
+            entry, nodes = dag.split_value(encoded, offsets, digests, head=head_len, unless=old)
             timings["chunk"] += time.perf_counter() - t
             if old == entry:
                 entries[name] = old
