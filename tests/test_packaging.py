@@ -76,6 +76,9 @@ def test_sdist_ships_the_cython_sources(tmp_path: Path) -> None:
     with tarfile.open(sdist) as archive:
         names = archive.getnames()
     assert any(n.endswith("ext/statebag/_cdc.pyx") for n in names)
+    assert any(n.endswith("ext/statebag/_walk.pyx") for n in names)
+    assert any(n.endswith("src/statebag/meta/sqlite.py") for n in names)
+    assert any(n.endswith("src/statebag/objects/local.py") for n in names)
     assert any(n.endswith("ext/statebag/__init__.pxd") for n in names)
     assert any(n.endswith("src/statebag/_cdc.pyi") for n in names)
     assert not any(n.endswith(".c") or n.endswith(".so") for n in names)
