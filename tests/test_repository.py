@@ -747,3 +747,56 @@ def test_versions_read_back_in_a_new_process_handle(tmp_path: Path) -> None:
         assert repo.verify().ok
         third = repo.save("c", {"a": "z"}, parent=second, meta={"n": 3})
         assert repo.info(third.manifest_id).meta == {"n": 3}
+
+
+def test_a_commit_whose_answer_was_lost_reads_back_its_own_success(
+    repo: statebag.Repository,
+) -> None:
+    repo.save("c", {"v": 0})
+    meta = repo._meta
+    real_write = meta.write
+    calls: list[int] = []
+
+    def write_then_lose_the_answer(ops: Any) -> None:
+        real_write(ops)
+        if any(getattr(op, "key", "").startswith("chain/") for op in ops):
+            calls.append(len(ops))
+            raise TimeoutError("the answer was lost on the way back")
+
+    meta.write = write_then_lose_the_answer  # type: ignore[method-assign]
+    try:
+        result = repo.save("c", {"v": 1, "blob": b"x" * 50_000})
+    finally:
+        meta.write = real_write  # type: ignore[method-assign]
+    assert calls  # the head write did land and then failed to answer
+    assert repo.head("c") == result.manifest_id
+    assert repo.load(result.manifest_id) == {"blob": b"x" * 50_000, "v": 1}
+    assert list(meta.scan("pending/")) == []
+    assert recount(repo)[0] == stored_counts(repo)
+
+
+def test_a_commit_that_failed_without_landing_raises_and_keeps_the_head(
+    repo: statebag.Repository,
+) -> None:
+    first = repo.save("c", {"v": 0}).manifest_id
+    meta = repo._meta
+    real_write = meta.write
+
+    def fail_the_head_write(ops: Any) -> None:
+        if any(getattr(op, "key", "").startswith("chain/") for op in ops):
+            raise TimeoutError("no answer, and nothing written")
+        real_write(ops)
+
+    meta.write = fail_the_head_write  # type: ignore[method-assign]
+    try:
+        with pytest.raises(statebag.BackendError) as info:
+            repo.save("c", {"v": 1, "blob": b"y" * 50_000})
+    finally:
+        meta.write = real_write  # type: ignore[method-assign]
+    assert info.value.retryable
+    assert repo.head("c") == first
+    # The outcome was unknown when the save gave up, so its packs stay, named by its pending
+    # entry, for garbage collection to settle after the lease: never deleted on a guess.
+    (pending,) = list(meta.scan("pending/"))
+    assert repo.stats().manifests == 1
+    assert pending
