@@ -534,6 +534,7 @@ def _cycle() -> dict[str, Any]:
         ({"keys": {1: "one"}}, "keys"),
         ({"big": 2**64}, "big"),
         ({1: "not a str key"}, "1"),
+        ({"\ud800": "a lone surrogate key"}, repr("\ud800")),
     ],
 )
 def test_bad_input_names_the_field_and_writes_nothing(

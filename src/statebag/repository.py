@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, NamedTuple, Self, TypeVar
 from urllib.parse import unquote, urlparse
 
 import msgspec
@@ -470,7 +470,12 @@ class Repository:
                     f"state key {name!r} is a {type(name).__name__}; field names must be str",
                     path=repr(name),
                 )
-            codec.encode(name)  # refuses lone surrogates, naming nothing better than the key
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidInputError(
+                    f"state key {name!r} is not valid Unicode (a lone surrogate)", path=repr(name)
+                ) from exc
         names.sort()
         meta_raw = self._encode_meta(meta)
         hint = None if changed is None else self._check_changed(changed)
@@ -511,13 +516,13 @@ class Repository:
             pack_size=self._config.pack_size,
         )
         try:
-            root, packs, logical = self._encode_state(
+            encoded = self._encode_state(
                 data, names, base, hint, entries, new_nodes, packer, timings, requests, level
             )
         except BaseException:
             packer.prepare.abandon()
             raise
-        reused = packer.reused
+        root, packs, logical = encoded.root, encoded.packs, encoded.logical
         manifest = Manifest(
             format=FORMAT_VERSION,
             chain=chain,
@@ -548,7 +553,6 @@ class Repository:
         commit(self._objects, self._meta, tx, prepared=packer.prepare)
         timings["commit"] = time.perf_counter() - t
         timings["upload"] = tx.timings.get("upload", 0.0)
-        fields_nodes = packer.fields_nodes
         for key, count in tx.requests.items():
             requests[key] = requests.get(key, 0) + count
         self._remember_manifest(manifest_id, manifest)
@@ -556,8 +560,8 @@ class Repository:
             root,
             _FieldsTable(
                 entries,
-                {node.node_id for node in fields_nodes},
-                {name: packer.name_hashes[name] for name in entries},
+                {node.node_id for node in encoded.fields_nodes},
+                {name: encoded.name_hashes[name] for name in entries},
             ),
         )
         if bag is not None:
@@ -571,7 +575,7 @@ class Repository:
             chain=chain,
             seq=manifest.seq,
             nodes_written=len(written),
-            nodes_reused=reused + len(tx.reused_late),
+            nodes_reused=encoded.reused + len(tx.reused_late),
             bytes_logical=logical,
             bytes_new_raw=sum(len(node.data) for node in written),
             bytes_new_stored=sum(len(data) for _, data, _ in packs),
@@ -591,11 +595,9 @@ class Repository:
         timings: dict[str, float],
         requests: dict[str, int],
         level: int,
-    ) -> tuple[bytes, list[tuple[bytes, bytes, list[Any]]], int]:
-        """Encode, cut and compress the fields; ship full packs as they fill.
-
-        Returns the fields tree's root, every pack, and the logical bytes.
-        """
+    ) -> _Encoded:
+        """Encode, cut and compress the fields into ``entries`` and ``new_nodes``; ship full
+        packs as they fill."""
         seen: set[bytes] = set()
         # Nodes wait here for one index lookup for several fields (a query per field cost
         # more than the lookups themselves), then go to the compression pool.
@@ -649,8 +651,6 @@ class Repository:
         ordered = sorted(entries.items())
         name_hashes = dict(base.name_hashes) if base is not None else {}
         root, fields_nodes = dag.build_fields(ordered, hashes=name_hashes)
-        packer.fields_nodes = fields_nodes
-        packer.name_hashes = name_hashes
         known = base.node_ids if base is not None else set()
         unknown = [node for node in fields_nodes if node.node_id not in known]
         packer.reused += len(fields_nodes) - len(unknown)
@@ -663,7 +663,14 @@ class Repository:
         t = time.perf_counter()
         packs = packer.finish()
         timings["compress"] = time.perf_counter() - t
-        return root, packs, sum(dag.entry_size(entry) for entry in entries.values())
+        return _Encoded(
+            root=root,
+            packs=packs,
+            logical=sum(dag.entry_size(entry) for entry in entries.values()),
+            fields_nodes=fields_nodes,
+            name_hashes=name_hashes,
+            reused=packer.reused,
+        )
 
     def _encode_meta(self, meta: Mapping[str, Any] | None) -> msgspec.Raw | None:
         if meta is None:
@@ -1190,14 +1197,23 @@ class Repository:
             )
 
 
+class _Encoded(NamedTuple):
+    """What encoding a state produced, for the commit and the next save."""
+
+    root: bytes
+    packs: list[tuple[bytes, bytes, list[Any]]]
+    logical: int
+    fields_nodes: list[NewNode]
+    name_hashes: dict[str, bytes]
+    reused: int
+
+
 class _Packer:
     """Frames arrive from the compression pool in submission order; full packs ship at once."""
 
     def __init__(self, prepare: Prepare, *, pack_size: int) -> None:
         self.prepare = prepare
         self.reused = 0
-        self.fields_nodes: list[NewNode] = []
-        self.name_hashes: dict[str, bytes] = {}
         self._pack_size = pack_size
         self._jobs: deque[tuple[list[NewNode], Future[list[tuple[bytes, Any]]]]] = deque()
         self._writer = PackWriter()
