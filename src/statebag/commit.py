@@ -212,7 +212,9 @@ class Prepare:
         self._meta.put(f"pending/{self._txn}", encode_record(pending))
         self.requests["meta_writes"] += 1
 
-    def ship(self, pack_id: bytes, data: bytes, /) -> None:
+    def ship(self, pack_id: bytes, data: bytes, /, *, last: bool = False) -> None:
+        """Record and upload one pack; the ``last`` one is uploaded on the calling thread,
+        which would only wait for it otherwise."""
         self.pack_ids.append(pack_id)
         self.record()
         key = pack_key(pack_id)
@@ -223,7 +225,7 @@ class Prepare:
             self.upload_seconds += time.perf_counter() - started
 
         self.requests["object_puts"] += 1
-        if self._submit is None:
+        if self._submit is None or last:
             upload()
         else:
             self._uploads.append(self._submit(upload))

@@ -77,6 +77,7 @@ _T = TypeVar("_T")
 _PARALLEL_CUT_BYTES = 4 * MIB
 # Compression tasks take about this much raw data, so the pool's overhead stays small.
 _COMPRESS_TASK_BYTES = 4 * MIB
+_COMPRESS_INLINE_BYTES = 256 * 1024
 # Ranged reads of nodes in one pack merge when the gap between them is at most this.
 _READ_GAP = 256 * 1024
 # New nodes are looked up in the index in batches of about this many, or this much data.
@@ -738,7 +739,14 @@ class Repository:
                 jobs.append((batch, self._pool.submit(_compress_all, batch, level)))
                 batch, size = [], 0
         if batch:
-            jobs.append((batch, self._pool.submit(_compress_all, batch, level)))
+            if not jobs and size <= _COMPRESS_INLINE_BYTES:
+                # A small save: handing a few chunks to a pool thread costs more than
+                # compressing them here.
+                done: Future[list[tuple[bytes, Any]]] = Future()
+                done.set_result(_compress_all(batch, level))
+                jobs.append((batch, done))
+            else:
+                jobs.append((batch, self._pool.submit(_compress_all, batch, level)))
         return jobs
 
     # -- reading nodes -----------------------------------------------------------------------
@@ -1243,16 +1251,16 @@ class _Packer:
                 self._writer.add(node.node_id, header, payload, len(node.data))
                 self._raw += len(node.data)
 
-    def _ship(self) -> None:
+    def _ship(self, *, last: bool = False) -> None:
         pack = self._writer.finish()
         self._packs.append(pack)
         self._writer, self._raw = PackWriter(), 0
-        self.prepare.ship(pack[0], pack[1])
+        self.prepare.ship(pack[0], pack[1], last=last)
 
     def finish(self) -> list[tuple[bytes, bytes, list[Any]]]:
         self.drain(block=True)
         if len(self._writer):
-            self._ship()
+            self._ship(last=True)
         return self._packs
 
 
