@@ -84,6 +84,7 @@ _READ_GAP = 256 * 1024
 _LOOKUP_NODES = 1024
 _LOOKUP_BYTES = 4 * MIB
 _READ_MAX = 1 * MIB
+_READ_SLICE = 512
 _STRUCT_CACHE_BYTES = 64 * MIB
 _FIELDS_CACHE = 64
 _MANIFEST_CACHE = 4096
@@ -781,9 +782,18 @@ class Repository:
                 else:
                     wanted.append(node_id)
         pending: dict[bytes, Future[dict[bytes, memoryview]]] = {}
-        if not wanted:
-            return found, pending
         wanted = list(dict.fromkeys(wanted))
+        # Index lookups go in slices, each slice's ranges submitted before the next lookup,
+        # so the first ranges are on their way while later ones are still being located.
+        for start in range(0, len(wanted), _READ_SLICE):
+            for group in self._plan_ranges(wanted[start : start + _READ_SLICE]):
+                future = self._pool.submit(self._read_range, group)
+                for node_id, _ in group:
+                    pending[node_id] = future
+        return found, pending
+
+    def _plan_ranges(self, wanted: list[bytes]) -> list[list[tuple[bytes, IndexRecord]]]:
+        """The pack ranges holding nodes ``wanted``, in the order the nodes were asked for."""
         records = self._meta.get_many([f"node/{node_id.hex()}" for node_id in wanted])
         by_pack: dict[bytes, list[tuple[bytes, IndexRecord]]] = {}
         for node_id in wanted:
@@ -811,15 +821,9 @@ class Repository:
                         current = []
                 current.append(item)
             ranges.append(current)
-        # Ranges in the order their first node was asked for, so the caller's first needs
-        # come first off the pool.
         position = {node_id: index for index, node_id in enumerate(wanted)}
         ranges.sort(key=lambda group: min(position[node_id] for node_id, _ in group))
-        for group in ranges:
-            future = self._pool.submit(self._read_range, group)
-            for node_id, _ in group:
-                pending[node_id] = future
-        return found, pending
+        return ranges
 
     def _read_range(self, group: list[tuple[bytes, IndexRecord]]) -> dict[bytes, memoryview]:
         """Fetch, decompress and hash-check the nodes of one pack range."""
