@@ -18,7 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import statebag
+import statebag.chunking
 import statebag.commit
+import statebag.repository
 from statebag import (
     ConfigError,
     ConflictError,
@@ -264,6 +266,48 @@ def test_appending_one_message_writes_at_most_four_nodes(
     assert repo.load_latest("thread")["messages"] == messages
 
 
+def test_values_re_cut_from_the_previous_save_get_the_same_tree_as_cut_whole(
+    repo: statebag.Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each save below starts from the cut the previous one left in the repository's cache
+    # (appends, an edit in the middle, a truncation); a repository without that cache must
+    # arrive at exactly the same entries, so the same node ids.
+    rng = random.Random(8)
+    messages = [{"text": words(rng, rng.randint(20, 300))} for _ in range(600)]
+    blob = rng.randbytes(300_000)
+    steps: list[tuple[list[dict[str, str]], bytes]] = []
+    for step in range(6):
+        messages = [*messages, {"text": words(rng, 50)}]
+        if step == 2:
+            messages[300] = {"text": "[redacted]"}
+        if step == 4:
+            messages = messages[:400]
+        blob = blob[: 1000 * step] + rng.randbytes(10) + blob[1000 * step + 10 :]
+        steps.append((messages, blob))
+
+    def entries(any_repo: statebag.Repository, manifest_id: str) -> dict[str, Any]:
+        root = any_repo._manifest(bytes.fromhex(manifest_id)).root
+        return dict(any_repo._fields_table(root).entries)
+
+    kept: list[int] = []
+
+    def counting_recut(*args: Any, **kwargs: Any) -> Any:
+        result = statebag.chunking.recut(*args, **kwargs)
+        kept.append(result[2])
+        return result
+
+    monkeypatch.setattr(statebag.repository, "recut", counting_recut)
+    for messages, blob in steps:
+        state = {"messages": messages, "blob": blob}
+        cached = entries(repo, repo.save("cached", state).manifest_id)
+        with statebag.open("memory://recut-" + uuid.uuid4().hex) as fresh:
+            whole = entries(fresh, fresh.save("cached", state).manifest_id)
+        assert cached == whole
+    # Both fields of every save after the first were re-cut, mostly from kept chunks.
+    assert len(kept) == 2 * (len(steps) - 1) and sum(kept) > 0
+    assert repo.load_latest("cached") == {"blob": steps[-1][1], "messages": steps[-1][0]}
+
+
 @pytest.mark.parametrize("hinted", [False, True])
 def test_added_and_removed_keys_are_saved(repo: statebag.Repository, hinted: bool) -> None:
     repo.save("c", {"keep": "k" * 800, "drop": 1, "edit": [1, 2]})
@@ -412,14 +456,14 @@ def test_batched_metadata_commits_and_takes_back_on_conflict() -> None:
         real_write = meta.write
         moved = False
 
-        def racing_write(ops: Any) -> None:
+        def racing_write(ops: Any, **options: Any) -> None:
             nonlocal moved
             if not moved and any(getattr(op, "key", "").startswith("chain/") for op in ops):
                 moved = True
                 meta.max_batch = None  # type: ignore[misc]
                 repo.save("c", {"other": 1})
                 meta.max_batch = 7  # type: ignore[misc]
-            real_write(ops)
+            real_write(ops, **options)
 
         meta.write = racing_write  # type: ignore[method-assign]
         state2 = {f"f{i}": random.Random(100 + i).randbytes(3000) for i in range(30)}
@@ -758,8 +802,8 @@ def test_a_commit_whose_answer_was_lost_reads_back_its_own_success(
     real_write = meta.write
     calls: list[int] = []
 
-    def write_then_lose_the_answer(ops: Any) -> None:
-        real_write(ops)
+    def write_then_lose_the_answer(ops: Any, **options: Any) -> None:
+        real_write(ops, **options)
         if any(getattr(op, "key", "").startswith("chain/") for op in ops):
             calls.append(len(ops))
             raise TimeoutError("the answer was lost on the way back")
@@ -783,10 +827,10 @@ def test_a_commit_that_failed_without_landing_raises_and_keeps_the_head(
     meta = repo._meta
     real_write = meta.write
 
-    def fail_the_head_write(ops: Any) -> None:
+    def fail_the_head_write(ops: Any, **options: Any) -> None:
         if any(getattr(op, "key", "").startswith("chain/") for op in ops):
             raise TimeoutError("no answer, and nothing written")
-        real_write(ops)
+        real_write(ops, **options)
 
     meta.write = fail_the_head_write  # type: ignore[method-assign]
     try:

@@ -19,6 +19,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -333,6 +334,30 @@ def test_sqlite_persists_across_reopen(tmp_path: Path) -> None:
     with SQLiteMetaStore(path, synchronous="normal") as store:
         assert store.get("k") == b"v"
         assert store.counter("c") == 7
+
+
+def test_sqlite_non_durable_write_relaxes_only_itself(tmp_path: Path) -> None:
+    # A non-durable write skips the log sync for itself only: the connection is back at the
+    # configured level for the next write, and the write is in the file for other connections.
+    with SQLiteMetaStore(tmp_path / "meta.sqlite") as store:
+        levels: list[int] = []
+        real = store._commit_locked
+
+        def spy(conn: sqlite3.Connection, *args: Any) -> Any:
+            levels.append(conn.execute("PRAGMA synchronous").fetchone()[0])
+            return real(conn, *args)
+
+        store._commit_locked = spy  # type: ignore[method-assign,assignment]
+        store.put("pending/t", b"1", durable=False)
+        store.put("head", b"2")
+        conn = store._conn()
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert levels == [1, 2]  # NORMAL for the first write only, FULL for the second
+        raw = sqlite3.connect(tmp_path / "meta.sqlite")
+        try:
+            assert raw.execute("SELECT value FROM kv WHERE key = 'pending/t'").fetchone() == (b"1",)
+        finally:
+            raw.close()
 
 
 def _make_db(path: Path, *statements: str) -> None:

@@ -29,6 +29,11 @@
 #   - every chunk but the last is at least MIN + 1 and at most MAX bytes long; offsets are
 #     strictly increasing and the last equals len(data); empty input gives no chunk;
 #   - cut_and_hash returns exactly the offsets of cut() and BLAKE3-256 of each chunk.
+#   - a cut at offset e of a chunk starting at s depends only on p[s:e] and on whether the
+#     data ends at e; so after an edit at offset P, every chunk of the old cut that ends at
+#     e <= P with e < len(old) is also a chunk of the new cut, and cutting the new data from
+#     the end of the last such chunk gives the rest (statebag.chunking.recut relies on this;
+#     common_prefix finds P without the GIL).
 #
 # The scans run `with nogil`. Hashing goes through the blake3 package (one call per chunk,
 # which needs the GIL to start). With threads > 1 a second thread scans the whole buffer
@@ -37,6 +42,7 @@
 
 from libc.stdint cimport uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcmp
 
 import threading
 
@@ -52,6 +58,38 @@ cdef enum:
     BATCH_BYTES = 512 * 1024
     BATCH_CHUNKS = 1024
     PARALLEL_MIN_BYTES = 4 * 1024 * 1024
+
+
+# common_prefix compares blocks with memcmp and looks for the first difference byte by byte
+# only inside the first block that differs.
+cdef enum:
+    PREFIX_BLOCK = 4096
+
+
+cdef size_t _common_prefix(const uint8_t* a, const uint8_t* b, size_t n) noexcept nogil:
+    cdef size_t i = 0
+    cdef size_t step
+    while i < n:
+        step = n - i if n - i < PREFIX_BLOCK else PREFIX_BLOCK
+        if memcmp(a + i, b + i, step) != 0:
+            while a[i] == b[i]:
+                i += 1
+            return i
+        i += step
+    return n
+
+
+def common_prefix(a, b, /):
+    """The length of the longest common prefix of two byte buffers."""
+    cdef const uint8_t[::1] x = _gear.byte_view(a)
+    cdef const uint8_t[::1] y = _gear.byte_view(b)
+    cdef size_t n = min(x.shape[0], y.shape[0])
+    cdef size_t result
+    if n == 0:
+        return 0
+    with nogil:
+        result = _common_prefix(&x[0], &y[0], n)
+    return result
 
 
 cdef struct _Params:

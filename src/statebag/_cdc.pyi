@@ -1,5 +1,7 @@
 from ._typing import Buffer
 
+def common_prefix(a: Buffer, b: Buffer, /) -> int: ...
+
 class Chunker:
     """FastCDC 2020 chunker with normalized chunking level 2 (compiled)."""
 

@@ -12,9 +12,23 @@ from blake3 import blake3
 from . import _gear
 from ._typing import Buffer
 
-__all__ = ["Chunker"]
+__all__ = ["Chunker", "common_prefix"]
 
 _U64 = (1 << 64) - 1
+
+
+def common_prefix(a: Buffer, b: Buffer, /) -> int:
+    """The length of the longest common prefix of two byte buffers."""
+    x, y = _gear.byte_view(a), _gear.byte_view(b)
+    lo, hi = 0, min(len(x), len(y))
+    # Invariant: x[:lo] == y[:lo], and the answer is at most hi.
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if x[lo:mid] == y[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 class Chunker:

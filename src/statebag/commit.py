@@ -209,7 +209,9 @@ class Prepare:
             self._started + int(self._lease * 1e9),
             list(self.pack_ids),
         )
-        self._meta.put(f"pending/{self._txn}", encode_record(pending))
+        # Not synced on its own: losing it to a power failure leaves unreferenced packs for
+        # gc, never a commit without its packs, since the commit's durable write syncs it too.
+        self._meta.put(f"pending/{self._txn}", encode_record(pending), durable=False)
         self.requests["meta_writes"] += 1
 
     def ship(self, pack_id: bytes, data: bytes, /, *, last: bool = False) -> None:

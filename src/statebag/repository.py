@@ -37,7 +37,7 @@ import msgspec
 
 from . import codec, dag
 from .bag import StateBag
-from .chunking import Chunker
+from .chunking import Chunker, recut
 from .commit import (
     DEFAULT_LEASE,
     HeadRecord,
@@ -86,6 +86,11 @@ _LOOKUP_BYTES = 4 * MIB
 _READ_MAX = 1 * MIB
 _READ_SLICE = 512
 _STRUCT_CACHE_BYTES = 64 * MIB
+# The cuts of recently saved values, so that saving a value again re-cuts it only from its
+# first edit (an append to a long history hashes its last chunk, not the whole history).
+# Values shorter than _RECUT_MIN_BYTES are cut whole: that costs tens of microseconds.
+_CUT_CACHE_BYTES = 64 * MIB
+_RECUT_MIN_BYTES = 64 * 1024
 _FIELDS_CACHE = 64
 _MANIFEST_CACHE = 4096
 _MAX_CHAIN_LENGTH = 512
@@ -162,6 +167,44 @@ class _Recent(Generic[_T]):
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+
+
+class _Cut(NamedTuple):
+    """A value's body (kept alive by the cache) and the chunker's cut of it."""
+
+    body: memoryview
+    offsets: list[int]
+    digests: list[bytes]
+
+
+class _RecentCuts:
+    """Cuts by tree root, the most recent first, up to a total of ``budget`` body bytes;
+    safe to share between threads. A root names its body's bytes, so a cut found here is
+    the cut of that body, whichever save or chain put it."""
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._bytes = 0
+        self._items: OrderedDict[bytes, _Cut] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, root: bytes) -> _Cut | None:
+        with self._lock:
+            cut = self._items.get(root)
+            if cut is not None:
+                self._items.move_to_end(root)
+            return cut
+
+    def put(self, root: bytes, cut: _Cut) -> None:
+        with self._lock:
+            if root in self._items:
+                self._items.move_to_end(root)
+                return
+            self._items[root] = cut
+            self._bytes += cut.body.nbytes
+            while self._bytes > self._budget and self._items:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= dropped.body.nbytes
 
 
 class _FieldsTable(msgspec.Struct):
@@ -399,6 +442,7 @@ class Repository:
         self._structs_bytes = 0
         self._tables: _Recent[_FieldsTable] = _Recent(_FIELDS_CACHE)
         self._manifests: _Recent[Manifest] = _Recent(_MANIFEST_CACHE)
+        self._cuts = _RecentCuts(_CUT_CACHE_BYTES)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -629,10 +673,22 @@ class Repository:
             t = time.perf_counter()
             head_len = dag.head_length(encoded)
             body = memoryview(encoded)[head_len:]
-            offsets, digests = self._chunker.cut_and_hash(
-                body, threads=2 if len(body) >= _PARALLEL_CUT_BYTES else 1
-            )
+            threads = 2 if len(body) >= _PARALLEL_CUT_BYTES else 1
+            previous = self._cuts.get(old.root) if type(old) is TreeField else None
+            if previous is not None:
+                offsets, digests, _ = recut(
+                    self._chunker,
+                    previous.body,
+                    previous.offsets,
+                    previous.digests,
+                    body,
+                    threads=threads,
+                )
+            else:
+                offsets, digests = self._chunker.cut_and_hash(body, threads=threads)
             entry, nodes = dag.split_value(encoded, offsets, digests, head=head_len, unless=old)
+            if len(body) >= _RECUT_MIN_BYTES:
+                self._cuts.put(entry.root, _Cut(body, offsets, digests))
             timings["chunk"] += time.perf_counter() - t
             if old == entry:
                 entries[name] = old
@@ -641,7 +697,10 @@ class Repository:
             entries[name] = entry
             if type(old) is TreeField:
                 # The parent's value of this field: its nodes need no lookup to be known.
-                seen.update(node_id for node_id, _ in self._leaves(old))
+                if previous is not None:
+                    seen.update(previous.digests)
+                else:
+                    seen.update(node_id for node_id, _ in self._leaves(old))
             lookup.extend(nodes)
             lookup_bytes += len(body)
             if len(lookup) >= _LOOKUP_NODES or lookup_bytes >= _LOOKUP_BYTES:

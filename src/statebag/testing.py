@@ -751,6 +751,17 @@ class MetaStoreConformance:
         store.write([Add("c", 3), Add("c", -1), Add("c", 10)])
         assert store.counter("c") == 12
 
+    def test_non_durable_writes_are_atomic_conditional_and_visible(self, store: MetaStore) -> None:
+        store.write([Put("pending/a", b"1"), Add("n", 2)], durable=False)
+        assert store.get("pending/a") == b"1" and store.counter("n") == 2
+        with pytest.raises(ConditionFailed):
+            store.write([Put("pending/b", b"2"), Check("pending/a", None)], durable=False)
+        assert store.get("pending/b") is None
+        store.put("pending/a", b"3", durable=False)
+        # A durable write after it still works and sees it.
+        store.write([Put("head", b"h"), Check("pending/a", b"3")])
+        assert store.get_many(["pending/a", "head"]) == {"pending/a": b"3", "head": b"h"}
+
     def test_empty_write_is_a_no_op(self, store: MetaStore) -> None:
         store.write([])
         store.write(())

@@ -25,6 +25,12 @@ a plain string prefix: ``%`` and ``_`` mean nothing special.
 
 ``max_batch`` says how many operations one ``write`` accepts (``None``: no limit). The
 caller splits larger batches itself, and so decides what may be non-atomic.
+
+``write(ops, durable=False)`` allows a backend to skip flushing that batch to stable storage:
+it is atomic and visible to every reader at once like any other, and no process crash can
+lose it, but a power failure or OS crash may, until the next durable write has returned
+(which makes it durable too). Intent records whose loss only leaves garbage behind (the
+pending entry of a save) use it; backends whose every write is durable ignore it.
 """
 
 from __future__ import annotations
@@ -499,8 +505,9 @@ class MetaStore(abc.ABC):
         """``(key, value)`` for existing counters starting with ``prefix``, ascending."""
 
     @abc.abstractmethod
-    def write(self, ops: Sequence[Op], /) -> None:
-        """Apply ``ops`` all or nothing, in order; see the module docstring.
+    def write(self, ops: Sequence[Op], /, *, durable: bool = True) -> None:
+        """Apply ``ops`` all or nothing, in order; see the module docstring (also for
+        ``durable=False``).
 
         Raises ``ConditionFailed`` if a condition does not hold and ``InvalidInputError``
         for a malformed batch or one longer than ``max_batch``; in both cases nothing
@@ -513,9 +520,9 @@ class MetaStore(abc.ABC):
 
     # -- conveniences, all through write() --------------------------------------------------
 
-    def put(self, key: str, value: bytes, /) -> None:
+    def put(self, key: str, value: bytes, /, *, durable: bool = True) -> None:
         """Set ``key`` to ``value`` unconditionally."""
-        self.write([Put(key, value)])
+        self.write([Put(key, value)], durable=durable)
 
     def put_if_absent(self, key: str, value: bytes, /) -> bool:
         """Set ``key`` only if it has no value; True if written."""

@@ -92,7 +92,8 @@ class MemoryMetaStore(MetaStore):
 
     # -- writes ----------------------------------------------------------------------------
 
-    def write(self, ops: Sequence[Op], /) -> None:
+    def write(self, ops: Sequence[Op], /, *, durable: bool = True) -> None:
+        # Nothing here survives the process anyway: durable changes nothing.
         plan = plan_batch(ops, max_batch=self.max_batch)
         if plan.empty:
             return

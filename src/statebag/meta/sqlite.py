@@ -210,10 +210,10 @@ class SQLiteMetaStore(MetaStore):
 
     # -- writes ----------------------------------------------------------------------------
 
-    def write(self, ops: Sequence[Op], /) -> None:
+    def write(self, ops: Sequence[Op], /, *, durable: bool = True) -> None:
         plan = plan_batch(ops, max_batch=self.max_batch)
         if not plan.empty:
-            self._commit(plan, f"write of {plan.size} operations")
+            self._commit(plan, f"write of {plan.size} operations", durable=durable)
 
     def add(self, key: str, delta: int, /) -> int:
         key = check_meta_key(key)
@@ -237,12 +237,32 @@ class SQLiteMetaStore(MetaStore):
 
     # -- internals -------------------------------------------------------------------------
 
-    def _commit(self, plan: BatchPlan, action: str) -> dict[str, int | None]:
+    def _commit(
+        self, plan: BatchPlan, action: str, *, durable: bool = True
+    ) -> dict[str, int | None]:
         conn = self._conn()
         # Threads of one process queue on a Python lock rather than in SQLite's busy handler,
         # which sleeps for milliseconds at a time; other processes still meet the file lock.
         with self._write_lock:
-            return self._commit_locked(conn, plan, action)
+            if durable or self._synchronous in ("OFF", "NORMAL"):
+                return self._commit_locked(conn, plan, action)
+            # In WAL mode, NORMAL appends the commit to the log without an fsync: a crashed
+            # process cannot lose it, a power failure can until the next FULL commit syncs
+            # the log, and with it every frame before. Per connection, between transactions.
+            try:
+                conn.execute("PRAGMA synchronous = NORMAL")
+            except sqlite3.Error as exc:
+                raise self._error(exc, action) from exc
+            try:
+                return self._commit_locked(conn, plan, action)
+            finally:
+                try:
+                    conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+                except sqlite3.Error:
+                    # Never leave a relaxed connection behind: the next call opens a new one.
+                    self._local.slot = None
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.close()
 
     def _commit_locked(
         self, conn: sqlite3.Connection, plan: BatchPlan, action: str
