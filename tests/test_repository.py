@@ -8,9 +8,11 @@ import random
 import struct
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
+from unittest.mock import Mock
 
 import msgspec
 import pytest
@@ -615,6 +617,33 @@ def test_bad_arguments(repo: statebag.Repository, kwargs: dict[str, Any], path: 
         repo.save(call.pop("chain"), call.pop("state"), **call)
     assert info.value.path == path
     assert repo.stats().manifests == 0
+
+
+class UnreadableMapping(Mapping[str, Any]):
+    """A Mapping whose items cannot be read (as a Mock(spec=dict) cannot)."""
+
+    def __getitem__(self, key: str) -> Any:
+        raise RuntimeError("backing store is gone")
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("backing store is gone")
+
+    def __len__(self) -> int:
+        return 1
+
+
+@pytest.mark.parametrize("state", [UnreadableMapping(), Mock(spec=dict)])
+def test_a_mapping_that_cannot_be_read_is_bad_input(repo: statebag.Repository, state: Any) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        repo.save("c", state)
+    assert info.value.path == "state"
+    assert repo.stats().manifests == 0
+
+
+def test_other_mappings_are_read_once_as_their_items(repo: statebag.Repository) -> None:
+    state = MappingProxyType({"b": [1, 2], "a": "x" * 700})
+    result = repo.save("c", state)
+    assert repo.load(result.manifest_id) == {"a": "x" * 700, "b": [1, 2]}
 
 
 def test_parent_that_is_not_the_head_conflicts(repo: statebag.Repository) -> None:

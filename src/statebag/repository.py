@@ -509,6 +509,15 @@ class Repository:
                 f"state must be a Mapping[str, Any] or a StateBag, not {type(state).__name__}",
                 path="state",
             )
+        if type(data) is not dict:
+            # One snapshot: a mapping is read once, and one that cannot be read is bad input.
+            try:
+                data = dict(data.items())
+            except Exception as exc:
+                raise InvalidInputError(
+                    f"state could not be read as a mapping ({type(data).__name__}): {exc}",
+                    path="state",
+                ) from exc
         names = list(data.keys())
         for name in names:
             if not isinstance(name, str):
