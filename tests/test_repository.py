@@ -310,6 +310,39 @@ def test_values_re_cut_from_the_previous_save_get_the_same_tree_as_cut_whole(
     assert repo.load_latest("cached") == {"blob": steps[-1][1], "messages": steps[-1][0]}
 
 
+def test_the_cut_cache_keeps_one_version_of_a_value_and_can_be_turned_off(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(9)
+    first = {"text": words(rng, 30_000)}
+    second = {"text": first["text"] + " and more"}
+    with statebag.open(tmp_path / "cached") as repo:
+        repo.save("c", first)
+        old_root = repo._fields_table(repo._manifest(bytes.fromhex(repo.head("c") or "")).root)
+        repo.save("c", second)
+        new_root = repo._fields_table(repo._manifest(bytes.fromhex(repo.head("c") or "")).root)
+        assert repo._cuts.get(old_root.entries["text"].root) is None  # replaced
+        assert repo._cuts.get(new_root.entries["text"].root) is not None
+    with statebag.open(tmp_path / "uncached", cache_bytes=0) as repo:
+        repo.save("c", first)
+        table = repo._fields_table(repo._manifest(bytes.fromhex(repo.head("c") or "")).root)
+        assert repo._cuts.get(table.entries["text"].root) is None
+        repo.save("c", second)
+        assert repo.load_latest("c") == second
+        assert (
+            repo._fields_table(repo._manifest(bytes.fromhex(repo.head("c") or "")).root).entries
+            == new_root.entries
+        )
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "big", True])
+def test_cache_bytes_must_be_a_size(tmp_path: Path, bad: Any) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        statebag.open(tmp_path / "r", cache_bytes=bad)
+    assert info.value.path == "cache_bytes"
+    assert not (tmp_path / "r").exists()  # refused before anything was created
+
+
 @pytest.mark.parametrize("hinted", [False, True])
 def test_added_and_removed_keys_are_saved(repo: statebag.Repository, hinted: bool) -> None:
     repo.save("c", {"keep": "k" * 800, "drop": 1, "edit": [1, 2]})
