@@ -335,6 +335,19 @@ def test_the_cut_cache_keeps_one_version_of_a_value_and_can_be_turned_off(
         )
 
 
+def test_recent_cache_evicts_the_least_recently_used_by_weight() -> None:
+    recent: statebag.repository._Recent[bytes] = statebag.repository._Recent(10, weigh=len)
+    recent.put(b"a", b"1234")
+    recent.put(b"b", b"1234")
+    assert recent.get(b"a") == b"1234"  # now the most recently used
+    recent.put(b"c", b"1234")  # 12 > 10: the least recently used (b) goes
+    assert (recent.get(b"a"), recent.get(b"b"), recent.get(b"c")) == (b"1234", None, b"1234")
+    recent.put(b"huge", b"x" * 11)  # heavier than the whole budget: not kept, evicts nothing
+    assert recent.get(b"huge") is None and recent.get(b"a") is not None
+    recent.put(b"d", b"12", replaces=b"a")
+    assert recent.get(b"a") is None and recent.get(b"d") == b"12"
+
+
 @pytest.mark.parametrize("bad", [-1, 1.5, "big", True])
 def test_cache_bytes_must_be_a_size(tmp_path: Path, bad: Any) -> None:
     with pytest.raises(InvalidInputError) as info:

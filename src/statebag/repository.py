@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -143,10 +143,13 @@ _CONFIG_DECODER = msgspec.msgpack.Decoder(Config)
 
 
 class _Recent(Generic[_T]):
-    """The last ``size`` values put, by id; safe to share between threads."""
+    """The most recently used values by id, up to a total weight of ``budget`` (each value
+    weighs ``weigh(value)``, 1 by default); safe to share between threads."""
 
-    def __init__(self, size: int) -> None:
-        self._size = size
+    def __init__(self, budget: int, *, weigh: Callable[[_T], int] = lambda _: 1) -> None:
+        self._budget = budget
+        self._weigh = weigh
+        self._weight = 0
         self._items: OrderedDict[bytes, _T] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -157,63 +160,39 @@ class _Recent(Generic[_T]):
                 self._items.move_to_end(key)
             return value
 
-    def put(self, key: bytes, value: _T) -> None:
+    def put(self, key: bytes, value: _T, *, replaces: bytes | None = None) -> None:
+        """Keep ``value`` under ``key``, dropping the value under ``replaces`` if any."""
+        weight = self._weigh(value)
         with self._lock:
+            if replaces is not None and replaces != key:
+                self._drop(replaces)
+            self._drop(key)
+            if weight > self._budget:
+                return
             self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
+            self._weight += weight
+            while self._weight > self._budget:
+                self._drop(next(iter(self._items)))
+
+    def _drop(self, key: bytes) -> None:
+        value = self._items.pop(key, None)
+        if value is not None:
+            self._weight -= self._weigh(value)
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._weight = 0
 
 
 class _Cut(NamedTuple):
-    """A value's body (kept alive by the cache) and the chunker's cut of it."""
+    """A value's body (kept alive by the cache) and the chunker's cut of it. A tree root
+    names its body's bytes, so a cut found by root is the cut of that body, whichever save
+    or chain put it."""
 
     body: memoryview
     offsets: list[int]
     digests: list[bytes]
-
-
-class _RecentCuts:
-    """Cuts by tree root, the most recent first, up to a total of ``budget`` body bytes;
-    safe to share between threads. A root names its body's bytes, so a cut found here is
-    the cut of that body, whichever save or chain put it."""
-
-    def __init__(self, budget: int) -> None:
-        self._budget = budget
-        self._bytes = 0
-        self._items: OrderedDict[bytes, _Cut] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, root: bytes) -> _Cut | None:
-        with self._lock:
-            cut = self._items.get(root)
-            if cut is not None:
-                self._items.move_to_end(root)
-            return cut
-
-    def put(self, root: bytes, cut: _Cut, *, replaces: bytes | None = None) -> None:
-        """Keep ``cut``; drop the cut it ``replaces`` (the parent's value of that field), so
-        that one version of each value is kept, not a history that would push the values
-        of the next save out."""
-        if cut.body.nbytes > self._budget:
-            return
-        with self._lock:
-            if replaces is not None and replaces != root:
-                dropped = self._items.pop(replaces, None)
-                if dropped is not None:
-                    self._bytes -= dropped.body.nbytes
-            if root in self._items:
-                self._items.move_to_end(root)
-                return
-            self._items[root] = cut
-            self._bytes += cut.body.nbytes
-            while self._bytes > self._budget and self._items:
-                _, dropped = self._items.popitem(last=False)
-                self._bytes -= dropped.body.nbytes
 
 
 class _FieldsTable(msgspec.Struct):
@@ -468,7 +447,9 @@ class Repository:
         self._structs_bytes = 0
         self._tables: _Recent[_FieldsTable] = _Recent(_FIELDS_CACHE)
         self._manifests: _Recent[Manifest] = _Recent(_MANIFEST_CACHE)
-        self._cuts = _RecentCuts(cache_bytes)
+        # One version of each value is kept (a new cut replaces its parent's), not a history
+        # that would push out the values the next save needs.
+        self._cuts: _Recent[_Cut] = _Recent(cache_bytes, weigh=lambda cut: cut.body.nbytes)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
