@@ -760,3 +760,18 @@ def test_decompress_batch_names_the_bad_frame(damage: str) -> None:
         codec.decompress_batch([memoryview(f) for f in frames], sizes=sizes, expected=ids)
     if damage != "flip" or info.value.object_id is not None:
         assert info.value.object_id in (None, ids[1].hex())
+
+
+def test_decompress_batch_without_verify_leaves_the_hash_check_to_the_caller() -> None:
+    raws = [b"abc" * 3000, os.urandom(3000)]
+    frames = [memoryview(codec.compress(raw)) for raw in raws]
+    wrong = [blake3(b"other").digest()] * 2
+    sizes = [len(raw) for raw in raws]
+    out = codec.decompress_batch(frames, sizes=sizes, expected=wrong, verify=False)
+    assert [bytes(view) for view in out] == raws
+    with pytest.raises(IntegrityError):
+        codec.check_digest(out[0], wrong[0])
+    with pytest.raises(IntegrityError):  # sizes are still checked
+        codec.decompress_batch(frames, sizes=[sizes[0] + 1, sizes[1]], expected=wrong, verify=False)
+    with pytest.raises(IntegrityError):
+        codec.decompress_batch(frames, sizes=sizes, expected=wrong)
