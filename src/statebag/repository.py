@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Generic, NamedTuple, Self, TypeVar
@@ -49,6 +49,7 @@ from .commit import (
     new_txn_id,
 )
 from .dag import Entry, InlineField, NewNode, TreeField
+from .durations import as_seconds
 from .errors import (
     ConfigError,
     ConflictError,
@@ -62,6 +63,7 @@ from .meta import MetaStore
 from .meta.memory import MemoryMetaStore
 from .meta.sqlite import SQLiteMetaStore
 from .objects import ObjectStore
+from .objects.counting import CountingObjectStore, IOCounters
 from .objects.local import LocalObjectStore
 from .objects.memory import MemoryObjectStore
 from .packs import IndexRecord, PackWriter, pack_key
@@ -430,7 +432,10 @@ class Repository:
         _check_handle_options(threads=threads, cache_bytes=cache_bytes)
         if cache_bytes is None:
             cache_bytes = _CUT_CACHE_BYTES
-        self._objects = objects
+        # Every request is counted, so callers (the hydrator, benchmarks) can report the
+        # object-store cost of an operation without wrapping the store themselves.
+        self._counting = CountingObjectStore(objects)
+        self._objects: ObjectStore = self._counting
         self._meta = meta
         self._config = config
         self._url = url
@@ -456,6 +461,11 @@ class Repository:
     @property
     def config(self) -> Config:
         return self._config
+
+    def io_counters(self) -> IOCounters:
+        """Object-store requests and bytes of this handle so far (every thread's); subtract
+        two snapshots for the cost of what ran between them."""
+        return self._counting.snapshot()
 
     def close(self) -> None:
         """Release threads and store handles; the repository is unusable afterwards."""
@@ -1153,6 +1163,32 @@ class Repository:
         """The log entry of one version."""
         raw = self._resolve(manifest_id)
         return self._info(raw, self._manifest(raw))
+
+    # -- retention holds ---------------------------------------------------------------------
+
+    def hold(self, manifest_id: str, /, ttl: float | timedelta) -> None:
+        """Keep version ``manifest_id`` from retention and gc for ``ttl`` more seconds (an int,
+        a float or a timedelta). Holds only extend: a shorter hold leaves a longer one be.
+        NotFoundError when the version does not exist."""
+        self._check_open()
+        raw = self._resolve(manifest_id)
+        seconds = as_seconds(ttl, field="ttl")
+        until = time.time_ns() + int(seconds * 1e9)
+        key = f"hold/{raw.hex()}"
+        while True:
+            if self._meta.get(f"manifest/{raw.hex()}") is None:
+                raise NotFoundError(f"manifest {raw.hex()} does not exist")
+            stored = self._meta.get(key)
+            if stored is not None and int.from_bytes(stored, "little") >= until:
+                return
+            value = until.to_bytes(8, "little")
+            written = (
+                self._meta.put_if_absent(key, value)
+                if stored is None
+                else self._meta.put_if_value(key, value, expected=stored)
+            )
+            if written:
+                return
 
     # -- diff --------------------------------------------------------------------------------
 

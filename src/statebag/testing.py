@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -51,6 +52,7 @@ from .meta.base import (
     INT64_MIN,
     Add,
     Check,
+    CheckCounter,
     ConditionFailed,
     Delete,
     DropCounter,
@@ -296,6 +298,15 @@ class ObjectStoreConformance:
         with pytest.raises(NotFoundError) as info:
             store.stat("missing")
         assert "missing" in str(info.value)
+
+    def test_modified_ns(self, store: ObjectStore) -> None:
+        before = time.time_ns()
+        store.put("k", b"1")
+        modified = store.modified_ns("k")
+        # Filesystems keep coarse times: allow a few seconds of slack either side.
+        assert before - 5_000_000_000 <= modified <= time.time_ns() + 5_000_000_000
+        with pytest.raises(NotFoundError):
+            store.modified_ns("missing")
 
     def test_directory_like_prefix_is_not_an_object(self, store: ObjectStore) -> None:
         store.put("dir/child", b"x")
@@ -680,10 +691,12 @@ class MetaStoreConformance:
             Check("a", None),
             Check("a", b"wrong"),
             Check("missing", b""),
+            CheckCounter("g", 3),
+            CheckCounter("missing", 1),
         ],
     )
     def test_failed_condition_applies_nothing(self, store: MetaStore, failing: Op) -> None:
-        store.write([Put("a", b"1"), Put("b", b"2"), Add("c", 5), Add("d", 7)])
+        store.write([Put("a", b"1"), Put("b", b"2"), Add("c", 5), Add("d", 7), Add("g", 2)])
         before = self.state(store)
         ops: list[Op] = [
             Put("x", b"new"),
@@ -704,6 +717,32 @@ class MetaStoreConformance:
         assert repr(failing.key) in str(error)
         assert self.state(store) == before
         assert store.counter("e") == 0
+
+    def test_check_counter(self, store: MetaStore) -> None:
+        store.write([CheckCounter("n", 0)])  # a missing counter holds 0
+        store.add("n", 3)
+        store.write([CheckCounter("n", 3), Add("n", -3), Put("zero", b"1")])
+        assert store.counter("n") == 0 and store.get("zero") == b"1"
+        with pytest.raises(ConditionFailed) as info:
+            store.write([Put("x", b"1"), CheckCounter("n", 3), Add("n", 1)])
+        assert (info.value.index, info.value.key) == (1, "n")
+        assert "counter" in str(info.value)
+        assert store.get("x") is None and store.counter("n") == 0
+        # The condition is on the value before the batch; checking after a change is refused.
+        with pytest.raises(InvalidInputError):
+            store.write([Add("n", 1), CheckCounter("n", 1)])
+        with pytest.raises(InvalidInputError):
+            store.write([CheckCounter("n", "0")])  # type: ignore[arg-type]
+        assert store.counter("n") == 0
+
+    def test_first_failing_of_value_and_counter_conditions(self, store: MetaStore) -> None:
+        store.put("a", b"1")
+        with pytest.raises(ConditionFailed) as info:
+            store.write([CheckCounter("c", 1), Check("a", b"2")])
+        assert (info.value.index, info.value.key) == (0, "c")
+        with pytest.raises(ConditionFailed) as info:
+            store.write([Check("a", b"2"), CheckCounter("c", 1)])
+        assert (info.value.index, info.value.key) == (0, "a")
 
     def test_first_failing_condition_is_reported(self, store: MetaStore) -> None:
         store.put("a", b"1")

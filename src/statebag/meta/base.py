@@ -55,6 +55,7 @@ __all__ = [
     "AnyType",
     "BatchPlan",
     "Check",
+    "CheckCounter",
     "ConditionFailed",
     "CounterChange",
     "Delete",
@@ -119,6 +120,15 @@ class Check(msgspec.Struct, frozen=True):
     expect: bytes | None
 
 
+class CheckCounter(msgspec.Struct, frozen=True):
+    """A condition only: counter ``key`` must hold ``value`` before the batch (a missing
+    counter holds 0). It may not follow an ``Add`` or ``DropCounter`` of the same counter in
+    one batch, whose meaning would be ambiguous."""
+
+    key: str
+    value: int
+
+
 class Add(msgspec.Struct, frozen=True):
     """Counter ``key`` += ``delta``; a missing counter counts as 0."""
 
@@ -132,8 +142,8 @@ class DropCounter(msgspec.Struct, frozen=True):
     key: str
 
 
-Op: TypeAlias = Put | Delete | Check | Add | DropCounter
-_OP_TYPES = (Put, Delete, Check, Add, DropCounter)
+Op: TypeAlias = Put | Delete | Check | CheckCounter | Add | DropCounter
+_OP_TYPES = (Put, Delete, Check, CheckCounter, Add, DropCounter)
 
 
 class ConditionFailed(ConflictError):
@@ -312,6 +322,8 @@ class BatchPlan:
     """Conditions on the stored state, per key: (op index, expected value or None)."""
     writes: dict[str, bytes | None] = field(default_factory=dict)
     counters: dict[str, CounterChange] = field(default_factory=dict)
+    counter_checks: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    """Conditions on stored counters, per key: (op index, expected value)."""
     static_failure: _Failure | None = None
     """The first condition that fails against the batch's own earlier writes, if any."""
 
@@ -319,10 +331,14 @@ class BatchPlan:
     def empty(self) -> bool:
         return self.size == 0
 
-    def failure(self, current: Mapping[str, bytes], /) -> ConditionFailed | None:
-        """The error for the first failing condition, given current values of ``checks``.
+    def failure(
+        self, current: Mapping[str, bytes], /, counters: Mapping[str, int] | None = None
+    ) -> ConditionFailed | None:
+        """The error for the first failing condition, given current values of ``checks``
+        and (when the batch has counter conditions) of the counters of :meth:`counter_reads`.
 
-        ``current`` maps each checked key that exists to its value; absent keys are missing.
+        ``current`` maps each checked key that exists to its value; absent keys are missing;
+        absent counters hold 0.
         """
         first = self.static_failure
         for key, conditions in self.checks.items():
@@ -333,11 +349,32 @@ class BatchPlan:
                 if expected != found:
                     first = (index, key, expected, found)
                     break
+        failed_counter: tuple[int, str, int, int] | None = None
+        for key, counter_conditions in self.counter_checks.items():
+            value = (counters or {}).get(key, 0)
+            for index, wanted in counter_conditions:
+                if (first is not None and index >= first[0]) or (
+                    failed_counter is not None and index >= failed_counter[0]
+                ):
+                    break
+                if wanted != value:
+                    failed_counter = (index, key, wanted, value)
+                    break
+        if failed_counter is not None and (first is None or failed_counter[0] < first[0]):
+            index, key, wanted, value = failed_counter
+            return ConditionFailed(
+                f"condition of ops[{index}] on counter {_shown(key)} failed: expected "
+                f"{wanted}, found {value}; nothing in the batch was applied",
+                index=index,
+                key=key,
+            )
         return None if first is None else _condition_failed(*first)
 
     def counter_reads(self) -> list[str]:
-        """Counters whose stored value the result depends on."""
-        return [key for key, change in self.counters.items() if not change.reset]
+        """Counters whose stored value the result or a condition depends on."""
+        keys = [key for key, change in self.counters.items() if not change.reset]
+        keys.extend(key for key in self.counter_checks if key not in self.counters)
+        return keys
 
     def counter_results(self, current: Mapping[str, int], /) -> dict[str, int | None]:
         """The value of every touched counter after the batch (``None``: dropped).
@@ -436,6 +473,21 @@ def plan_batch(ops: Sequence[Op], /, *, max_batch: int | None) -> BatchPlan:
                     path=f"ops[{i}].expect",
                 )
             condition(i, key, _op_expect(expect, i))
+        elif isinstance(op, CheckCounter):
+            key = _op_key(op.key, i)
+            wanted = op.value
+            if not isinstance(wanted, int) or isinstance(wanted, bool):
+                raise InvalidInputError(
+                    f"ops[{i}].value must be an int, got {type(wanted).__name__}",
+                    path=f"ops[{i}].value",
+                )
+            if key in counters:
+                raise InvalidInputError(
+                    f"ops[{i}] checks counter {_shown(key)} after this batch changed it; "
+                    "put the CheckCounter before the Add or DropCounter",
+                    path=f"ops[{i}]",
+                )
+            plan.counter_checks.setdefault(key, []).append((i, wanted))
         elif isinstance(op, Add):
             key = _op_key(op.key, i)
             delta = op.delta
@@ -460,7 +512,7 @@ def plan_batch(ops: Sequence[Op], /, *, max_batch: int | None) -> BatchPlan:
         else:
             raise InvalidInputError(
                 f"ops[{i}] is a {type(op).__name__}, not an operation "
-                f"(Put, Delete, Check, Add or DropCounter)",
+                f"(Put, Delete, Check, CheckCounter, Add or DropCounter)",
                 path=f"ops[{i}]",
             )
     return plan

@@ -112,13 +112,12 @@ class MemoryMetaStore(MetaStore):
         # Decide everything before changing anything: a failed condition or an overflowing
         # counter must leave the store untouched.
         kv = self._kv
-        failure = plan.failure({key: kv[key] for key in plan.checks if key in kv})
+        counters = self._counters
+        stored = {key: counters[key] for key in plan.counter_reads() if key in counters}
+        failure = plan.failure({key: kv[key] for key in plan.checks if key in kv}, stored)
         if failure is not None:
             raise failure
-        counters = self._counters
-        results = plan.counter_results(
-            {key: counters[key] for key in plan.counter_reads() if key in counters}
-        )
+        results = plan.counter_results(stored)
         if _update(kv, plan.writes):
             self._kv_order = None
         if _update(counters, results):

@@ -272,14 +272,14 @@ class SQLiteMetaStore(MetaStore):
             # changed by another writer before our writes land.
             conn.execute("BEGIN IMMEDIATE")
             try:
-                failure = plan.failure(self._select(conn, "kv", list(plan.checks)))
+                reads = plan.counter_reads()
+                stored = self._select(conn, "counters", reads) if reads else {}
+                failure = plan.failure(self._select(conn, "kv", list(plan.checks)), stored)
                 if failure is not None:
                     raise failure
                 results: dict[str, int | None] = {}
                 if plan.counters:
-                    results = plan.counter_results(
-                        self._select(conn, "counters", plan.counter_reads())
-                    )
+                    results = plan.counter_results(stored)
                 self._apply(conn, "kv", plan.writes)
                 self._apply(conn, "counters", results)
                 conn.execute("COMMIT")

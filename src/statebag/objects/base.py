@@ -154,6 +154,12 @@ class ObjectStore(abc.ABC):
         """The size of ``key`` in bytes; ``NotFoundError`` if it is missing."""
 
     @abc.abstractmethod
+    def modified_ns(self, key: str, /) -> int:
+        """When ``key`` was last written, in ns since the epoch (the backend's clock, at the
+        precision it keeps); ``NotFoundError`` if it is missing. Garbage collection uses it
+        to leave young objects alone, so it may be coarse but never in the future."""
+
+    @abc.abstractmethod
     def delete(self, key: str, /) -> None:
         """Remove ``key``. Deleting a missing key is not an error."""
 

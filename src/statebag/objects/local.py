@@ -178,6 +178,12 @@ class LocalObjectStore(ObjectStore):
             os.close(fd)
 
     def stat(self, key: str, /) -> int:
+        return self._stat(key).st_size
+
+    def modified_ns(self, key: str, /) -> int:
+        return self._stat(key).st_mtime_ns
+
+    def _stat(self, key: str, /) -> os.stat_result:
         key = check_key(key)
         try:
             info = os.stat(self._path(key))
@@ -187,7 +193,7 @@ class LocalObjectStore(ObjectStore):
             raise self._error(exc, "stat", key) from exc
         if not stat.S_ISREG(info.st_mode):
             raise NotFoundError(f"object {key!r} does not exist")
-        return info.st_size
+        return info
 
     def list(self, prefix: str = "", /) -> Iterator[str]:
         prefix = check_key(prefix, prefix=True)

@@ -8,6 +8,7 @@ so a caller mutating its bytearray afterwards changes nothing.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 from .._typing import Buffer
@@ -20,11 +21,12 @@ __all__ = ["MemoryObjectStore"]
 class MemoryObjectStore(ObjectStore):
     """Objects in process memory; lost when the store is garbage collected."""
 
-    __slots__ = ("_lock", "_objects")
+    __slots__ = ("_lock", "_modified", "_objects")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._objects: dict[str, bytes] = {}
+        self._modified: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"MemoryObjectStore(<{len(self._objects)} objects>)"
@@ -35,6 +37,7 @@ class MemoryObjectStore(ObjectStore):
         value = bytes(check_data(data))
         with self._lock:
             self._objects[key] = value
+            self._modified[key] = time.time_ns()
 
     def put_if_absent(self, key: str, data: Buffer, /) -> bool:
         key = check_key(key)
@@ -43,6 +46,7 @@ class MemoryObjectStore(ObjectStore):
             if key in self._objects:
                 return False
             self._objects[key] = value
+            self._modified[key] = time.time_ns()
             return True
 
     def get(self, key: str, /, *, offset: int = 0, length: int | None = None) -> bytes:
@@ -65,10 +69,19 @@ class MemoryObjectStore(ObjectStore):
             raise NotFoundError(f"object {key!r} does not exist")
         return len(value)
 
+    def modified_ns(self, key: str, /) -> int:
+        key = check_key(key)
+        with self._lock:
+            modified = self._modified.get(key)
+        if modified is None:
+            raise NotFoundError(f"object {key!r} does not exist")
+        return modified
+
     def delete(self, key: str, /) -> None:
         key = check_key(key)
         with self._lock:
             self._objects.pop(key, None)
+            self._modified.pop(key, None)
 
     def list(self, prefix: str = "", /) -> Iterator[str]:
         prefix = check_key(prefix, prefix=True)
