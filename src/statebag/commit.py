@@ -36,11 +36,14 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from . import codec
+from ._crash import crash_point
 from .dag import NewNode
 from .errors import BackendError, ConflictError, StatebagError
-from .meta import Add, ConditionFailed, Delete, MetaStore, Op, Put
+from .liveness import Liveness
+from .meta import ANY, Add, Check, ConditionFailed, Delete, MetaStore, Op, Put
 from .objects import ObjectStore
-from .packs import IndexRecord, PackEntry, pack_key
+from .packs import FLAG_INTERIOR, IndexRecord, PackEntry, PackRecord, PackWriter, pack_key
 
 __all__ = [
     "DEFAULT_LEASE",
@@ -91,6 +94,19 @@ def decode_pending(data: bytes, /) -> PendingRecord:
     return _PENDING_DECODER.decode(data)
 
 
+_LETTER_ENCODER = msgspec.msgpack.Encoder(order="deterministic")
+_LETTER_DECODER = msgspec.msgpack.Decoder(list[bytes])
+
+
+def encode_letter(packs: list[bytes], /) -> bytes:
+    """``dlq/<name>``: the ids of packs that nothing indexes and that are to be deleted."""
+    return _LETTER_ENCODER.encode(packs)
+
+
+def decode_letter(data: bytes, /) -> list[bytes]:
+    return _LETTER_DECODER.decode(data)
+
+
 def head_key(chain: str, /) -> str:
     return f"chain/{chain}"
 
@@ -115,6 +131,13 @@ class Transaction:
     packs: list[tuple[bytes, bytes, list[PackEntry]]]  # (pack id, data, entries)
     new_nodes: dict[bytes, NewNode]  # every node stored in the packs
     lease: float = DEFAULT_LEASE
+    # Nodes of this version found already indexed, with the index record as read: the
+    # commit lands only if each is still indexed there (else gc swept or moved it meanwhile,
+    # and the node is written again, or its new place checked).
+    found: dict[bytes, tuple[NewNode, bytes]] = field(default_factory=dict)
+    # More operations of the commit transaction (the version index entry).
+    extra: list[Op] = field(default_factory=list)
+    level: int = codec.DEFAULT_LEVEL
     # Filled in by commit():
     reused_late: set[bytes] = field(default_factory=set)
     timings: dict[str, float] = field(default_factory=dict)
@@ -135,21 +158,33 @@ def _reference_groups(tx: Transaction, records: dict[bytes, IndexRecord]) -> lis
     for node_id, node in tx.new_nodes.items():
         if node_id in tx.reused_late:
             continue
-        group: list[Op] = [Put(f"node/{node_id.hex()}", records[node_id].encode(), expect=None)]
+        record = records[node_id]
+        if node.children:
+            record = record._replace(flags=FLAG_INTERIOR)
+        group: list[Op] = [Put(f"node/{node_id.hex()}", record.encode(), expect=None)]
         group.extend(Add(f"ref/{child.hex()}", 1) for child in node.children)
         groups.append(group)
     groups.append([Add(f"ref/{tx.root.hex()}", 1)])
     return groups
 
 
-def _commit_ops(tx: Transaction) -> list[Op]:
+def _found_checks(tx: Transaction) -> list[Op]:
+    return [Check(f"node/{node_id.hex()}", record) for node_id, (_, record) in tx.found.items()]
+
+
+def _commit_ops(tx: Transaction, pending: bytes | None) -> list[Op]:
+    """The manifest, the head move, the pending entry's removal and the totals. The pending
+    entry must still be the one this save wrote: if gc rolled it back (and deleted the
+    packs), the save must not commit."""
     new_count = len(tx.new_nodes) - len(tx.reused_late)
     ops: list[Op] = [
         Put(f"manifest/{tx.manifest_id.hex()}", tx.manifest, expect=None),
         Put(head_key(tx.chain), encode_record(tx.new_head), expect=tx.expected_head),
-        Delete(f"pending/{tx.txn}"),
+        Delete(f"pending/{tx.txn}", expect=pending if pending is not None else ANY),
         Add("stat/manifests", 1),
         Add("stat/bytes_logical", tx.bytes_logical),
+        Add("stat/epoch", 1),
+        *tx.extra,
     ]
     if tx.expected_head is None:
         ops.append(Add("stat/chains", 1))
@@ -159,9 +194,21 @@ def _commit_ops(tx: Transaction) -> list[Op]:
         ops.append(Add("stat/packs", len(tx.packs)))
         ops.append(Add("stat/bytes_stored", sum(len(data) for _, data, _ in tx.packs)))
         ops.extend(
-            Put(f"pack/{pack_id.hex()}", len(data).to_bytes(8, "little"))
-            for pack_id, data, _ in tx.packs
+            Put(
+                f"pack/{pack_id.hex()}",
+                PackRecord(len(data), sum(entry.length for entry in entries)).encode(),
+            )
+            for pack_id, data, entries in tx.packs
         )
+        # A node another save indexed first is dead space in this save's pack from the start.
+        dead: dict[bytes, int] = {}
+        for pack_id, _, entries in tx.packs:
+            for entry in entries:
+                if entry.node_id in tx.reused_late:
+                    dead[pack_id] = dead.get(pack_id, 0) + entry.length
+        for pack_id, length in dead.items():
+            ops.append(Add(f"dead/{pack_id.hex()}", length))
+            ops.append(Add("stat/bytes_dead", length))
     return ops
 
 
@@ -188,6 +235,7 @@ class Prepare:
         chain: str,
         lease: float,
         submit: Callable[[Callable[[], None]], Future[None]] | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
         self._objects = objects
         self._meta = meta
@@ -195,6 +243,9 @@ class Prepare:
         self._chain = chain
         self._lease = lease
         self._submit = submit
+        self._liveness = liveness if liveness is not None else Liveness()
+        self._live = False
+        self.recorded: bytes | None = None  # the pending entry as last written
         self._started = time.time_ns()
         self._uploads: list[Future[None]] = []
         self.pack_ids: list[bytes] = []
@@ -209,10 +260,27 @@ class Prepare:
             self._started + int(self._lease * 1e9),
             list(self.pack_ids),
         )
+        if not self._live:
+            self._liveness.acquire(self._txn)
+            self._live = True
+        value = encode_record(pending)
         # Not synced on its own: losing it to a power failure leaves unreferenced packs for
         # gc, never a commit without its packs, since the commit's durable write syncs it too.
-        self._meta.put(f"pending/{self._txn}", encode_record(pending), durable=False)
+        # Conditional on the entry as last written: if gc rolled it back (its lease expired),
+        # the packs it listed may be gone, and the save must fail rather than go on.
+        try:
+            self._meta.write(
+                [Put(f"pending/{self._txn}", value, expect=self.recorded)], durable=False
+            )
+        except ConditionFailed as exc:
+            raise BackendError(
+                f"the pending entry of save {self._txn} on chain {self._chain!r} was rolled "
+                "back by garbage collection (its lease expired); save again",
+                retryable=True,
+            ) from exc
+        self.recorded = value
         self.requests["meta_writes"] += 1
+        crash_point("save.after_pending")
 
     def ship(self, pack_id: bytes, data: bytes, /, *, last: bool = False) -> None:
         """Record and upload one pack; the ``last`` one is uploaded on the calling thread,
@@ -225,6 +293,7 @@ class Prepare:
             started = time.perf_counter()
             self._objects.put(key, data)
             self.upload_seconds += time.perf_counter() - started
+            crash_point("save.after_upload")
 
         self.requests["object_puts"] += 1
         if self._submit is None or last:
@@ -241,15 +310,53 @@ class Prepare:
                 raise error
 
     def abandon(self) -> None:
-        """Undo step 1: delete the packs (no index names them yet) and the pending entry."""
+        """Undo step 1: delete the packs (no index names them) and the pending entry.
+
+        The entry becomes a dead letter in the same write that removes it, and the letter
+        goes only once the packs are gone: a failure or a crash in between leaves it for gc
+        to finish (see :func:`discard_packs`).
+        """
         with contextlib.suppress(Exception):
             self.wait()
+        if self.recorded is None:
+            return
+        letter = f"dlq/{self._txn}"
+        try:
+            self._meta.write(
+                [
+                    Delete(f"pending/{self._txn}", expect=self.recorded),
+                    Put(letter, encode_letter(self.pack_ids)),
+                ]
+            )
+        except ConditionFailed:
+            return  # gc rolled the entry back already: the packs are its business
+        self.requests["meta_writes"] += 1
+        self.recorded = None
+        crash_point("save.after_abandon_record")
         for pack_id in self.pack_ids:
             self._objects.delete(pack_key(pack_id))
             self.requests["object_deletes"] += 1
-        if self.pack_ids:
-            self._meta.delete(f"pending/{self._txn}")
-            self.requests["meta_writes"] += 1
+        self._meta.delete(letter)
+        self.requests["meta_writes"] += 1
+
+    def release(self) -> None:
+        """End the save: let gc know its writer no longer runs."""
+        if self._live:
+            self._live = False
+            self._liveness.release(self._txn)
+
+    def rewrite(
+        self, nodes: list[NewNode], /, *, level: int
+    ) -> tuple[bytes, bytes, list[PackEntry]]:
+        """Store ``nodes`` again in one more pack (they were swept while this save ran)."""
+        writer = PackWriter()
+        for node, (header, payload) in zip(
+            nodes, codec.compress_batch([node.data for node in nodes], level=level), strict=True
+        ):
+            writer.add(node.node_id, header, payload, len(node.data))
+        pack = writer.finish()
+        self.ship(pack[0], pack[1], last=True)
+        return pack
 
 
 def commit(
@@ -279,50 +386,121 @@ def commit(
         prepared.abandon()
         raise
     if not tx.packs and meta.max_batch is not None:
-        # In batches the references are taken before the head moves: record the save so
+        # In batches the references are taken before the head move: record the save so
         # that a crash in between can be rolled back.
         prepared.record()
-    for key, count in prepared.requests.items():
-        tx.requests[key] += count
-    tx.timings["upload"] = prepared.upload_seconds
-
     records = {
         entry.node_id: IndexRecord(pack_id, entry.offset, entry.length, entry.size)
         for pack_id, _, entries in tx.packs
         for entry in entries
     }
-    if meta.max_batch is None:
-        _commit_atomic(objects, meta, tx, records)
-    else:
-        _commit_batched(meta, tx, records, meta.max_batch)
+    try:
+        for _ in range(_MAX_ATTEMPTS):
+            if meta.max_batch is None:
+                gone = _commit_atomic(objects, meta, tx, records, prepared)
+            else:
+                gone = _commit_batched(meta, tx, records, meta.max_batch, prepared)
+            if not gone:
+                break
+            # gc swept nodes this save found stored. A node this save also packed (found
+            # indexed only at commit) is indexed from its own pack after all; the others are
+            # stored again, in one more pack.
+            again: list[NewNode] = []
+            for node_id in gone:
+                node, _ = tx.found.pop(node_id)
+                if node_id in tx.reused_late:
+                    tx.reused_late.discard(node_id)
+                else:
+                    again.append(node)
+            if again:
+                pack = prepared.rewrite(again, level=tx.level)
+                prepared.wait()
+                tx.packs.append(pack)
+                tx.new_nodes.update((node.node_id, node) for node in again)
+                for entry in pack[2]:
+                    records[entry.node_id] = IndexRecord(
+                        pack[0], entry.offset, entry.length, entry.size
+                    )
+        else:
+            raise BackendError(
+                f"commit of chain {tx.chain!r} kept racing garbage collection", retryable=True
+            )
+    finally:
+        for key, count in prepared.requests.items():
+            tx.requests[key] += count
+        prepared.requests = dict.fromkeys(prepared.requests, 0)
+        tx.timings["upload"] = prepared.upload_seconds
+    crash_point("save.after_commit")
+
+
+def _recheck_found(meta: MetaStore, tx: Transaction) -> list[bytes]:
+    """After a found node's check failed: take the new record of each node that moved (a
+    compaction) and return the nodes that are gone (swept), to be written again."""
+    keys = [f"node/{node_id.hex()}" for node_id in tx.found]
+    current = meta.get_many(keys)
+    tx.requests["meta_reads"] += 1
+    gone: list[bytes] = []
+    for node_id, key in zip(list(tx.found), keys, strict=True):
+        record = current.get(key)
+        if record is None:
+            gone.append(node_id)
+        else:
+            tx.found[node_id] = (tx.found[node_id][0], record)
+    return gone
 
 
 def _commit_atomic(
-    objects: ObjectStore, meta: MetaStore, tx: Transaction, records: dict[bytes, IndexRecord]
-) -> None:
+    objects: ObjectStore,
+    meta: MetaStore,
+    tx: Transaction,
+    records: dict[bytes, IndexRecord],
+    prepared: Prepare,
+) -> list[bytes]:
+    """One write: references, checks, manifest, head. Returns the found nodes gc swept
+    meanwhile (nothing was written then), or [] once committed."""
     for _ in range(_MAX_ATTEMPTS):
         ops = [op for group in _reference_groups(tx, records) for op in group]
-        ops += _commit_ops(tx)
+        checks_at = len(ops)
+        ops += _found_checks(tx)
+        commit_at = len(ops)
+        ops += _commit_ops(tx, prepared.recorded)
         try:
             meta.write(ops)
             tx.requests["meta_writes"] += 1
-            return
+            prepared.recorded = None
+            return []
         except ConditionFailed as exc:
             tx.requests["meta_writes"] += 1
             node = _node_of(ops[exc.index])
-            if node is not None:
+            if node is not None and exc.index < checks_at:
                 # Another save indexed this node first: reuse its copy, and try again.
                 tx.reused_late.add(node)
+                record = meta.get(f"node/{node.hex()}")
+                if record is not None:
+                    tx.found[node] = (tx.new_nodes[node], record)
                 continue
+            if checks_at <= exc.index < commit_at:
+                gone = _recheck_found(meta, tx)
+                if gone:
+                    return gone
+                continue
+            if exc.index == commit_at + 2:
+                raise BackendError(
+                    f"the pending entry of save {tx.txn} on chain {tx.chain!r} was rolled "
+                    "back by garbage collection (its lease expired); save again",
+                    retryable=True,
+                ) from exc
             if _committed(meta, tx):
-                return
-            _abandon_packs(objects, meta, tx)
+                prepared.recorded = None
+                return []
+            _abandon_packs(objects, meta, tx, prepared)
             raise _conflict(meta, tx) from exc
         except StatebagError:
             raise
         except Exception as exc:  # an unexpected failure: did the write land?
             if _committed(meta, tx):
-                return
+                prepared.recorded = None
+                return []
             raise BackendError(
                 f"commit of chain {tx.chain!r} failed: {exc}", retryable=True
             ) from exc
@@ -333,8 +511,12 @@ def _commit_atomic(
 
 
 def _commit_batched(
-    meta: MetaStore, tx: Transaction, records: dict[bytes, IndexRecord], max_batch: int
-) -> None:
+    meta: MetaStore,
+    tx: Transaction,
+    records: dict[bytes, IndexRecord],
+    max_batch: int,
+    prepared: Prepare,
+) -> list[bytes]:
     done: list[Op] = []
     try:
         batch: list[list[Op]] = []
@@ -350,9 +532,25 @@ def _commit_batched(
             size += len(group)
         if batch:
             done.extend(_write_groups(meta, tx, batch))
+        # Once counted, a found node cannot be swept: one check of each after the counts
+        # shows it was still stored when they landed.
+        for node_id in tx.reused_late:
+            record = meta.get(f"node/{node_id.hex()}")
+            if record is not None:
+                tx.found[node_id] = (tx.new_nodes[node_id], record)
+        checks = _found_checks(tx)
+        for start in range(0, len(checks), max_batch):
+            try:
+                meta.write(checks[start : start + max_batch])
+                tx.requests["meta_writes"] += 1
+            except ConditionFailed:
+                gone = _recheck_found(meta, tx)
+                if gone:
+                    _take_back(meta, tx, done, keep_pending=True)
+                    return gone
         # The manifest, the head move and the pending delete are one write; the totals go
         # first (taken back with the rest on a conflict) when they do not fit beside them.
-        final = _commit_ops(tx)
+        final = _commit_ops(tx, prepared.recorded)
         extra = final[3:] if len(final) > max_batch else []
         final = final[: len(final) - len(extra)]
         for start in range(0, len(extra), max_batch):
@@ -362,15 +560,18 @@ def _commit_batched(
         try:
             meta.write(final)
             tx.requests["meta_writes"] += 1
+            prepared.recorded = None
         except ConditionFailed as exc:
             tx.requests["meta_writes"] += 1
             if _committed(meta, tx):
-                return
+                prepared.recorded = None
+                return []
             raise _conflict(meta, tx) from exc
     except BaseException:
         if not _committed(meta, tx):
             _take_back(meta, tx, done)
         raise
+    return []
 
 
 def _write_large_group(
@@ -444,13 +645,11 @@ def _committed(meta: MetaStore, tx: Transaction) -> bool:
     return False
 
 
-def _abandon_packs(objects: ObjectStore, meta: MetaStore, tx: Transaction) -> None:
+def _abandon_packs(
+    objects: ObjectStore, meta: MetaStore, tx: Transaction, prepared: Prepare
+) -> None:
     """Delete this save's packs, which no committed index entry names, and its pending entry."""
-    for pack_id, _, _ in tx.packs:
-        objects.delete(pack_key(pack_id))
-        tx.requests["object_deletes"] += 1
-    meta.delete(f"pending/{tx.txn}")
-    tx.requests["meta_writes"] += 1
+    prepared.abandon()
 
 
 def _conflict(meta: MetaStore, tx: Transaction) -> ConflictError:

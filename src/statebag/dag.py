@@ -52,6 +52,7 @@ __all__ = [
     "TreeField",
     "build_fields",
     "build_index",
+    "children_of",
     "children_of_fields_node",
     "entry_size",
     "iter_fields",
@@ -416,6 +417,13 @@ def children_of_fields_node(data: bytes, /, *, node_id: str) -> list[bytes]:
     if level:
         return [child for _, child, _ in rows]
     return [entry.root for _, entry in rows if type(entry) is TreeField]
+
+
+def children_of(data: bytes, /, *, node_id: str) -> list[bytes]:
+    """Every id an interior node (index or fields node) references, one per reference."""
+    if data[:1] == bytes((INDEX_TAG,)):
+        return [child for child, _ in parse_index_node(data, node_id=node_id)[1]]
+    return children_of_fields_node(data, node_id=node_id)
 
 
 def iter_fields(

@@ -59,7 +59,9 @@ from .errors import (
     StatebagError,
 )
 from .ids import ContentId, looks_like_id
-from .meta import MetaStore
+from .liveness import FileLiveness, Liveness, ProcessLiveness
+from .manifests import MANIFEST_DECODER, MANIFEST_ENCODER, Manifest, version_key
+from .meta import MetaStore, Put
 from .meta.memory import MemoryMetaStore
 from .meta.sqlite import SQLiteMetaStore
 from .objects import ObjectStore
@@ -112,6 +114,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     fsync: bool = True
 
 
+_CONFIG_DECODER = msgspec.msgpack.Decoder(Config)
+
 _OPTION_NAMES = (
     "min_size",
     "avg_size",
@@ -122,26 +126,6 @@ _OPTION_NAMES = (
     "inline_max",
     "fsync",
 )
-
-
-class Manifest(msgspec.Struct, frozen=True, kw_only=True):
-    """One committed version. Its id is the BLAKE3 of its canonical MessagePack encoding."""
-
-    format: int
-    chain: str
-    seq: int
-    parents: list[bytes]
-    root: bytes
-    fields: int
-    size: int
-    time_ns: int
-    # Always present; nil when there is none. (msgspec cannot decode an optional Raw.)
-    meta: msgspec.Raw = msgspec.Raw(b"\xc0")
-
-
-_MANIFEST_ENCODER = msgspec.msgpack.Encoder(order="deterministic")
-_MANIFEST_DECODER = msgspec.msgpack.Decoder(Manifest)
-_CONFIG_DECODER = msgspec.msgpack.Decoder(Config)
 
 
 class _Recent(Generic[_T]):
@@ -209,7 +193,7 @@ class _FieldsTable(msgspec.Struct):
 # Opening
 # ---------------------------------------------------------------------------------------------
 
-_memory_stores: dict[str, tuple[MemoryObjectStore, MemoryMetaStore]] = {}
+_memory_stores: dict[str, tuple[MemoryObjectStore, MemoryMetaStore, ProcessLiveness]] = {}
 _memory_lock = threading.Lock()
 
 
@@ -272,7 +256,20 @@ def open(
     except BaseException:
         meta.close()
         raise
-    return Repository(objects, meta, config, threads=threads, url=str(url), cache_bytes=cache_bytes)
+    liveness = (
+        _memory_stores[location][2]
+        if isinstance(location, str)
+        else FileLiveness(location / "locks")
+    )
+    return Repository(
+        objects,
+        meta,
+        config,
+        threads=threads,
+        url=str(url),
+        cache_bytes=cache_bytes,
+        liveness=liveness,
+    )
 
 
 def _location(url: str | os.PathLike[str], *, create: bool) -> Path | str:
@@ -286,7 +283,7 @@ def _location(url: str | os.PathLike[str], *, create: bool) -> Path | str:
             if name not in _memory_stores:
                 if not create:
                     raise NotFoundError(f"no repository at {text} (create=False)")
-                _memory_stores[name] = (MemoryObjectStore(), MemoryMetaStore())
+                _memory_stores[name] = (MemoryObjectStore(), MemoryMetaStore(), ProcessLiveness())
         return name
     if text.startswith("file://"):
         parsed = urlparse(text)
@@ -333,7 +330,7 @@ def _load_or_create_config(
         if not create:
             raise NotFoundError(f"no repository at {where} (create=False)")
         config = _check_config(given)
-        if meta.put_if_absent("config", _MANIFEST_ENCODER.encode(config)):
+        if meta.put_if_absent("config", MANIFEST_ENCODER.encode(config)):
             return config
         stored = meta.get("config")
         assert stored is not None
@@ -428,6 +425,7 @@ class Repository:
         url: str = "",
         lease: float = DEFAULT_LEASE,
         cache_bytes: int | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
         _check_handle_options(threads=threads, cache_bytes=cache_bytes)
         if cache_bytes is None:
@@ -440,6 +438,7 @@ class Repository:
         self._config = config
         self._url = url
         self._lease = lease
+        self._liveness = liveness if liveness is not None else Liveness()
         self._chunker = Chunker(config.min_size, config.avg_size, config.max_size, config.seed)
         self._max_node = max(config.max_size, config.inline_max) + 16 * MIB
         self._pool = ThreadPoolExecutor(
@@ -584,12 +583,71 @@ class Repository:
                 chain=chain,
                 lease=self._lease,
                 submit=self._pool.submit,
+                liveness=self._liveness,
             ),
             pack_size=self._config.pack_size,
         )
+        found: dict[bytes, tuple[NewNode, bytes]] = {}
+        try:
+            return self._save_prepared(
+                chain,
+                data,
+                names,
+                base,
+                hint,
+                entries,
+                new_nodes,
+                found,
+                packer,
+                timings,
+                requests,
+                level,
+                head,
+                head_bytes,
+                parent_id,
+                meta_raw,
+                txn,
+                bag,
+                started,
+            )
+        finally:
+            packer.prepare.release()
+
+    def _save_prepared(
+        self,
+        chain: str,
+        data: Mapping[str, Any],
+        names: list[str],
+        base: _FieldsTable | None,
+        hint: set[str] | None,
+        entries: dict[str, Entry],
+        new_nodes: dict[bytes, NewNode],
+        found: dict[bytes, tuple[NewNode, bytes]],
+        packer: _Packer,
+        timings: dict[str, float],
+        requests: dict[str, int],
+        level: int,
+        head: HeadRecord | None,
+        head_bytes: bytes | None,
+        parent_id: bytes | None,
+        meta_raw: msgspec.Raw | None,
+        txn: str,
+        bag: StateBag | None,
+        started: float,
+    ) -> CommitResult:
         try:
             encoded = self._encode_state(
-                data, names, base, hint, entries, new_nodes, packer, timings, requests, level
+                data,
+                names,
+                base,
+                hint,
+                entries,
+                new_nodes,
+                found,
+                packer,
+                timings,
+                requests,
+                level,
             )
         except BaseException:
             packer.prepare.abandon()
@@ -606,7 +664,7 @@ class Repository:
             time_ns=time.time_ns(),
             meta=meta_raw if meta_raw is not None else msgspec.Raw(b"\xc0"),
         )
-        manifest_bytes = _MANIFEST_ENCODER.encode(manifest)
+        manifest_bytes = MANIFEST_ENCODER.encode(manifest)
         manifest_id = bytes(ContentId.of(manifest_bytes))
         tx = Transaction(
             txn=txn,
@@ -620,6 +678,14 @@ class Repository:
             packs=packs,
             new_nodes=new_nodes,
             lease=self._lease,
+            found=found,
+            extra=[
+                Put(
+                    version_key(chain, manifest.seq, manifest_id),
+                    manifest.time_ns.to_bytes(8, "little"),
+                )
+            ],
+            level=level,
         )
         t = time.perf_counter()
         commit(self._objects, self._meta, tx, prepared=packer.prepare)
@@ -663,6 +729,7 @@ class Repository:
         hint: set[str] | frozenset[str] | None,
         entries: dict[str, Entry],
         new_nodes: dict[bytes, NewNode],
+        found: dict[bytes, tuple[NewNode, bytes]],
         packer: _Packer,
         timings: dict[str, float],
         requests: dict[str, int],
@@ -677,8 +744,8 @@ class Repository:
         lookup_bytes = 0
 
         def flush() -> None:
-            fresh, found = self._select_new(lookup, seen, requests)
-            packer.reused += found
+            fresh, reused = self._select_new(lookup, seen, requests, found)
+            packer.reused += reused
             for node in fresh:
                 new_nodes[node.node_id] = node
             packer.add(self._submit_compress(fresh, level))
@@ -745,8 +812,8 @@ class Repository:
         known = base.node_ids if base is not None else set()
         unknown = [node for node in fields_nodes if node.node_id not in known]
         packer.reused += len(fields_nodes) - len(unknown)
-        fresh, found = self._select_new(unknown, seen, requests)
-        packer.reused += found
+        fresh, reused = self._select_new(unknown, seen, requests, found)
+        packer.reused += reused
         for node in fresh:
             new_nodes[node.node_id] = node
         packer.add(self._submit_compress(fresh, level))
@@ -801,9 +868,19 @@ class Repository:
             raise InvalidInputError(f"field {name!r}: {exc}", path=path) from exc
 
     def _select_new(
-        self, nodes: Sequence[NewNode], seen: set[bytes], requests: dict[str, int]
+        self,
+        nodes: Sequence[NewNode],
+        seen: set[bytes],
+        requests: dict[str, int],
+        found: dict[bytes, tuple[NewNode, bytes]],
     ) -> tuple[list[NewNode], int]:
-        """The nodes not yet stored (nor already taken by this save), and how many were."""
+        """The nodes not yet stored (nor already taken by this save), and how many were.
+
+        Nodes found stored go into ``found`` with their index record: the commit checks they
+        are still there (gc may sweep a node no version references while this save runs).
+        Nodes of the parent version (``seen`` before the call) need no check: the parent is
+        the chain's head, which cannot be deleted while the head does not move.
+        """
         candidates: list[NewNode] = []
         for node in nodes:
             if node.node_id not in seen:
@@ -813,7 +890,13 @@ class Repository:
             return [], len(nodes)
         stored = self._meta.get_many([f"node/{node.node_id.hex()}" for node in candidates])
         requests["meta_reads"] += 1
-        fresh = [node for node in candidates if f"node/{node.node_id.hex()}" not in stored]
+        fresh = []
+        for node in candidates:
+            record = stored.get(f"node/{node.node_id.hex()}")
+            if record is None:
+                fresh.append(node)
+            else:
+                found[node.node_id] = (node, record)
         return fresh, len(candidates) - len(fresh)
 
     def _submit_compress(
@@ -984,7 +1067,7 @@ class Repository:
                 f"manifest {text} is corrupt: its bytes hash to another id", object_id=text
             )
         try:
-            manifest = _MANIFEST_DECODER.decode(stored)
+            manifest = MANIFEST_DECODER.decode(stored)
         except msgspec.DecodeError as exc:
             raise IntegrityError(f"manifest {text} is malformed: {exc}", object_id=text) from exc
         self._remember_manifest(manifest_id, manifest)

@@ -1,0 +1,43 @@
+"""Named crash points: the test-only fault-injection hook.
+
+A test runs a save or a gc in a subprocess with ``STATEBAG_CRASH_AT=<name>``; when the
+process reaches that point it ends at once (``os._exit``: no ``finally``, no flush, no lock
+release but the kernel's), as a power cut or a kill would end it there. The variable is read
+once, at import; without it every crash point is a dict-free comparison with None.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["CRASH_EXIT_CODE", "CRASH_POINTS", "crash_point"]
+
+CRASH_EXIT_CODE = 86
+
+CRASH_POINTS = (
+    # save (commit.py)
+    "save.after_pending",  # the pending entry is recorded, no pack uploaded
+    "save.after_upload",  # a pack is uploaded, nothing referenced
+    "save.after_commit",  # the commit transaction landed, the writer's lock is still held
+    "save.after_abandon_record",  # a lost race: dead letter written, packs not yet deleted
+    # gc (gc.py)
+    "gc.after_rollback_record",  # a pending entry replaced by a dead letter, packs remain
+    "gc.after_delete_manifest",  # one manifest deleted by retention, nothing swept
+    "gc.after_sweep",  # one sweep transaction landed (index rows gone), packs untouched
+    "gc.after_pack_record",  # a dead pack's record replaced by a dead letter, object remains
+    "gc.after_pack_delete",  # the dead pack's object deleted, its dead letter remains
+    "gc.after_compact_upload",  # the compacted pack uploaded, the index not yet moved
+    "gc.after_compact_index",  # the index moved to the new pack, the old one remains
+    # delete_chain (gc.py)
+    "delete_chain.after_head",  # the chain's head removed, its versions not yet deleted
+)
+
+_AT = os.environ.get("STATEBAG_CRASH_AT") or None
+if _AT is not None and _AT not in CRASH_POINTS:
+    raise RuntimeError(f"STATEBAG_CRASH_AT={_AT!r} is not a crash point: {CRASH_POINTS}")
+
+
+def crash_point(name: str, /) -> None:
+    """End the process here if the test asked for it."""
+    if name == _AT:
+        os._exit(CRASH_EXIT_CODE)
