@@ -40,6 +40,7 @@ from . import codec
 from ._crash import crash_point
 from .dag import NewNode
 from .errors import BackendError, ConflictError, StatebagError
+from .hashing import hash_bytes
 from .liveness import Liveness
 from .meta import ANY, Add, Check, ConditionFailed, Delete, MetaStore, Op, Put
 from .objects import ObjectStore
@@ -246,6 +247,8 @@ class Prepare:
         self._liveness = liveness if liveness is not None else Liveness()
         self._live = False
         self.recorded: bytes | None = None  # the pending entry as last written
+        # Makes this transaction's pack ids its own (see statebag.packs).
+        self.salt = hash_bytes(txn.encode())[:16]
         self._started = time.time_ns()
         self._uploads: list[Future[None]] = []
         self.pack_ids: list[bytes] = []
@@ -349,7 +352,7 @@ class Prepare:
         self, nodes: list[NewNode], /, *, level: int
     ) -> tuple[bytes, bytes, list[PackEntry]]:
         """Store ``nodes`` again in one more pack (they were swept while this save ran)."""
-        writer = PackWriter()
+        writer = PackWriter(self.salt)
         for node, (header, payload) in zip(
             nodes, codec.compress_batch([node.data for node in nodes], level=level), strict=True
         ):

@@ -3,13 +3,17 @@
 One save writes its new nodes into packs of about ``pack_size`` bytes (16 MiB by default),
 so a small save is one PUT however many nodes it has. A pack is::
 
-    frame 0 | frame 1 | ... | frame n-1 | footer (n x 48 bytes) | trailer (16 bytes)
+    frame 0 | frame 1 | ... | frame n-1 | footer (n x 48 bytes) | trailer (32 bytes)
 
 Each footer entry is ``node id (32) | le64 offset | le32 stored length | le32 raw size``;
-the trailer is ``le32 n | le32 reserved (0) | b"SBPACK01"``. The pack id is the BLAKE3 of
-the whole pack and its key is ``packs/<first two hex digits>/<pack id hex>``. The metadata
-index makes the footer unnecessary for reads; it is there so that a pack can be understood,
-verified and re-indexed on its own (by an audit, or a repair after metadata loss).
+the trailer is ``salt (16) | le32 n | le32 reserved (0) | b"SBPACK01"``. The salt is the
+id of the transaction that wrote the pack, so no two transactions ever write the same pack
+id: two saves of the same new nodes would otherwise write byte-identical packs, and the one
+that lost its race would delete the pack the winner's index points into (the salt is the
+first 16 bytes of the BLAKE3 of the txn id). The pack id is the BLAKE3 of the whole pack
+and its key is ``packs/<first two hex digits>/<pack id hex>``. The metadata index makes
+the footer unnecessary for reads; it is there so that a pack can be understood, verified
+and re-indexed on its own (by an audit, or a repair after metadata loss).
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ __all__ = [
 PACK_MAGIC = b"SBPACK01"
 _FOOTER_ENTRY = struct.Struct("<32sQII")
 FOOTER_ENTRY_SIZE = _FOOTER_ENTRY.size  # 48
-_TRAILER = struct.Struct("<II8s")
-TRAILER_SIZE = _TRAILER.size  # 16
+_TRAILER = struct.Struct("<16sII8s")
+TRAILER_SIZE = _TRAILER.size  # 32
 _INDEX_RECORD = struct.Struct("<32sQIIB")
 # IndexRecord.flags: the node references other nodes (an index or fields node), so garbage
 # collection must read it to release its children; leaves are never read by a sweep.
@@ -108,9 +112,12 @@ def pack_key(pack_id: bytes, /) -> str:
 class PackWriter:
     """Accumulates frames; ``finish()`` returns the pack's id, bytes and entries."""
 
-    __slots__ = ("_entries", "_frames", "_size")
+    __slots__ = ("_entries", "_frames", "_salt", "_size")
 
-    def __init__(self) -> None:
+    def __init__(self, salt: bytes = bytes(16), /) -> None:
+        if len(salt) != 16:
+            raise ValueError("a pack's salt is 16 bytes")
+        self._salt = salt
         self._frames: list[Buffer] = []
         self._entries: list[PackEntry] = []
         self._size = 0
@@ -140,7 +147,7 @@ class PackWriter:
 
     def finish(self) -> tuple[bytes, bytes, list[PackEntry]]:
         footer = b"".join(_FOOTER_ENTRY.pack(*entry) for entry in self._entries)
-        trailer = _TRAILER.pack(len(self._entries), 0, PACK_MAGIC)
+        trailer = _TRAILER.pack(self._salt, len(self._entries), 0, PACK_MAGIC)
         data = b"".join((*self._frames, footer, trailer))
         return hash_bytes(data), data, self._entries
 
@@ -149,7 +156,7 @@ def parse_footer(data: bytes, /, *, pack_id: str) -> list[PackEntry]:
     """The entries of a whole pack's footer; IntegrityError if it is not a valid pack."""
     if len(data) < TRAILER_SIZE:
         raise IntegrityError(f"pack {pack_id} is too short to be a pack", object_id=pack_id)
-    count, reserved, magic = _TRAILER.unpack_from(data, len(data) - TRAILER_SIZE)
+    _, count, reserved, magic = _TRAILER.unpack_from(data, len(data) - TRAILER_SIZE)
     footer_start = len(data) - TRAILER_SIZE - count * FOOTER_ENTRY_SIZE
     if magic != PACK_MAGIC or reserved != 0 or footer_start < 0:
         raise IntegrityError(f"pack {pack_id} has a malformed trailer", object_id=pack_id)

@@ -58,6 +58,7 @@ from .errors import (
     NotFoundError,
     StatebagError,
 )
+from .gc import COMPACT_BYTES, Collector
 from .ids import ContentId, looks_like_id
 from .liveness import FileLiveness, Liveness, ProcessLiveness
 from .manifests import MANIFEST_DECODER, MANIFEST_ENCODER, Manifest, version_key
@@ -69,7 +70,15 @@ from .objects.counting import CountingObjectStore, IOCounters
 from .objects.local import LocalObjectStore
 from .objects.memory import MemoryObjectStore
 from .packs import IndexRecord, PackWriter, pack_key
-from .results import CommitResult, Diff, ManifestInfo, RepoStats, VerifyReport
+from .results import (
+    AuditReport,
+    CommitResult,
+    Diff,
+    GCReport,
+    ManifestInfo,
+    RepoStats,
+    VerifyReport,
+)
 
 __all__ = ["FORMAT_VERSION", "Config", "Repository", "open"]
 
@@ -112,6 +121,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     pack_size: int = 16 * MIB
     inline_max: int = 512
     fsync: bool = True
+    grace: int = 3600
 
 
 _CONFIG_DECODER = msgspec.msgpack.Decoder(Config)
@@ -125,6 +135,7 @@ _OPTION_NAMES = (
     "pack_size",
     "inline_max",
     "fsync",
+    "grace",
 )
 
 
@@ -164,6 +175,10 @@ class _Recent(Generic[_T]):
         value = self._items.pop(key, None)
         if value is not None:
             self._weight -= self._weigh(value)
+
+    def discard(self, key: bytes) -> None:
+        with self._lock:
+            self._drop(key)
 
     def clear(self) -> None:
         with self._lock:
@@ -220,6 +235,7 @@ def open(
     pack_size: int | None = None,
     inline_max: int | None = None,
     fsync: bool | None = None,
+    grace: int | None = None,
     cache_bytes: int | None = None,
 ) -> Repository:
     """Open the repository at ``url``; create it when missing unless ``create=False``.
@@ -241,6 +257,7 @@ def open(
         "pack_size": pack_size,
         "inline_max": inline_max,
         "fsync": fsync,
+        "grace": grace,
     }
     given = {name: value for name, value in options.items() if value is not None}
     _check_handle_options(threads=threads, cache_bytes=cache_bytes)
@@ -376,6 +393,8 @@ def _check_config(given: dict[str, Any]) -> Config:
             f"pack_size must be from 1 MiB to 1 GiB, not {config.pack_size}", path="pack_size"
         )
     codec.compress(b"", level=config.compression_level)  # validates the level
+    if config.grace < 0:
+        raise InvalidInputError(f"grace must be seconds >= 0, not {config.grace}", path="grace")
     return config
 
 
@@ -439,6 +458,14 @@ class Repository:
         self._url = url
         self._lease = lease
         self._liveness = liveness if liveness is not None else Liveness()
+        self._collector = Collector(
+            self._objects,
+            meta,
+            liveness=self._liveness,
+            read_nodes=self._read_nodes,
+            forget=lambda manifest_id: self._manifests.discard(manifest_id),
+            lease=lease,
+        )
         self._chunker = Chunker(config.min_size, config.avg_size, config.max_size, config.seed)
         self._max_node = max(config.max_size, config.inline_max) + 16 * MIB
         self._pool = ThreadPoolExecutor(
@@ -1005,7 +1032,7 @@ class Repository:
         return ranges
 
     def _read_range(
-        self, group: list[tuple[bytes, IndexRecord]], verify: bool = True
+        self, group: list[tuple[bytes, IndexRecord]], verify: bool = True, moved: bool = False
     ) -> dict[bytes, memoryview]:
         """Fetch, decompress and (with ``verify``) hash-check the nodes of one pack range."""
         pack_id = group[0][1].pack_id
@@ -1015,6 +1042,15 @@ class Repository:
         try:
             blob = self._objects.get(key, offset=start, length=end - start)
         except NotFoundError as exc:
+            if not moved:
+                # gc may have compacted the pack since the index was read: read again where
+                # the index says the nodes are now.
+                again = self._plan_ranges([node_id for node_id, _ in group])
+                if any(part[0][1].pack_id != pack_id for part in again):
+                    result: dict[bytes, memoryview] = {}
+                    for part in again:
+                        result.update(self._read_range(part, verify, True))
+                    return result
             raise IntegrityError(
                 f"pack {pack_id.hex()} is missing; it holds node {group[0][0].hex()}",
                 object_id=pack_id.hex(),
@@ -1061,6 +1097,8 @@ class Repository:
         text = manifest_id.hex()
         stored = self._meta.get(f"manifest/{text}")
         if stored is None:
+            if self._meta.get(f"tomb/{text}") is not None:
+                raise NotFoundError(f"manifest {text} was deleted (a tombstone remains)")
             raise NotFoundError(f"manifest {text} does not exist")
         if ContentId.of(stored) != manifest_id:
             raise IntegrityError(
@@ -1246,6 +1284,92 @@ class Repository:
         """The log entry of one version."""
         raw = self._resolve(manifest_id)
         return self._info(raw, self._manifest(raw))
+
+    # -- deletion and garbage collection ----------------------------------------------------
+
+    def delete(self, manifest_id: str, /) -> None:
+        """Delete version ``manifest_id``, leaving a tombstone; its data is freed by gc.
+
+        ConflictError for a chain's head (use :meth:`delete_chain`) or a pinned version;
+        NotFoundError if it does not exist. Deleting a deleted version does nothing.
+        """
+        self._check_open()
+        self._collector.delete(self._resolve(manifest_id))
+
+    def delete_chain(self, chain: str, /) -> int:
+        """Delete ``chain``: its head first (a save racing it gets ConflictError), then every
+        version, pinned ones too; the number of versions deleted. Running it again finishes
+        a run that was interrupted."""
+        self._check_open()
+        return self._collector.delete_chain(check_chain(chain))
+
+    def pin(self, manifest_id: str, /) -> None:
+        """Keep ``manifest_id`` from retention and from :meth:`delete` until unpinned."""
+        self._check_open()
+        self._collector.pin(self._resolve(manifest_id), pinned=True)
+
+    def unpin(self, manifest_id: str, /) -> None:
+        self._check_open()
+        self._collector.pin(self._resolve(manifest_id), pinned=False)
+
+    def gc(
+        self,
+        keep_last: int | None = None,
+        keep_within: float | timedelta | None = None,
+        keep_daily: int | None = None,
+        chains: Iterable[str] | None = None,
+        grace: float | timedelta | None = None,
+        dry_run: bool = False,
+        *,
+        compact_bytes: int = COMPACT_BYTES,
+    ) -> GCReport:
+        """Apply retention, then free what no version references; see docs/FORMAT.md.
+
+        Retention (only when a ``keep_*`` rule is given) deletes the versions of ``chains``
+        (default: every chain) that no rule keeps: ``keep_last`` newest, those within
+        ``keep_within`` (seconds or a timedelta) of now, and the newest of each of the last
+        ``keep_daily`` days that have one. Heads, pinned and held versions are always kept.
+        Then nodes whose count has been zero for ``grace`` (default: the repository's, 1 h)
+        are freed, dead packs deleted, and packs with much dead space compacted (at most
+        ``compact_bytes`` per run). Saves whose writer is gone are rolled back.
+        """
+        self._check_open()
+        for name, value in (("keep_last", keep_last), ("keep_daily", keep_daily)):
+            if value is not None and (type(value) is not int or value < 0):
+                raise InvalidInputError(f"{name} must be an int >= 0, not {value!r}", path=name)
+        if type(compact_bytes) is not int or compact_bytes < 0:
+            raise InvalidInputError(
+                f"compact_bytes must be an int >= 0, not {compact_bytes!r}", path="compact_bytes"
+            )
+        within = None if keep_within is None else as_seconds(keep_within, field="keep_within")
+        grace_s = self._config.grace if grace is None else as_seconds(grace, field="grace")
+        names = None
+        if chains is not None:
+            if isinstance(chains, str):
+                raise InvalidInputError(
+                    "chains must be an iterable of chain names, not one str", path="chains"
+                )
+            names = [check_chain(chain, field="chains") for chain in chains]
+        if not isinstance(dry_run, bool):
+            raise InvalidInputError(f"dry_run must be a bool, not {dry_run!r}", path="dry_run")
+        return self._collector.collect(
+            keep_last=keep_last,
+            keep_within=within,
+            keep_daily=keep_daily,
+            chains=names,
+            grace=grace_s,
+            dry_run=dry_run,
+            compact_bytes=compact_bytes,
+        )
+
+    def audit(self, repair: bool = False) -> AuditReport:
+        """Recount every reference and check every reachable node and parent link; with
+        ``repair``, fix counts, mark unswept garbage and delete orphan packs older than the
+        grace period. ``ok`` is False when something reachable is in danger."""
+        self._check_open()
+        if not isinstance(repair, bool):
+            raise InvalidInputError(f"repair must be a bool, not {repair!r}", path="repair")
+        return self._collector.audit(repair=repair, grace=self._config.grace)
 
     # -- retention holds ---------------------------------------------------------------------
 
@@ -1440,7 +1564,7 @@ class _Packer:
         self.reused = 0
         self._pack_size = pack_size
         self._jobs: deque[tuple[list[NewNode], Future[list[tuple[bytes, Any]]]]] = deque()
-        self._writer = PackWriter()
+        self._writer = PackWriter(prepare.salt)
         self._raw = 0
         self._in_flight = 0
         self._packs: list[tuple[bytes, bytes, list[Any]]] = []
@@ -1470,7 +1594,7 @@ class _Packer:
     def _ship(self, *, last: bool = False) -> None:
         pack = self._writer.finish()
         self._packs.append(pack)
-        self._writer, self._raw = PackWriter(), 0
+        self._writer, self._raw = PackWriter(self.prepare.salt), 0
         self.prepare.ship(pack[0], pack[1], last=last)
 
     def finish(self) -> list[tuple[bytes, bytes, list[Any]]]:

@@ -11,8 +11,10 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "AuditReport",
     "CommitResult",
     "Diff",
+    "GCReport",
     "ManifestInfo",
     "RepoStats",
     "VerifyReport",
@@ -88,3 +90,50 @@ class RepoStats(msgspec.Struct, frozen=True, kw_only=True):
     packs: int
     bytes_logical: int
     bytes_stored: int
+
+
+class GCReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What one garbage collection did (or, with ``dry_run``, would do).
+
+    ``nodes_freed`` counts nodes removed from the index; ``bytes_reclaimed`` the object-store
+    bytes released (dead packs deleted, and what compaction saved). ``deferred`` counts the
+    work left for a later run: zero-count nodes still within the grace period, pending saves
+    whose writer is alive (or whose lease has not expired), and versions retention would
+    delete but a hold keeps. ``dead_letters_processed`` counts dead letters (rollbacks or
+    pack deletions an earlier run or save could not finish) drained by this run.
+    """
+
+    manifests_deleted: int = 0
+    nodes_freed: int = 0
+    packs_deleted: int = 0
+    packs_compacted: int = 0
+    bytes_reclaimed: int = 0
+    deferred: int = 0
+    dead_letters_processed: int = 0
+
+
+class AuditReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What an audit found; ids are 64-hex strings.
+
+    Danger (``ok`` is False): ``under_counted`` (a stored count below the references found:
+    the node could be freed while reachable), ``missing_nodes`` (reachable but not indexed,
+    or its pack is gone) and ``broken_chains`` (the id of a manifest whose parent is neither
+    present nor tombstoned, or ``chain:<name>`` for a head naming a missing manifest).
+
+    Leaks (``ok`` stays True): ``over_counted`` nodes, ``orphan_packs`` (stored packs that
+    no record, pending save or dead letter names) and ``unswept`` (zero-count nodes with no
+    mark, which gc would never find). ``in_flight`` lists the txn ids of saves in progress,
+    whose packs are theirs, not leaks. ``repaired`` counts the fixes ``repair=True`` made.
+    """
+
+    ok: bool
+    under_counted: list[str]
+    over_counted: list[str]
+    missing_nodes: list[str]
+    orphan_packs: list[str]
+    broken_chains: list[str]
+    in_flight: list[str]
+    repaired: int = 0
+    unswept: list[str] = msgspec.field(default_factory=list)
+    manifests: int = 0
+    nodes: int = 0

@@ -728,6 +728,11 @@ class MetaStoreConformance:
         assert (info.value.index, info.value.key) == (1, "n")
         assert "counter" in str(info.value)
         assert store.get("x") is None and store.counter("n") == 0
+        store.add("m", 2)
+        with pytest.raises(ConditionFailed):
+            store.write([CheckCounter("m", 5), DropCounter("m")])
+        store.write([CheckCounter("m", 2), DropCounter("m")])
+        assert list(store.counters("m")) == []
         # The condition is on the value before the batch; checking after a change is refused.
         with pytest.raises(InvalidInputError):
             store.write([Add("n", 1), CheckCounter("n", 1)])

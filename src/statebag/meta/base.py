@@ -373,7 +373,11 @@ class BatchPlan:
     def counter_reads(self) -> list[str]:
         """Counters whose stored value the result or a condition depends on."""
         keys = [key for key, change in self.counters.items() if not change.reset]
-        keys.extend(key for key in self.counter_checks if key not in self.counters)
+        keys.extend(
+            key
+            for key in self.counter_checks
+            if key not in self.counters or self.counters[key].reset
+        )
         return keys
 
     def counter_results(self, current: Mapping[str, int], /) -> dict[str, int | None]:
