@@ -20,11 +20,20 @@ from .errors import (
 )
 from .ids import ContentId
 from .repository import LazyState, Repository, open
-from .results import CommitResult, Diff, ManifestInfo, RepoStats, VerifyReport
+from .results import (
+    AuditReport,
+    CommitResult,
+    Diff,
+    GCReport,
+    ManifestInfo,
+    RepoStats,
+    VerifyReport,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuditReport",
     "BackendError",
     "Chunker",
     "CommitResult",
@@ -32,6 +41,7 @@ __all__ = [
     "ConflictError",
     "ContentId",
     "Diff",
+    "GCReport",
     "IntegrityError",
     "InvalidInputError",
     "LazyState",

@@ -1261,11 +1261,21 @@ class Repository:
             yield key[len("chain/") :]
 
     def log(self, chain: str) -> Iterator[ManifestInfo]:
-        """The versions of ``chain`` from its head back along first parents, newest first."""
+        """The versions of ``chain`` from its head back along first parents, newest first,
+        ending at the first version or where older versions were deleted."""
         current = self.head(chain)
         manifest_id = bytes.fromhex(current) if current is not None else None
         while manifest_id is not None:
-            manifest = self._manifest(manifest_id)
+            try:
+                manifest = self._manifest(manifest_id)
+            except NotFoundError as exc:
+                if self._meta.get(f"tomb/{manifest_id.hex()}") is not None:
+                    return  # the older versions were deleted: the history was pruned here
+                raise IntegrityError(
+                    f"chain {chain!r} is broken: version {manifest_id.hex()} is neither "
+                    "present nor deleted",
+                    object_id=manifest_id.hex(),
+                ) from exc
             yield self._info(manifest_id, manifest)
             manifest_id = manifest.parents[0] if manifest.parents else None
 
