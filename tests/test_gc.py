@@ -62,9 +62,12 @@ def test_select_for_deletion_rules() -> None:
     ids = [bytes([i]) * 32 for i in range(10)]
     # seq i, one version per half day going back from now
     versions = [(i, ids[i], now - (9 - i) * day // 2) for i in range(10)]
-    assert select_for_deletion(
-        versions, keep=set(), keep_last=None, keep_within_ns=None, keep_daily=None, now_ns=now
-    ) == []
+    assert (
+        select_for_deletion(
+            versions, keep=set(), keep_last=None, keep_within_ns=None, keep_daily=None, now_ns=now
+        )
+        == []
+    )
     doomed = select_for_deletion(
         versions, keep={ids[0]}, keep_last=3, keep_within_ns=None, keep_daily=None, now_ns=now
     )
@@ -392,8 +395,11 @@ def test_compaction_copies_live_nodes_and_readers_follow(repo: statebag.Reposito
     assert len(list(repo._objects.list("packs/"))) == 2
     planned = repo._plan_ranges([bytes.fromhex(repo.head("c") or "")] and [])
     assert planned == []
-    leaves = [e.root for e in repo._fields_table(repo._manifest(bytes.fromhex(second)).root)
-              .entries.values() if isinstance(e, statebag.dag.TreeField)]
+    leaves = [
+        e.root
+        for e in repo._fields_table(repo._manifest(bytes.fromhex(second)).root).entries.values()
+        if isinstance(e, statebag.dag.TreeField)
+    ]
     groups = repo._plan_ranges(leaves)  # a reader located the nodes...
     repo.delete(first)
     report = repo.gc(grace=0)  # ...then gc moved them
