@@ -1,9 +1,10 @@
 """The ``statebag`` command line: a face over :class:`statebag.Repository`.
 
-Commands: ``init``, ``save``, ``load``, ``log``, ``diff``, ``verify``, ``stats`` work on the
-repository named by ``-r/--repo PATH_OR_URL`` (before or after the command) or, failing
-that, the ``STATEBAG_REPO`` environment variable. ``demo [DIR]`` runs a simulated agent
-workflow in DIR (or in a temporary directory it removes) and reports what storage cost.
+Commands: ``init``, ``save``, ``load``, ``log``, ``diff``, ``verify``, ``stats``, ``gc`` and
+``audit`` work on the repository named by ``-r/--repo PATH_OR_URL`` (before or after the
+command) or, failing that, the ``STATEBAG_REPO`` environment variable. ``demo [DIR]`` runs a
+simulated agent workflow in DIR (or in a temporary directory it removes) and reports what
+storage cost.
 
 Only ``init`` creates a repository and only ``init`` passes configuration options: a
 repository records its options at creation, and an open that contradicts them fails.
@@ -16,9 +17,13 @@ infinite are written as the non-standard tokens ``NaN``, ``Infinity`` and ``-Inf
 
 Exit codes: 0 success; 1 an unexpected statebag error; 2 invalid input or usage
 (``InvalidInputError``, and argparse's own usage errors); 3 integrity failure (also
-``verify`` or ``demo`` finding a problem); 4 conflict (a stale ``--parent``); 5 not found;
-6 configuration error; 7 backend failure; 130 interrupted. Each of 1 to 7 comes from the
-``exit_code`` of the error class in :mod:`statebag.errors`.
+``verify`` or ``demo`` finding a problem, and ``audit`` finding danger: something reachable
+missing or under-counted, or a broken chain; leaks alone exit 0); 4 conflict (a stale
+``--parent``); 5 not found; 6 configuration error; 7 backend failure; 130 interrupted. Each
+of 1 to 7 comes from the ``exit_code`` of the error class in :mod:`statebag.errors`.
+
+Durations (``gc --keep-within`` and ``--grace``, ``init --grace``) are a number of seconds or
+a number with a unit: ``30s``, ``15m``, ``1h``, ``7d``, ``2w``.
 
 Progress goes to stderr only when stderr is a terminal and neither ``--json`` nor
 ``--quiet`` is given.
@@ -33,6 +38,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import tempfile
 import textwrap
@@ -57,6 +63,7 @@ from .errors import (
 from .ids import SHORT_LENGTH, looks_like_id
 from .repository import Repository
 from .repository import open as open_repository
+from .results import AuditReport
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -71,7 +78,8 @@ exit codes:
   0    success
   1    unexpected statebag error
   2    invalid input or usage (bad JSON file, bad option, no repository given)
-  3    integrity failure (also: verify or demo found a problem)
+  3    integrity failure (also: verify or demo found a problem; audit found danger:
+       reachable data missing or under-counted, or a broken chain)
   4    conflict (another writer moved the chain; a stale --parent)
   5    not found (no such repository, chain, version or field)
   6    configuration error (options contradict the repository)
@@ -184,6 +192,42 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a fraction from 0 to 1")
     return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhdw]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(text: str) -> float:
+    """Seconds from ``90``, ``1.5``, ``30s``, ``15m``, ``1h``, ``7d`` or ``2w`` (argparse type)."""
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: seconds, or a number with a unit s, m, h, d or w "
+            "(30s, 15m, 1h, 7d, 2w)"
+        )
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"{text!r} is too long a duration")
+    return seconds
+
+
+def _whole_duration(text: str) -> int:
+    """A duration of whole seconds (argparse type), as the repository records ``grace``."""
+    seconds = _duration(text)
+    if seconds != int(seconds):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds")
+    return int(seconds)
 
 
 def _positive(text: str) -> int:
@@ -301,7 +345,15 @@ def _resolve(repo: Repository, ref: str) -> str:
 # Commands
 # ---------------------------------------------------------------------------------------------
 
-_INIT_OPTIONS = ("min_size", "avg_size", "max_size", "compression_level", "pack_size", "inline_max")
+_INIT_OPTIONS = (
+    "min_size",
+    "avg_size",
+    "max_size",
+    "compression_level",
+    "pack_size",
+    "inline_max",
+    "grace",
+)
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -491,6 +543,97 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         ]
     )
     return 0
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    rules = (args.keep_last, args.keep_within, args.keep_daily)
+    if args.chains and all(rule is None for rule in rules):
+        raise InvalidInputError(
+            "--chain only limits retention: give --keep-last, --keep-within or --keep-daily",
+            path="--chain",
+        )
+    with _open(args) as repo:
+        message = "collecting garbage (dry run)" if args.dry_run else "collecting garbage"
+        with _status(_show_progress(args), message):
+            report = repo.gc(
+                keep_last=args.keep_last,
+                keep_within=args.keep_within,
+                keep_daily=args.keep_daily,
+                chains=args.chains,
+                grace=args.grace,
+                dry_run=args.dry_run,
+            )
+    if args.json:
+        _print_json(msgspec.to_builtins(report))
+        return 0
+    if args.dry_run:
+        _write_text("dry run: nothing was deleted; a gc would have done this\n")
+    _print_fields(
+        [
+            ("versions deleted", report.manifests_deleted),
+            ("nodes freed", report.nodes_freed),
+            ("packs deleted", report.packs_deleted),
+            ("packs compacted", report.packs_compacted),
+            ("reclaimed", _size(report.bytes_reclaimed)),
+            ("deferred", report.deferred),
+            ("dead letters", report.dead_letters_processed),
+        ]
+    )
+    return 0
+
+
+# What an audit lists, in the order printed: (AuditReport field, label, danger).
+_AUDIT_FINDINGS = (
+    ("under_counted", "under-counted", True),
+    ("missing_nodes", "missing", True),
+    ("broken_chains", "broken chain", True),
+    ("over_counted", "over-counted", False),
+    ("unswept", "unswept", False),
+    ("orphan_packs", "orphan pack", False),
+)
+_AUDIT_SHOWN = 20  # ids listed per finding in the human output; --json lists them all
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    with _open(args) as repo, _status(_show_progress(args), "auditing every reference"):
+        report = repo.audit(repair=args.repair)
+    if args.json:
+        _print_json(msgspec.to_builtins(report))
+    else:
+        _print_audit(report, repair=args.repair)
+    if report.ok:
+        return 0
+    danger = sum(len(getattr(report, name)) for name, _, bad in _AUDIT_FINDINGS if bad)
+    _error(f"audit found {danger} problem(s) that put reachable data in danger")
+    return IntegrityError.exit_code
+
+
+def _print_audit(report: AuditReport, *, repair: bool) -> None:
+    leaks = sum(len(getattr(report, name)) for name, _, bad in _AUDIT_FINDINGS if not bad)
+    if not report.ok:
+        result = "DANGER"
+    elif leaks:
+        result = f"ok, {leaks} leak(s)"
+    else:
+        result = "ok"
+    rows: list[tuple[str, object]] = [
+        ("result", result),
+        ("versions", report.manifests),
+        ("nodes", report.nodes),
+    ]
+    rows += [(label, len(getattr(report, name))) for name, label, _ in _AUDIT_FINDINGS]
+    rows.append(("saves in flight", len(report.in_flight)))
+    if repair:
+        rows.append(("repaired", report.repaired))
+    _print_fields(rows)
+    for name, label, _ in _AUDIT_FINDINGS:
+        ids: list[str] = getattr(report, name)
+        for found in ids[:_AUDIT_SHOWN]:
+            _write_text(f"  {label} {found}\n")
+        if len(ids) > _AUDIT_SHOWN:
+            _write_text(f"  ... and {len(ids) - _AUDIT_SHOWN} more {label} (--json lists all)\n")
+    if repair and report.repaired:
+        _write_text("repairs made; the lists above are what the audit found before them\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -699,6 +842,13 @@ def _parser() -> argparse.ArgumentParser:
         "--inline-max", type=int, help="values under this many bytes stay inline (default 512)"
     )
     init.add_argument(
+        "--grace",
+        type=_whole_duration,
+        metavar="DURATION",
+        help="how long gc leaves unreferenced data before freeing it, and audit --repair an "
+        "orphan pack (default 1h; 0 allowed)",
+    )
+    init.add_argument(
         "--no-fsync",
         action="store_true",
         help="do not wait for the disk on commit (fast, unsafe on power loss)",
@@ -777,6 +927,69 @@ def _parser() -> argparse.ArgumentParser:
 
     stats = command("stats", _cmd_stats, "print counts and bytes of the whole repository")
     stats.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    gc = command(
+        "gc",
+        _cmd_gc,
+        "delete old versions by retention rules, then free what no version references",
+        "Retention runs only when a --keep-* rule is given; a version any rule keeps stays, "
+        "and chain heads and pinned versions always stay. Without a rule gc only frees the "
+        "data of versions already deleted. Data unreferenced for less than the grace period "
+        "(the repository's, 1h by default) is left for a later run and counted as deferred.\n\n"
+        "DURATION is seconds or a number with a unit: 30s, 15m, 1h, 7d, 2w.\n\n"
+        "--json keys: manifests_deleted, nodes_freed, packs_deleted, packs_compacted, "
+        "bytes_reclaimed, deferred, dead_letters_processed. A dry run deletes nothing and "
+        "counts only the versions retention would delete and the nodes already due.",
+    )
+    gc.add_argument(
+        "--keep-last", type=_count, metavar="N", help="keep the newest N versions of each chain"
+    )
+    gc.add_argument(
+        "--keep-within",
+        type=_duration,
+        metavar="DURATION",
+        help="keep the versions saved within DURATION of now",
+    )
+    gc.add_argument(
+        "--keep-daily",
+        type=_count,
+        metavar="N",
+        help="keep the newest version of each of the last N days that have one",
+    )
+    gc.add_argument(
+        "--chain",
+        dest="chains",
+        action="append",
+        metavar="NAME",
+        help="apply retention to this chain only (repeatable; default: every chain)",
+    )
+    gc.add_argument(
+        "--grace",
+        type=_duration,
+        metavar="DURATION",
+        help="free data unreferenced for at least this long (default: the repository's; 0: "
+        "everything unreferenced now)",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="report what gc would do, write nothing")
+    gc.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    audit = command(
+        "audit",
+        _cmd_audit,
+        "recount every reference and check every reachable node and parent link",
+        "Danger (exit 3): a reachable node under-counted (gc could free it) or missing, or a "
+        "chain whose parent link leads nowhere. Leaks (over-counted or unswept nodes, orphan "
+        "packs) are listed but exit 0. --repair fixes the counts, marks unswept nodes for gc "
+        "and deletes orphan packs older than the repository's grace period; it cannot bring "
+        "back missing data. The report lists what the audit found before repairing: run "
+        "audit again to confirm.\n\n"
+        "--json keys: ok, under_counted, over_counted, missing_nodes, orphan_packs, "
+        "broken_chains, in_flight, repaired, unswept, manifests, nodes.",
+    )
+    audit.add_argument(
+        "--repair", action="store_true", help="fix counts and free leaks (never reachable data)"
+    )
+    audit.add_argument("--json", action="store_true", help="print the report as JSON")
 
     demo = commands.add_parser(
         "demo",
