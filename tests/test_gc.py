@@ -150,14 +150,30 @@ def test_grace_defers_and_counts_deferred(repo: statebag.Repository) -> None:
     assert repo.gc(grace=0).nodes_freed > 0
 
 
-def test_dry_run_writes_nothing(repo: statebag.Repository) -> None:
+def test_dry_run_reports_what_gc_does_and_writes_nothing(repo: statebag.Repository) -> None:
     rng = random.Random(4)
     for step in range(5):
         repo.save("c", state(rng, step))
-    before = (repo.stats(), sorted(repo._meta.scan("")), sorted(repo._meta.counters("")))
-    report = repo.gc(keep_last=1, grace=0, dry_run=True)
-    assert report.manifests_deleted == 4
-    assert (repo.stats(), sorted(repo._meta.scan("")), sorted(repo._meta.counters(""))) == before
+    fields = {f"f{i}": rng.randbytes(5000) for i in range(40)}
+    wide = repo.save("w", fields).manifest_id
+    repo.save("w", {name: value for name, value in fields.items() if int(name[1:]) % 2})
+    repo.delete(wide)  # leaves a pack to compact
+    before = (
+        repo.stats(),
+        sorted(repo._meta.scan("")),
+        sorted(repo._meta.counters("")),
+        sorted(repo._objects.list("")),
+    )
+    dry = repo.gc(keep_last=1, grace=0, dry_run=True)
+    after = (
+        repo.stats(),
+        sorted(repo._meta.scan("")),
+        sorted(repo._meta.counters("")),
+        sorted(repo._objects.list("")),
+    )
+    assert after == before
+    assert dry.manifests_deleted == 4 and dry.packs_compacted >= 1 and dry.packs_deleted >= 1
+    assert repo.gc(keep_last=1, grace=0) == dry
 
 
 def test_retention_keeps_heads_pins_and_holds(repo: statebag.Repository) -> None:

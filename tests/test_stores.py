@@ -33,8 +33,10 @@ from statebag.meta import (
     Put,
     SQLiteMetaStore,
 )
-from statebag.meta.base import plan_batch, prefix_upper_bound
+from statebag.meta.base import CheckCounter, Delete, DropCounter, plan_batch, prefix_upper_bound
+from statebag.meta.overlay import OverlayMetaStore
 from statebag.objects import LocalObjectStore, MemoryObjectStore, ObjectStore, check_key
+from statebag.objects.discarding import DiscardingObjectStore
 from statebag.objects.local import TEMP_DIR, TEMP_MAX_AGE
 from statebag.testing import MetaStoreConformance, ObjectStoreConformance, run_threads
 
@@ -71,6 +73,41 @@ class TestMemoryMetaStoreWithBatchLimit(MetaStoreConformance):
     def store(self) -> Iterator[MetaStore]:
         with MemoryMetaStore(max_batch=100) as store:
             yield store
+
+
+class TestOverlayMetaStore(MetaStoreConformance):
+    """The dry-run overlay behaves as a store in its own right (over an empty base)."""
+
+    @pytest.fixture
+    def store(self) -> Iterator[MetaStore]:
+        with OverlayMetaStore(MemoryMetaStore()) as store:
+            yield store
+
+
+def test_overlay_reads_through_and_never_writes_its_base() -> None:
+    base = MemoryMetaStore()
+    base.write([Put("a", b"1"), Put("b", b"2"), Add("n", 5), Add("m", 1)])
+    overlay = OverlayMetaStore(base)
+    overlay.write(
+        [Delete("a"), Put("c", b"3"), CheckCounter("n", 5), Add("n", -5), DropCounter("m")]
+    )
+    assert overlay.get("a") is None and overlay.get("b") == b"2" and overlay.get("c") == b"3"
+    assert list(overlay.scan("")) == [("b", b"2"), ("c", b"3")]
+    assert overlay.get_many(["a", "b", "c"]) == {"b": b"2", "c": b"3"}
+    assert overlay.counter("n") == 0 and dict(overlay.counters("")) == {"n": 0}
+    assert list(base.scan("")) == [("a", b"1"), ("b", b"2")]
+    assert dict(base.counters("")) == {"m": 1, "n": 5}
+
+
+def test_discarding_object_store_reads_through_and_writes_nothing() -> None:
+    base = MemoryObjectStore()
+    base.put("k", b"v")
+    store = DiscardingObjectStore(base)
+    store.put("x", b"1")
+    store.delete("k")
+    assert store.get("k") == b"v" and list(store.list()) == ["k"] and list(base.list()) == ["k"]
+    with pytest.raises(InvalidInputError):
+        store.put("BAD KEY", b"1")
 
 
 class TestSQLiteMetaStore(MetaStoreConformance):

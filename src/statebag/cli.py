@@ -938,8 +938,8 @@ def _parser() -> argparse.ArgumentParser:
         "(the repository's, 1h by default) is left for a later run and counted as deferred.\n\n"
         "DURATION is seconds or a number with a unit: 30s, 15m, 1h, 7d, 2w.\n\n"
         "--json keys: manifests_deleted, nodes_freed, packs_deleted, packs_compacted, "
-        "bytes_reclaimed, deferred, dead_letters_processed. A dry run deletes nothing and "
-        "counts only the versions retention would delete and the nodes already due.",
+        "bytes_reclaimed, deferred, dead_letters_processed. A dry run rehearses the whole "
+        "gc without writing anything and reports what it would do.",
     )
     gc.add_argument(
         "--keep-last", type=_count, metavar="N", help="keep the newest N versions of each chain"

@@ -56,7 +56,7 @@ from .commit import (
     new_txn_id,
 )
 from .errors import ConflictError, IntegrityError, NotFoundError
-from .liveness import Liveness
+from .liveness import Liveness, Rehearsal
 from .manifests import (
     MANIFEST_DECODER,
     Manifest,
@@ -66,7 +66,9 @@ from .manifests import (
     version_prefix,
 )
 from .meta import Add, Check, CheckCounter, ConditionFailed, Delete, DropCounter, MetaStore, Op, Put
+from .meta.overlay import OverlayMetaStore
 from .objects import ObjectStore
+from .objects.discarding import DiscardingObjectStore
 from .packs import IndexRecord, PackRecord, PackWriter, pack_key, parse_footer
 from .results import AuditReport, GCReport
 
@@ -291,12 +293,31 @@ class Collector:
         dry_run: bool,
         compact_bytes: int = COMPACT_BYTES,
     ) -> GCReport:
+        """One gc run. A dry run is the same run over an overlay of the metadata store and
+        an object store that discards writes: it reports what a gc would do, cascades
+        included, and writes nothing."""
+        if dry_run:
+            rehearsal = Collector(
+                DiscardingObjectStore(self._objects),
+                OverlayMetaStore(self._meta),
+                liveness=Rehearsal(self._liveness),
+                read_nodes=self._read_nodes,
+                forget=lambda _: None,
+                lease=self._lease,
+            )
+            return rehearsal.collect(
+                keep_last=keep_last,
+                keep_within=keep_within,
+                keep_daily=keep_daily,
+                chains=chains,
+                grace=grace,
+                dry_run=False,
+                compact_bytes=compact_bytes,
+            )
         tally = _Tally()
         now = time.time_ns()
-        grace_ns = int(grace * 1e9)
-        if not dry_run:
-            self._drain_letters(tally)
-        self._roll_back(tally, now=now, dry_run=dry_run)
+        self._drain_letters(tally)
+        self._roll_back(tally, now=now)
         self._retain(
             tally,
             keep_last=keep_last,
@@ -304,11 +325,9 @@ class Collector:
             keep_daily=keep_daily,
             chains=chains,
             now=now,
-            dry_run=dry_run,
         )
-        self._sweep(tally, cutoff=time.time_ns() - grace_ns, dry_run=dry_run)
-        if not dry_run:
-            self._reclaim_packs(tally, compact_bytes=compact_bytes)
+        self._sweep(tally, cutoff=time.time_ns() - int(grace * 1e9))
+        self._reclaim_packs(tally, compact_bytes=compact_bytes)
         return tally.report()
 
     def _drain_letters(self, tally: _Tally) -> None:
@@ -356,15 +375,13 @@ class Collector:
             )
         return True
 
-    def _roll_back(self, tally: _Tally, *, now: int, dry_run: bool) -> None:
+    def _roll_back(self, tally: _Tally, *, now: int) -> None:
         for key, value in list(self._meta.scan("pending/")):
             txn = key[len("pending/") :]
             record = decode_pending(value)
             with self._liveness.claim(txn) as gone:
                 if gone is False or (gone is None and record.lease_until_ns > now):
                     tally.deferred += 1
-                    continue
-                if dry_run:
                     continue
                 letter = f"dlq/{txn}"
                 try:
@@ -390,7 +407,6 @@ class Collector:
         keep_daily: int | None,
         chains: list[str] | None,
         now: int,
-        dry_run: bool,
     ) -> None:
         if keep_last is None and keep_within_ns is None and keep_daily is None:
             return
@@ -424,16 +440,13 @@ class Collector:
                 now_ns=now,
             )
             for mid in doomed:
-                if dry_run:
-                    tally.manifests_deleted += 1
-                    continue
                 try:
                     tally.manifests_deleted += self.delete(mid)
                 except (ConflictError, NotFoundError):
                     continue  # became a head, was pinned or deleted meanwhile
                 crash_point("gc.after_delete_manifest")
 
-    def _sweep(self, tally: _Tally, *, cutoff: int, dry_run: bool) -> None:
+    def _sweep(self, tally: _Tally, *, cutoff: int) -> None:
         while True:
             eligible: list[tuple[bytes, bytes]] = []
             young = 0
@@ -442,12 +455,6 @@ class Collector:
                     eligible.append((bytes.fromhex(key[5:]), value))
                 else:
                     young += 1
-            if dry_run:
-                tally.nodes_freed += sum(
-                    1 for node_id, _ in eligible if self._meta.counter(f"ref/{node_id.hex()}") == 0
-                )
-                tally.deferred += young
-                return
             if not eligible:
                 tally.deferred += young
                 return

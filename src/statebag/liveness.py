@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["FileLiveness", "Liveness", "ProcessLiveness"]
+__all__ = ["FileLiveness", "Liveness", "ProcessLiveness", "Rehearsal"]
 
 
 class Liveness:
@@ -41,6 +41,21 @@ class Liveness:
         False if it is running, None if this cannot be known."""
         yield None
 
+    def gone(self, txn: str, /) -> bool | None:
+        """What :meth:`claim` would yield, without claiming anything or changing any file."""
+        return None
+
+
+class Rehearsal(Liveness):
+    """Answers as ``inner`` does and changes nothing: for gc dry runs."""
+
+    def __init__(self, inner: Liveness, /) -> None:
+        self._inner = inner
+
+    @contextlib.contextmanager
+    def claim(self, txn: str, /) -> Iterator[bool | None]:
+        yield self._inner.gone(txn)
+
 
 class ProcessLiveness(Liveness):
     """Transactions running in this process (memory repositories)."""
@@ -57,6 +72,10 @@ class ProcessLiveness(Liveness):
     def release(self, txn: str, /) -> None:
         with self._lock:
             self._running.discard(txn)
+
+    def gone(self, txn: str, /) -> bool | None:
+        with self._lock:
+            return txn not in self._running
 
     @contextlib.contextmanager
     def claim(self, txn: str, /) -> Iterator[bool | None]:
@@ -101,6 +120,21 @@ class FileLiveness(Liveness):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._directory / txn)
         os.close(fd)
+
+    def gone(self, txn: str, /) -> bool | None:
+        try:
+            fd = os.open(self._directory / txn, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        finally:
+            os.close(fd)  # closing releases a lock we took
+        return True
 
     @contextlib.contextmanager
     def claim(self, txn: str, /) -> Iterator[bool | None]:
