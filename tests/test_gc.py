@@ -490,3 +490,42 @@ def test_audit_finds_an_over_count_and_repair_frees_it(repo: statebag.Repository
     assert repo.gc(grace=0).nodes_freed > 0
     clean(repo.audit())
     assert repo.stats().manifests == 1
+
+
+# -- save options the hydrator builds on ------------------------------------------------------
+
+
+def test_save_hold_is_set_by_the_commit(repo: statebag.Repository) -> None:
+    first = repo.save("c", {"a": 1}, hold=timedelta(minutes=5)).manifest_id
+    repo.save("c", {"a": 2})
+    assert repo._meta.get(f"hold/{first}") is not None
+    assert repo.gc(keep_last=1, grace=0).manifests_deleted == 0
+    with pytest.raises(InvalidInputError) as info:
+        repo.save("c", {"a": 3}, hold=-1)
+    assert info.value.path == "hold"
+    assert repo.stats().manifests == 2
+
+
+def test_save_level_overrides_the_repository_level(repo: statebag.Repository) -> None:
+    text = ("all work and no play " * 5000).encode()
+    raw = repo.save("raw", {"doc": text}, level=0)
+    packed = repo.save("zstd", {"doc": text + b"!"})
+    raw_bytes = b"".join(repo._objects.get(key) for key in raw.pack_keys)
+    packed_bytes = b"".join(repo._objects.get(key) for key in packed.pack_keys)
+    assert text[:4096] in raw_bytes and text[:4096] not in packed_bytes
+    assert raw.bytes_new_stored > 10 * packed.bytes_new_stored
+    assert repo.load(raw.manifest_id) == {"doc": text}
+    before = repo.stats()
+    with pytest.raises(InvalidInputError) as info:
+        repo.save("raw", {"doc": b"x"}, level=99)
+    assert info.value.path == "level" and repo.stats() == before
+
+
+def test_commit_result_names_the_nodes_and_packs_it_wrote(repo: statebag.Repository) -> None:
+    result = repo.save("c", {"blob": os.urandom(100_000)})
+    assert len(result.node_ids) == result.nodes_written > 1
+    assert result.pack_keys and all(repo._objects.stat(key) for key in result.pack_keys)
+    for node_id in result.node_ids:
+        assert repo._meta.get(f"node/{node_id}") is not None
+    again = repo.save("d", {"blob": repo.load(result.manifest_id)["blob"]})
+    assert again.node_ids == [] and again.pack_keys == []

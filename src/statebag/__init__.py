@@ -18,6 +18,7 @@ from .errors import (
     NotFoundError,
     StatebagError,
 )
+from .hydrator import Hydrator, HydratorStats
 from .ids import ContentId
 from .repository import LazyState, Repository, open
 from .results import (
@@ -42,6 +43,8 @@ __all__ = [
     "ContentId",
     "Diff",
     "GCReport",
+    "Hydrator",
+    "HydratorStats",
     "IntegrityError",
     "InvalidInputError",
     "LazyState",

@@ -531,6 +531,8 @@ class Repository:
         parent: str | None = None,
         changed: Iterable[str] | None = None,
         meta: Mapping[str, Any] | None = None,
+        level: int | None = None,
+        hold: float | timedelta | None = None,
     ) -> CommitResult:
         """Commit ``state`` as the next version of ``chain``; see the README for the rules.
 
@@ -539,8 +541,18 @@ class Repository:
         top-level fields whose values changed since the parent: the others present in both
         are carried over without being encoded. A :class:`StateBag` supplies its own dirty
         set when it was loaded from (or last saved as) the parent.
+
+        ``level`` compresses this save's new nodes at another level than the repository's
+        (0 stores them raw; every frame names its codec). ``hold`` keeps the new version
+        from retention for that long, set in the commit itself (see :meth:`hold`).
         """
         self._check_open()
+        if level is not None:
+            try:
+                codec.compress(b"", level=level)
+            except InvalidInputError as exc:
+                raise InvalidInputError(str(exc), path="level") from exc
+        hold_s = None if hold is None else as_seconds(hold, field="hold")
         started = time.perf_counter()
         timings = dict.fromkeys(("encode", "chunk", "compress", "upload", "commit"), 0.0)
         requests = {"object_puts": 0, "object_gets": 0, "meta_reads": 0, "meta_writes": 0}
@@ -600,7 +612,8 @@ class Repository:
 
         entries: dict[str, Entry] = {}
         new_nodes: dict[bytes, NewNode] = {}
-        level = self._config.compression_level
+        if level is None:
+            level = self._config.compression_level
         txn = new_txn_id()
         packer = _Packer(
             Prepare(
@@ -615,138 +628,100 @@ class Repository:
             pack_size=self._config.pack_size,
         )
         found: dict[bytes, tuple[NewNode, bytes]] = {}
+        # The writer's lock (see statebag.liveness) is released however the save ends.
         try:
-            return self._save_prepared(
-                chain,
-                data,
-                names,
-                base,
-                hint,
-                entries,
-                new_nodes,
-                found,
-                packer,
-                timings,
-                requests,
-                level,
-                head,
-                head_bytes,
-                parent_id,
-                meta_raw,
-                txn,
-                bag,
-                started,
+            try:
+                encoded = self._encode_state(
+                    data,
+                    names,
+                    base,
+                    hint,
+                    entries,
+                    new_nodes,
+                    found,
+                    packer,
+                    timings,
+                    requests,
+                    level,
+                )
+            except BaseException:
+                packer.prepare.abandon()
+                raise
+            root, packs, logical = encoded.root, encoded.packs, encoded.logical
+            manifest = Manifest(
+                format=FORMAT_VERSION,
+                chain=chain,
+                seq=(head.seq + 1) if head is not None else 1,
+                parents=[parent_id] if parent_id is not None else [],
+                root=root,
+                fields=len(entries),
+                size=logical,
+                time_ns=time.time_ns(),
+                meta=meta_raw if meta_raw is not None else msgspec.Raw(b"\xc0"),
+            )
+            manifest_bytes = MANIFEST_ENCODER.encode(manifest)
+            manifest_id = bytes(ContentId.of(manifest_bytes))
+            tx = Transaction(
+                txn=txn,
+                chain=chain,
+                expected_head=head_bytes,
+                new_head=HeadRecord(manifest_id, manifest.seq, txn),
+                manifest_id=manifest_id,
+                manifest=manifest_bytes,
+                bytes_logical=logical,
+                root=root,
+                packs=packs,
+                new_nodes=new_nodes,
+                lease=self._lease,
+                found=found,
+                extra=[
+                    Put(
+                        version_key(chain, manifest.seq, manifest_id),
+                        manifest.time_ns.to_bytes(8, "little"),
+                    )
+                ],
+                level=level,
+            )
+            if hold_s is not None:
+                until = time.time_ns() + int(hold_s * 1e9)
+                tx.extra.append(Put(f"hold/{manifest_id.hex()}", until.to_bytes(8, "little")))
+            t = time.perf_counter()
+            commit(self._objects, self._meta, tx, prepared=packer.prepare)
+            timings["commit"] = time.perf_counter() - t
+            timings["upload"] = tx.timings.get("upload", 0.0)
+            for key, count in tx.requests.items():
+                requests[key] = requests.get(key, 0) + count
+            self._remember_manifest(manifest_id, manifest)
+            self._remember_table(
+                root,
+                _FieldsTable(
+                    entries,
+                    {node.node_id for node in encoded.fields_nodes},
+                    {name: encoded.name_hashes[name] for name in entries},
+                ),
+            )
+            if bag is not None:
+                bag.mark_saved(manifest_id.hex())
+            written = [node for node_id, node in new_nodes.items() if node_id not in tx.reused_late]
+            timings["total"] = time.perf_counter() - started
+            return CommitResult(
+                manifest_id=manifest_id.hex(),
+                parent=parent_id.hex() if parent_id is not None else None,
+                parents=[p.hex() for p in manifest.parents],
+                chain=chain,
+                seq=manifest.seq,
+                nodes_written=len(written),
+                nodes_reused=encoded.reused + len(tx.reused_late),
+                bytes_logical=logical,
+                bytes_new_raw=sum(len(node.data) for node in written),
+                bytes_new_stored=sum(len(data) for _, data, _ in tx.packs),
+                requests=requests,
+                timings=timings,
+                node_ids=[node.node_id.hex() for node in written],
+                pack_keys=[pack_key(pack_id) for pack_id, _, _ in tx.packs],
             )
         finally:
             packer.prepare.release()
-
-    def _save_prepared(
-        self,
-        chain: str,
-        data: Mapping[str, Any],
-        names: list[str],
-        base: _FieldsTable | None,
-        hint: set[str] | None,
-        entries: dict[str, Entry],
-        new_nodes: dict[bytes, NewNode],
-        found: dict[bytes, tuple[NewNode, bytes]],
-        packer: _Packer,
-        timings: dict[str, float],
-        requests: dict[str, int],
-        level: int,
-        head: HeadRecord | None,
-        head_bytes: bytes | None,
-        parent_id: bytes | None,
-        meta_raw: msgspec.Raw | None,
-        txn: str,
-        bag: StateBag | None,
-        started: float,
-    ) -> CommitResult:
-        try:
-            encoded = self._encode_state(
-                data,
-                names,
-                base,
-                hint,
-                entries,
-                new_nodes,
-                found,
-                packer,
-                timings,
-                requests,
-                level,
-            )
-        except BaseException:
-            packer.prepare.abandon()
-            raise
-        root, packs, logical = encoded.root, encoded.packs, encoded.logical
-        manifest = Manifest(
-            format=FORMAT_VERSION,
-            chain=chain,
-            seq=(head.seq + 1) if head is not None else 1,
-            parents=[parent_id] if parent_id is not None else [],
-            root=root,
-            fields=len(entries),
-            size=logical,
-            time_ns=time.time_ns(),
-            meta=meta_raw if meta_raw is not None else msgspec.Raw(b"\xc0"),
-        )
-        manifest_bytes = MANIFEST_ENCODER.encode(manifest)
-        manifest_id = bytes(ContentId.of(manifest_bytes))
-        tx = Transaction(
-            txn=txn,
-            chain=chain,
-            expected_head=head_bytes,
-            new_head=HeadRecord(manifest_id, manifest.seq, txn),
-            manifest_id=manifest_id,
-            manifest=manifest_bytes,
-            bytes_logical=logical,
-            root=root,
-            packs=packs,
-            new_nodes=new_nodes,
-            lease=self._lease,
-            found=found,
-            extra=[
-                Put(
-                    version_key(chain, manifest.seq, manifest_id),
-                    manifest.time_ns.to_bytes(8, "little"),
-                )
-            ],
-            level=level,
-        )
-        t = time.perf_counter()
-        commit(self._objects, self._meta, tx, prepared=packer.prepare)
-        timings["commit"] = time.perf_counter() - t
-        timings["upload"] = tx.timings.get("upload", 0.0)
-        for key, count in tx.requests.items():
-            requests[key] = requests.get(key, 0) + count
-        self._remember_manifest(manifest_id, manifest)
-        self._remember_table(
-            root,
-            _FieldsTable(
-                entries,
-                {node.node_id for node in encoded.fields_nodes},
-                {name: encoded.name_hashes[name] for name in entries},
-            ),
-        )
-        if bag is not None:
-            bag.mark_saved(manifest_id.hex())
-        written = [node for node_id, node in new_nodes.items() if node_id not in tx.reused_late]
-        timings["total"] = time.perf_counter() - started
-        return CommitResult(
-            manifest_id=manifest_id.hex(),
-            parent=parent_id.hex() if parent_id is not None else None,
-            parents=[p.hex() for p in manifest.parents],
-            chain=chain,
-            seq=manifest.seq,
-            nodes_written=len(written),
-            nodes_reused=encoded.reused + len(tx.reused_late),
-            bytes_logical=logical,
-            bytes_new_raw=sum(len(node.data) for node in written),
-            bytes_new_stored=sum(len(data) for _, data, _ in packs),
-            requests=requests,
-            timings=timings,
-        )
 
     def _encode_state(
         self,

@@ -30,7 +30,8 @@ class CommitResult(msgspec.Struct, frozen=True, kw_only=True):
     ``bytes_logical`` is the sum of the fields' canonical encodings; ``bytes_new_raw`` and
     ``bytes_new_stored`` are the new nodes' bytes before compression and the packs' bytes.
     ``requests`` counts object-store and metadata requests by kind; ``timings`` gives
-    seconds per stage.
+    seconds per stage. ``node_ids`` lists the nodes this save stored and ``pack_keys`` the
+    object-store keys of the packs it wrote.
     """
 
     manifest_id: str
@@ -45,6 +46,8 @@ class CommitResult(msgspec.Struct, frozen=True, kw_only=True):
     bytes_new_stored: int
     requests: dict[str, int]
     timings: dict[str, float]
+    node_ids: list[str] = msgspec.field(default_factory=list)
+    pack_keys: list[str] = msgspec.field(default_factory=list)
 
 
 class ManifestInfo(msgspec.Struct, frozen=True, kw_only=True):
