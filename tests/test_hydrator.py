@@ -627,3 +627,24 @@ def test_statebag_state_is_accepted(repo: statebag.Repository) -> None:
     h = Hydrator(repo)
     payload = h.dehydrate(bag, "run")
     assert h.hydrate(wire(payload)) == {"a": {"nested": [1, 2]}, "big": "x" * 100_000}
+
+
+def test_retention_and_gc_keep_offloaded_data_for_the_ttl(repo: statebag.Repository) -> None:
+    h = Hydrator(repo, ttl=0.5, cold_min=1000)
+    payloads = []
+    for step in range(4):
+        state = {"id": step, "doc": f"{step} " * 5000}
+        payloads.append((h.dehydrate(state, "exec-1"), state))
+    # Retention keeps one version per chain, yet every payload is within its ttl.
+    repo.gc(keep_last=1, grace=0)
+    for payload, state in payloads:
+        assert h.hydrate(json.loads(json.dumps(payload))) == state
+    time.sleep(0.6)
+    report = repo.gc(keep_last=1, grace=0)
+    assert report.manifests_deleted == 3
+    payload, state = payloads[-1]  # the offload chain's head survives while it exists
+    assert h.hydrate(payload) == state
+    for payload, _ in payloads[:-1]:
+        with pytest.raises(NotFoundError):  # refused whole, never a partial state
+            h.hydrate(payload)
+    assert repo.audit().ok
