@@ -529,3 +529,24 @@ def test_commit_result_names_the_nodes_and_packs_it_wrote(repo: statebag.Reposit
         assert repo._meta.get(f"node/{node_id}") is not None
     again = repo.save("d", {"blob": repo.load(result.manifest_id)["blob"]})
     assert again.node_ids == [] and again.pack_keys == []
+
+
+def test_compaction_merges_the_live_frames_of_several_packs(repo: statebag.Repository) -> None:
+    rng = random.Random(14)
+    keep = {}
+    for index in range(5):
+        fields = {f"f{i}": rng.randbytes(3000) for i in range(20)}
+        first = repo.save(f"c{index}", fields).manifest_id
+        half = {name: value for name, value in fields.items() if int(name[1:]) % 2}
+        keep[repo.save(f"c{index}", half).manifest_id] = half
+        repo.delete(first)
+    assert len(list(repo._objects.list("packs/"))) == 10
+    report = repo.gc(grace=0)
+    # The five first packs, half dead each, became one; the second versions' own packs
+    # (their fields tables) are live and stay.
+    assert report.packs_compacted == 5 and report.packs_deleted == 0
+    assert len(list(repo._objects.list("packs/"))) == 6
+    for manifest_id, state in keep.items():
+        assert repo.load(manifest_id) == dict(sorted(state.items()))
+    packs_on_disk(repo)
+    clean(repo.audit())

@@ -132,6 +132,22 @@ def select_for_deletion(
 
 
 @dataclass
+class _Candidate:
+    """A pack to compact, with its live frames as read: (node id, index record as stored,
+    decoded, frame bytes)."""
+
+    pack_id: bytes
+    stored: bytes
+    record: PackRecord
+    dead: int
+    live: list[tuple[bytes, bytes, IndexRecord, bytes]]
+
+    @property
+    def live_bytes(self) -> int:
+        return sum(len(frame) for *_, frame in self.live)
+
+
+@dataclass
 class _Tally:
     manifests_deleted: int = 0
     nodes_freed: int = 0
@@ -292,6 +308,7 @@ class Collector:
         grace: float,
         dry_run: bool,
         compact_bytes: int = COMPACT_BYTES,
+        pack_size: int = 16 << 20,
     ) -> GCReport:
         """One gc run. A dry run is the same run over an overlay of the metadata store and
         an object store that discards writes: it reports what a gc would do, cascades
@@ -313,6 +330,7 @@ class Collector:
                 grace=grace,
                 dry_run=False,
                 compact_bytes=compact_bytes,
+                pack_size=pack_size,
             )
         tally = _Tally()
         now = time.time_ns()
@@ -327,7 +345,7 @@ class Collector:
             now=now,
         )
         self._sweep(tally, cutoff=time.time_ns() - int(grace * 1e9))
-        self._reclaim_packs(tally, compact_bytes=compact_bytes)
+        self._reclaim_packs(tally, compact_bytes=compact_bytes, pack_size=pack_size)
         return tally.report()
 
     def _drain_letters(self, tally: _Tally) -> None:
@@ -563,12 +581,16 @@ class Collector:
         ]
         return ops
 
-    def _reclaim_packs(self, tally: _Tally, *, compact_bytes: int) -> None:
+    def _reclaim_packs(self, tally: _Tally, *, compact_bytes: int, pack_size: int) -> None:
         totals = dict(self._meta.counters("stat/"))
         stored_total = totals.get("stat/bytes_stored", 0)
         dead_total = totals.get("stat/bytes_dead", 0)
         compact = stored_total > 0 and dead_total >= COMPACT_REPO_DEAD * stored_total
         budget = compact_bytes
+        # The live frames of several packs go into one new pack of up to pack_size, so that
+        # compaction also merges the small packs of small saves.
+        group: list[_Candidate] = []
+        group_bytes = 0
         for key, dead in list(self._meta.counters("dead/")):
             pack_id = bytes.fromhex(key[5:])
             stored = self._meta.get(f"pack/{pack_id.hex()}")
@@ -579,7 +601,16 @@ class Collector:
                 self._delete_pack(tally, pack_id, stored, record, dead)
             elif compact and dead >= COMPACT_PACK_DEAD * record.frames and budget > 0:
                 budget -= record.size
-                self._compact(tally, pack_id, stored, record, dead)
+                candidate = self._candidate(tally, pack_id, stored, record, dead)
+                if candidate is None:
+                    continue
+                if group and group_bytes + candidate.live_bytes > pack_size:
+                    self._compact_group(tally, group)
+                    group, group_bytes = [], 0
+                group.append(candidate)
+                group_bytes += candidate.live_bytes
+        if group:
+            self._compact_group(tally, group)
 
     def _pack_gone_ops(self, pack_id: bytes, stored: bytes, dead: int) -> list[Op]:
         text = pack_id.hex()
@@ -610,27 +641,42 @@ class Collector:
         tally.packs_deleted += 1
         tally.bytes_reclaimed += record.size
 
-    def _compact(
+    def _candidate(
         self, tally: _Tally, pack_id: bytes, stored: bytes, record: PackRecord, dead: int
-    ) -> None:
+    ) -> _Candidate | None:
+        """The live frames of a pack to compact (read now); None if there is nothing to copy
+        (the pack is gone, or turned out to be all dead and was deleted)."""
         try:
             data = self._objects.get(pack_key(pack_id))
         except NotFoundError:
-            return
+            return None
         entries = parse_footer(data, pack_id=pack_id.hex())
         keys = [f"node/{e.node_id.hex()}" for e in entries]
         records = self._meta.get_many(keys)
-        live: list[tuple[bytes, bytes, IndexRecord]] = []
+        live: list[tuple[bytes, bytes, IndexRecord, bytes]] = []
         for entry, key in zip(entries, keys, strict=True):
             raw = records.get(key)
             if raw is None:
                 continue
             old = IndexRecord.decode(raw, node_id=entry.node_id.hex())
             if old.pack_id == pack_id and old.offset == entry.offset:
-                live.append((entry.node_id, raw, old))
+                frame = data[old.offset : old.offset + old.length]
+                live.append((entry.node_id, raw, old, frame))
         if not live:
             self._delete_pack(tally, pack_id, stored, record, dead)
-            return
+            return None
+        return _Candidate(pack_id, stored, record, dead, live)
+
+    def _compact_group(self, tally: _Tally, group: list[_Candidate]) -> None:
+        if not self._compact(tally, group) and len(group) > 1:
+            # One of them changed meanwhile: the others still go, one by one.
+            for candidate in group:
+                self._compact(tally, [candidate])
+
+    def _compact(self, tally: _Tally, group: list[_Candidate]) -> bool:
+        """Copy the live frames of ``group`` into one new pack, move their index records and
+        retire the old packs, in one write conditional on every record; False if a
+        condition failed (the new pack is then deleted)."""
         txn = new_txn_id()
         prepare = Prepare(
             self._objects,
@@ -642,13 +688,14 @@ class Collector:
         )
         try:
             writer = PackWriter(prepare.salt)
-            for node_id, _, old in live:
-                writer.add_frame(node_id, data[old.offset : old.offset + old.length], old.size)
+            moving = [item for candidate in group for item in candidate.live]
+            for node_id, _, old, frame in moving:
+                writer.add_frame(node_id, frame, old.size)
             new_id, new_data, new_entries = writer.finish()
             prepare.ship(new_id, new_data, last=True)
             crash_point("gc.after_compact_upload")
             ops: list[Op] = []
-            for (node_id, raw, old), entry in zip(live, new_entries, strict=True):
+            for (node_id, raw, old, _), entry in zip(moving, new_entries, strict=True):
                 moved = IndexRecord(new_id, entry.offset, entry.length, entry.size, old.flags)
                 ops.append(Put(f"node/{node_id.hex()}", moved.encode(), expect=raw))
             ops.append(
@@ -659,21 +706,25 @@ class Collector:
                 )
             )
             ops.append(Delete(f"pending/{txn}", expect=prepare.recorded))
-            ops += self._pack_gone_ops(pack_id, stored, dead)
+            for candidate in group:
+                ops += self._pack_gone_ops(candidate.pack_id, candidate.stored, candidate.dead)
             ops += [Add("stat/packs", 1), Add("stat/bytes_stored", len(new_data))]
             try:
                 self._meta.write(ops)
             except ConditionFailed:
                 prepare.abandon()
-                return
+                return False
             prepare.recorded = None
         finally:
             prepare.release()
         crash_point("gc.after_compact_index")
-        self._objects.delete(pack_key(pack_id))
-        self._meta.delete(f"dlq/pack-{pack_id.hex()}")
-        tally.packs_compacted += 1
-        tally.bytes_reclaimed += record.size - len(new_data)
+        for candidate in group:
+            self._objects.delete(pack_key(candidate.pack_id))
+            self._meta.delete(f"dlq/pack-{candidate.pack_id.hex()}")
+            tally.packs_compacted += 1
+            tally.bytes_reclaimed += candidate.record.size
+        tally.bytes_reclaimed -= len(new_data)
+        return True
 
     # -- audit -----------------------------------------------------------------------------
 

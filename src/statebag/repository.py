@@ -1345,6 +1345,7 @@ class Repository:
             grace=grace_s,
             dry_run=dry_run,
             compact_bytes=compact_bytes,
+            pack_size=self._config.pack_size,
         )
 
     def audit(self, repair: bool = False) -> AuditReport:
