@@ -550,3 +550,15 @@ def test_compaction_merges_the_live_frames_of_several_packs(repo: statebag.Repos
         assert repo.load(manifest_id) == dict(sorted(state.items()))
     packs_on_disk(repo)
     clean(repo.audit())
+
+
+def test_loading_a_version_deleted_by_another_handle_is_not_found(tmp_path: Path) -> None:
+    with statebag.open(tmp_path / "r") as reader, statebag.open(tmp_path / "r") as writer:
+        first = writer.save("c", {"blob": os.urandom(50_000)}).manifest_id
+        writer.save("c", {"other": 1})
+        reader.info(first)  # the reader now has the manifest cached
+        writer.delete(first)
+        writer.gc(grace=0)
+        with pytest.raises(NotFoundError, match="deleted"):
+            reader.load(first)
+        assert writer.stats().bytes_dead == 0 and reader.audit().ok

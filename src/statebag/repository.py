@@ -1124,20 +1124,31 @@ class Repository:
         them); values are equal to what was saved, with tuples as lists.
         """
         self._check_open()
-        manifest = self._manifest(self._resolve(manifest_id))
-        table = self._fields_table(manifest.root)
-        entries = table.entries
-        if fields is not None:
-            wanted = self._check_changed(fields)
-            missing = sorted(wanted - entries.keys())
-            if missing:
+        raw = self._resolve(manifest_id)
+        try:
+            manifest = self._manifest(raw)
+            table = self._fields_table(manifest.root)
+            entries = table.entries
+            if fields is not None:
+                wanted = self._check_changed(fields)
+                missing = sorted(wanted - entries.keys())
+                if missing:
+                    raise NotFoundError(
+                        f"version {manifest_id} has no field {', '.join(map(repr, missing))}"
+                    )
+                entries = {name: entries[name] for name in sorted(wanted)}
+            if lazy:
+                return LazyState(self, entries)
+            return self._materialize(entries)
+        except IntegrityError as exc:
+            # A version deleted (and swept) by another handle while this one still had it in
+            # its cache is gone, not corrupt.
+            if self._meta.get(f"manifest/{raw.hex()}") is None:
+                self._manifests.discard(raw)
                 raise NotFoundError(
-                    f"version {manifest_id} has no field {', '.join(map(repr, missing))}"
-                )
-            entries = {name: entries[name] for name in sorted(wanted)}
-        if lazy:
-            return LazyState(self, entries)
-        return self._materialize(entries)
+                    f"manifest {raw.hex()} was deleted while it was being read"
+                ) from exc
+            raise
 
     def load_latest(
         self, chain: str, fields: Iterable[str] | None = None, lazy: bool = False
@@ -1420,6 +1431,7 @@ class Repository:
             packs=totals.get("stat/packs", 0),
             bytes_logical=totals.get("stat/bytes_logical", 0),
             bytes_stored=totals.get("stat/bytes_stored", 0),
+            bytes_dead=totals.get("stat/bytes_dead", 0),
         )
 
     # -- verify ------------------------------------------------------------------------------

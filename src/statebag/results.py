@@ -85,7 +85,8 @@ class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RepoStats(msgspec.Struct, frozen=True, kw_only=True):
-    """Counts and bytes of the whole repository (``bytes_stored`` = bytes of packs)."""
+    """Counts and bytes of the whole repository (``bytes_stored`` = bytes of packs, of which
+    ``bytes_dead`` are frames of freed nodes, until gc deletes or compacts their packs)."""
 
     chains: int
     manifests: int
@@ -93,6 +94,7 @@ class RepoStats(msgspec.Struct, frozen=True, kw_only=True):
     packs: int
     bytes_logical: int
     bytes_stored: int
+    bytes_dead: int = 0
 
 
 class GCReport(msgspec.Struct, frozen=True, kw_only=True):
