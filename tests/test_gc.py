@@ -562,3 +562,17 @@ def test_loading_a_version_deleted_by_another_handle_is_not_found(tmp_path: Path
         with pytest.raises(NotFoundError, match="deleted"):
             reader.load(first)
         assert writer.stats().bytes_dead == 0 and reader.audit().ok
+
+
+def test_dry_run_asks_liveness_without_claiming(tmp_path: Path) -> None:
+    with statebag.open(tmp_path / "r") as repo:
+        txn = uuid.uuid4().hex
+        repo._liveness.acquire(txn)
+        put_pending(repo, txn, lease_s=-1)
+        assert repo.gc(grace=0, dry_run=True).deferred == 1
+        assert (tmp_path / "r" / "locks" / txn).exists()  # still the writer's
+        repo._liveness.release(txn)
+        assert repo.gc(grace=0, dry_run=True).deferred == 0
+        assert repo._meta.get(f"pending/{txn}") is not None  # a dry run rolls nothing back
+        repo.gc(grace=0)
+        assert repo._meta.get(f"pending/{txn}") is None

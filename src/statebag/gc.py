@@ -38,6 +38,7 @@ between two writes leaves at worst a leak (bytes nothing reaches), never a loss.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -149,6 +150,8 @@ class _Candidate:
 
 @dataclass
 class _Tally:
+    """A GCReport being counted (the same fields)."""
+
     manifests_deleted: int = 0
     nodes_freed: int = 0
     packs_deleted: int = 0
@@ -158,15 +161,7 @@ class _Tally:
     dead_letters_processed: int = 0
 
     def report(self) -> GCReport:
-        return GCReport(
-            manifests_deleted=self.manifests_deleted,
-            nodes_freed=self.nodes_freed,
-            packs_deleted=self.packs_deleted,
-            packs_compacted=self.packs_compacted,
-            bytes_reclaimed=self.bytes_reclaimed,
-            deferred=self.deferred,
-            dead_letters_processed=self.dead_letters_processed,
-        )
+        return GCReport(**dataclasses.asdict(self))
 
 
 class Collector:

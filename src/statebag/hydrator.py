@@ -71,13 +71,12 @@ from typing import Any
 import msgspec
 
 from . import codec
-from .bag import StateBag
 from .durations import as_seconds
 from .errors import ConflictError, IntegrityError, InvalidInputError, NotFoundError
 from .hashing import Hasher, hash_bytes
 from .ids import looks_like_id
 from .objects.counting import IOCounters
-from .repository import LazyState, Repository, check_chain
+from .repository import LazyState, Repository, check_chain, field_names, snapshot_state
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -212,54 +211,6 @@ def _not_json_exact(value: Any, path: str) -> str | None:
         else:  # pragma: no cover - codec.encode refused it already
             return f"{where}: {type(item).__name__} has no JSON form"
     return None
-
-
-def _snapshot(state: object) -> dict[str, Any]:
-    """The state as a plain dict read once, with str keys checked (as Repository.save does)."""
-    data: object = state.data if isinstance(state, StateBag) else state
-    if not isinstance(data, Mapping):
-        raise InvalidInputError(
-            f"state must be a Mapping[str, Any], not {type(state).__name__}", path="state"
-        )
-    if type(data) is not dict:
-        try:
-            data = dict(data.items())
-        except Exception as exc:
-            raise InvalidInputError(
-                f"state could not be read as a mapping ({type(data).__name__}): {exc}",
-                path="state",
-            ) from exc
-    assert isinstance(data, dict)
-    for name in data:
-        if not isinstance(name, str):
-            raise InvalidInputError(
-                f"state key {name!r} is a {type(name).__name__}; field names must be str",
-                path=repr(name),
-            )
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InvalidInputError(
-                f"state key {name!r} is not valid Unicode (a lone surrogate)", path=repr(name)
-            ) from exc
-    return data
-
-
-def _names(value: object, *, field: str) -> frozenset[str]:
-    if isinstance(value, (str, bytes)):
-        raise InvalidInputError(
-            f"{field} must be an iterable of field names, not a single {type(value).__name__}",
-            path=field,
-        )
-    if not isinstance(value, Iterable):
-        raise InvalidInputError(
-            f"{field} must be an iterable of field names, not {value!r}", path=field
-        )
-    names = frozenset(value)
-    for name in names:
-        if not isinstance(name, str):
-            raise InvalidInputError(f"{field} lists {name!r}, which is not a str", path=field)
-    return names
 
 
 def _free_name(base: str, taken: Mapping[str, Any]) -> str:
@@ -490,8 +441,8 @@ class Hydrator:
             raise InvalidInputError(
                 f"batch_warm must be a bool, not {batch_warm!r}", path="batch_warm"
             )
-        self._hot = _names(hot, field="hot")
-        self._cold = _names(cold, field="cold")
+        self._hot = frozenset(field_names(hot, field="hot"))
+        self._cold = frozenset(field_names(cold, field="cold"))
         both = self._hot & self._cold
         if both:
             raise InvalidInputError(f"{sorted(both)[0]!r} is named both hot and cold", path="hot")
@@ -559,7 +510,7 @@ class Hydrator:
                 f"limit must be an int >= {_MIN_LIMIT}, not {limit!r}", path="limit"
             )
         target = offload_chain(chain)
-        data = _snapshot(state)
+        data = snapshot_state(state)
 
         encoded: dict[str, bytes] = {}
         for name, value in data.items():
@@ -817,7 +768,7 @@ class Hydrator:
         started = time.perf_counter()
         before = self._repo.io_counters()
         inline, pointer = _split_payload(payload)
-        wanted = None if fields is None else _names(fields, field="fields")
+        wanted = None if fields is None else frozenset(field_names(fields, field="fields"))
         if lazy:
             result: dict[str, Any] | HydratedState = HydratedState(
                 self._repo, inline, pointer, wanted

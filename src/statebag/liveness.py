@@ -122,22 +122,18 @@ class FileLiveness(Liveness):
         os.close(fd)
 
     def gone(self, txn: str, /) -> bool | None:
-        try:
-            fd = os.open(self._directory / txn, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return True
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                return False
-            raise
-        finally:
-            os.close(fd)  # closing releases a lock we took
-        return True
+        with self._locked(txn) as gone:
+            return gone
 
     @contextlib.contextmanager
     def claim(self, txn: str, /) -> Iterator[bool | None]:
+        with self._locked(txn, remove=True) as gone:
+            yield gone
+
+    @contextlib.contextmanager
+    def _locked(self, txn: str, /, *, remove: bool = False) -> Iterator[bool]:
+        """Yield whether the writer of ``txn`` is gone, holding its lock meanwhile if so
+        (and with ``remove``, deleting the file before letting go)."""
         path = self._directory / txn
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
@@ -157,7 +153,8 @@ class FileLiveness(Liveness):
             try:
                 yield True
             finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+                if remove:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
         finally:
-            os.close(fd)
+            os.close(fd)  # closing releases the lock

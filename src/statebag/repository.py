@@ -419,6 +419,55 @@ def check_chain(chain: object, /, *, field: str = "chain") -> str:
     return chain
 
 
+def snapshot_state(state: object, /) -> dict[str, Any]:
+    """The fields of ``state`` (a Mapping, or a StateBag's data) as a plain dict read once;
+    InvalidInputError naming ``state`` or the bad key unless every key is a valid str."""
+    data = state.data if isinstance(state, StateBag) else state
+    if not isinstance(data, Mapping):
+        raise InvalidInputError(
+            f"state must be a Mapping[str, Any] or a StateBag, not {type(state).__name__}",
+            path="state",
+        )
+    if type(data) is not dict:
+        # One snapshot: a mapping is read once, and one that cannot be read is bad input.
+        try:
+            data = dict(data.items())
+        except Exception as exc:
+            raise InvalidInputError(
+                f"state could not be read as a mapping ({type(data).__name__}): {exc}",
+                path="state",
+            ) from exc
+    for name in data:
+        if not isinstance(name, str):
+            raise InvalidInputError(
+                f"state key {name!r} is a {type(name).__name__}; field names must be str",
+                path=repr(name),
+            )
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidInputError(
+                f"state key {name!r} is not valid Unicode (a lone surrogate)", path=repr(name)
+            ) from exc
+    return data
+
+
+def field_names(value: object, /, *, field: str) -> set[str]:
+    """A set of field names given as an iterable of str (``field`` names the argument)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise InvalidInputError(
+            f"{field} must be an iterable of field names, not {value!r}", path=field
+        )
+    names = set()
+    for name in value:
+        if not isinstance(name, str):
+            raise InvalidInputError(
+                f"{field} lists {name!r}, which is not a field name (str)", path=field
+            )
+        names.add(name)
+    return names
+
+
 def _field_path(name: str, inner: str | None) -> str:
     if not inner or inner == "$":
         return name
@@ -558,37 +607,10 @@ class Repository:
         requests = {"object_puts": 0, "object_gets": 0, "meta_reads": 0, "meta_writes": 0}
         chain = check_chain(chain)
         bag = state if isinstance(state, StateBag) else None
-        data: Mapping[str, Any] = state.data if isinstance(state, StateBag) else state
-        if not isinstance(data, Mapping):
-            raise InvalidInputError(
-                f"state must be a Mapping[str, Any] or a StateBag, not {type(state).__name__}",
-                path="state",
-            )
-        if type(data) is not dict:
-            # One snapshot: a mapping is read once, and one that cannot be read is bad input.
-            try:
-                data = dict(data.items())
-            except Exception as exc:
-                raise InvalidInputError(
-                    f"state could not be read as a mapping ({type(data).__name__}): {exc}",
-                    path="state",
-                ) from exc
-        names = list(data.keys())
-        for name in names:
-            if not isinstance(name, str):
-                raise InvalidInputError(
-                    f"state key {name!r} is a {type(name).__name__}; field names must be str",
-                    path=repr(name),
-                )
-            try:
-                name.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise InvalidInputError(
-                    f"state key {name!r} is not valid Unicode (a lone surrogate)", path=repr(name)
-                ) from exc
-        names.sort()
+        data = snapshot_state(state)
+        names = sorted(data)
         meta_raw = self._encode_meta(meta)
-        hint = None if changed is None else self._check_changed(changed)
+        hint = None if changed is None else field_names(changed, field="changed")
 
         head_bytes = self._meta.get(head_key(chain))
         requests["meta_reads"] += 1
@@ -845,22 +867,6 @@ class Repository:
         except InvalidInputError as exc:
             path = _field_path("meta", exc.path)
             raise InvalidInputError(f"meta: {exc}", path=path) from exc
-
-    @staticmethod
-    def _check_changed(changed: Iterable[str]) -> set[str]:
-        if isinstance(changed, (str, bytes)):
-            raise InvalidInputError(
-                "changed must be an iterable of field names, not a single str",
-                path="changed",
-            )
-        names = set()
-        for name in changed:
-            if not isinstance(name, str):
-                raise InvalidInputError(
-                    f"changed lists {name!r}, which is not a field name (str)", path="changed"
-                )
-            names.add(name)
-        return names
 
     def _encode_field(self, name: str, value: Any) -> bytes:
         try:
@@ -1130,7 +1136,7 @@ class Repository:
             table = self._fields_table(manifest.root)
             entries = table.entries
             if fields is not None:
-                wanted = self._check_changed(fields)
+                wanted = field_names(fields, field="fields")
                 missing = sorted(wanted - entries.keys())
                 if missing:
                     raise NotFoundError(

@@ -24,7 +24,7 @@ from typing import Any
 from .. import codec
 from ..errors import ConflictError, IntegrityError, InvalidInputError, NotFoundError
 from ..ids import ContentId
-from ..repository import Repository
+from ..repository import Repository, field_names
 from ._env import content_hash, execution_chain, resolve_repository, workflow_chain
 
 __all__ = ["StateVersioningService"]
@@ -60,18 +60,6 @@ def _mapping(value: object, *, field: str) -> dict[str, Any]:
         if not isinstance(name, str):
             raise InvalidInputError(f"{field} has key {name!r}, which is not a str", path=field)
     return data
-
-
-def _name_set(value: object, *, field: str) -> set[str]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        raise InvalidInputError(
-            f"{field} must be an iterable of field names, not {value!r}", path=field
-        )
-    names = set(value)
-    for name in names:
-        if not isinstance(name, str):
-            raise InvalidInputError(f"{field} lists {name!r}, which is not a str", path=field)
-    return names
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -160,13 +148,13 @@ class StateVersioningService:
         workflow_id = _text(workflow_id, field="workflow_id")
         owner_id = _text(owner_id, field="owner_id")
         changes = _mapping({} if delta is None else delta, field="delta")
-        dropped = set() if deleted is None else _name_set(deleted, field="deleted")
+        dropped = set() if deleted is None else field_names(deleted, field="deleted")
         both = sorted(dropped & changes.keys())
         if both:
             raise InvalidInputError(
                 f"field {both[0]!r} is both in delta and deleted", path=f"deleted.{both[0]}"
             )
-        hint = None if dirty_keys is None else _name_set(dirty_keys, field="dirty_keys")
+        hint = None if dirty_keys is None else field_names(dirty_keys, field="dirty_keys")
         whole: dict[str, Any] | None = None
         if full_state is not None:
             whole = _mapping(full_state, field="full_state")
