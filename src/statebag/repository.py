@@ -62,7 +62,7 @@ from .gc import COMPACT_BYTES, Collector
 from .ids import ContentId, looks_like_id
 from .liveness import FileLiveness, Liveness, ProcessLiveness
 from .manifests import MANIFEST_DECODER, MANIFEST_ENCODER, Manifest, version_key
-from .meta import MetaStore, Put
+from .meta import Check, ConditionFailed, MetaStore, Put
 from .meta.memory import MemoryMetaStore
 from .meta.sqlite import SQLiteMetaStore
 from .objects import ObjectStore
@@ -1386,19 +1386,23 @@ class Repository:
         until = time.time_ns() + int(seconds * 1e9)
         key = f"hold/{raw.hex()}"
         while True:
-            if self._meta.get(f"manifest/{raw.hex()}") is None:
+            manifest = self._meta.get(f"manifest/{raw.hex()}")
+            if manifest is None:
                 raise NotFoundError(f"manifest {raw.hex()} does not exist")
             stored = self._meta.get(key)
             if stored is not None and int.from_bytes(stored, "little") >= until:
                 return
-            value = until.to_bytes(8, "little")
-            written = (
-                self._meta.put_if_absent(key, value)
-                if stored is None
-                else self._meta.put_if_value(key, value, expected=stored)
-            )
-            if written:
-                return
+            # With the manifest unchanged, so that a delete racing the hold leaves no record.
+            try:
+                self._meta.write(
+                    [
+                        Check(f"manifest/{raw.hex()}", manifest),
+                        Put(key, until.to_bytes(8, "little"), expect=stored),
+                    ]
+                )
+            except ConditionFailed:
+                continue
+            return
 
     # -- diff --------------------------------------------------------------------------------
 
