@@ -4,25 +4,30 @@ Invariant: every node a committed manifest reaches is indexed, counted and reada
 (stored bytes nothing reaches) may exist until garbage collection; losses never.
 
 1. **Prepare**: put ``pending/<txn>`` (chain, start, lease deadline, pack ids), then upload
-   the packs. Pack keys are content addresses, so an upload retried is harmless.
+   the packs. Each put is conditional on the entry as last written, so a save that gc
+   rolled back (its writer looked gone, or its lease expired) fails instead of going on.
 2. **Reference**: index each new node (``node/<id>``, conditional on absence) and add one
    to the count of every node a new node references, and one to the manifest's root.
+   Check that each node the save found already stored is still indexed as it was found:
+   gc may sweep a node no version references between the lookup and the commit.
 3. **Commit**: put the manifest and move the head with one conditional write: the head
    record must still be the one the save read, and the new one carries the txn id.
-4. **Finish**: delete the pending entry.
+4. **Finish**: delete the pending entry, on condition that it is the one this save wrote.
 
 Where the metadata store takes every operation in one atomic write (SQLite, memory), steps
 2 to 4 are that one write: a lost race applies nothing, and the packs, which nothing then
-indexes, are deleted at once. Where it caps a write (``max_batch``, as DynamoDB does),
-step 2 runs in batches before step 3; a lost race then takes the references back (counts
-only ever over-count in between, which an audit can see and repair) and leaves the packs
-to garbage collection, because a concurrent save may already have reused a node indexed
-into them.
+indexes, are deleted at once (through a dead letter, so that a failure to delete them is
+finished by gc). Where it caps a write (``max_batch``, as DynamoDB does), step 2 runs in
+batches before step 3; a lost race then takes the references back (counts only ever
+over-count in between, which an audit can see and repair) and leaves the packs to garbage
+collection, because a concurrent save may already have reused a node indexed into them.
 
 A node found already indexed when its index write is tried (another save stored the same
 bytes first) becomes a reused node: its own children are not counted again, and its copy
-in this save's pack is dead space. When a write fails without an answer (a timeout), the
-head is read back: a head carrying this txn id means the commit happened.
+in this save's pack is dead space (counted in ``dead/<pack>``). A found node that gc swept
+is written again, into one more pack, and the commit retried. When a write fails without
+an answer (a timeout), the head is read back: a head carrying this txn id means the commit
+happened.
 """
 
 from __future__ import annotations
