@@ -89,19 +89,37 @@ def save(svs: StateVersioningService, delta: dict[str, Any], **kw: Any) -> dict[
 # -- StateVersioningService ----------------------------------------------------------------------
 
 
-def test_service_needs_a_repository() -> None:
-    with pytest.raises(ConfigError, match="STATEBAG_REPO") as info:
+def test_service_needs_a_repository(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    with pytest.raises(ConfigError, match="pass repo="):
         StateVersioningService()
-    assert "repo=" in str(info.value)
     with pytest.raises(ConfigError, match="S3 \\+ DynamoDB backend"):
         StateVersioningService(dynamodb_table="t", s3_bucket="b", gc_dlq_url="q")
-
-
-def test_service_from_environment(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    # Until the cloud backend exists the service is built from repo= only: an environment
+    # repository is never picked up in place of the table and bucket asked for.
     monkeypatch.setenv("STATEBAG_REPO", url)
-    with StateVersioningService(use_2pc=False) as svs:
+    with pytest.raises(ConfigError, match="pass repo="):
+        StateVersioningService(dynamodb_table="t", s3_bucket="b")
+    with pytest.raises(ConfigError, match="pass repo="):
+        StateVersioningService()
+    with StateVersioningService(use_2pc=False, repo=url) as svs:
         assert svs.use_2pc is False
         assert save(svs, {"a": 1})["success"] is True
+
+
+def test_hydrator_never_swaps_a_bucket_for_the_environment_repository(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("STATEBAG_REPO", url)
+    with pytest.raises(ConfigError, match="bucket_name"):
+        StateHydrator(bucket_name="my-bucket")
+    StateHydrator().close()  # the environment repository, when nothing else was asked for
+    for name in ("S3_BUCKET", "SKELETON_S3_BUCKET", "MANIFESTS_TABLE"):
+        monkeypatch.setenv(name, "x")
+        with pytest.raises(ConfigError, match=name):
+            get_hydrator(reset_for_test=True)
+        monkeypatch.delenv(name)
+    assert get_hydrator(reset_for_test=True).repo is not None
+    _reset_for_test()
 
 
 def test_save_state_delta_contract(svs: StateVersioningService) -> None:

@@ -33,7 +33,7 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 # Chains of executions leave room for the hydrator's suffix (statebag.hydrator.offload_chain).
 _PLAIN_MAX = 256 - len(OFFLOAD_SUFFIX)
-_CLOUD_VARIABLES = ("S3_BUCKET", "SKELETON_S3_BUCKET", "MANIFESTS_TABLE")
+CLOUD_VARIABLES = ("S3_BUCKET", "SKELETON_S3_BUCKET", "MANIFESTS_TABLE")
 
 
 def env_flag(name: str, /) -> bool | None:
@@ -113,7 +113,7 @@ def workflow_chain(workflow_id: object, /) -> str:
 
 def _cloud_hint(given: dict[str, object]) -> str:
     named = [name for name, value in given.items() if value]
-    named += [name for name in _CLOUD_VARIABLES if os.environ.get(name)]
+    named += [name for name in CLOUD_VARIABLES if os.environ.get(name)]
     if not named:
         return ""
     return (
@@ -128,15 +128,24 @@ def resolve_repository(
     *,
     who: str,
     cloud: dict[str, object] | None = None,
+    from_environment: bool = True,
 ) -> tuple[Repository, bool]:
     """The repository ``who`` works on, and whether it was opened here (and so is closed by
-    its user): ``repo`` (a Repository or a URL), else ``STATEBAG_REPO``."""
+    its user): ``repo`` (a Repository or a URL), else (``from_environment``) the URL in
+    ``STATEBAG_REPO``.
+
+    Without ``repo``, cloud settings given to ``who`` (a bucket, a table) are a ConfigError
+    even when ``STATEBAG_REPO`` is set: they ask for the S3 + DynamoDB backend, and using
+    another repository instead would be a silent fallback.
+    """
     if repo is None:
-        configured = os.environ.get(REPO_ENV, "").strip()
-        if not configured:
+        asked = [name for name, value in (cloud or {}).items() if value]
+        configured = os.environ.get(REPO_ENV, "").strip() if from_environment else ""
+        if asked or not configured:
+            where = f"or set {REPO_ENV}" if from_environment else "(a local path works today)"
             raise ConfigError(
                 f"{who} needs a repository: pass repo= (a statebag Repository or a URL such "
-                f"as a path or memory://name) or set {REPO_ENV}{_cloud_hint(cloud or {})}"
+                f"as a path or memory://name) {where}{_cloud_hint(cloud or {})}"
             )
         repo = configured
     if isinstance(repo, Repository):

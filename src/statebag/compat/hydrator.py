@@ -27,7 +27,7 @@ from typing import Any
 from ..errors import ConfigError, InvalidInputError
 from ..hydrator import DEFAULT_LIMIT, HydratedState, Hydrator
 from ..repository import Repository
-from ._env import env_flag, env_int, execution_chain, resolve_repository
+from ._env import CLOUD_VARIABLES, env_flag, env_int, execution_chain, resolve_repository
 
 __all__ = ["StateHydrator", "_reset_for_test", "get_hydrator"]
 
@@ -138,9 +138,13 @@ def _from_environment(use_batching: bool | None, use_zstd: bool | None) -> State
     batching = use_batching if use_batching is not None else env_flag("USE_BATCHING")
     zstd = use_zstd if use_zstd is not None else env_flag("USE_ZSTD")
     level = env_int("ZSTD_LEVEL", low=_MIN_LEVEL, high=_MAX_LEVEL)
-    bucket = os.environ.get("S3_BUCKET") or os.environ.get("SKELETON_S3_BUCKET") or None
+    cloud = [name for name in CLOUD_VARIABLES if os.environ.get(name)]
+    if cloud:
+        raise ConfigError(
+            f"{', '.join(cloud)} name the S3 + DynamoDB backend, which this version of "
+            "statebag does not have yet: unset them and set STATEBAG_REPO to a repository URL"
+        )
     return StateHydrator(
-        bucket_name=bucket,
         use_batching=bool(batching),
         use_zstd=bool(zstd),
         compression_level=_DEFAULT_LEVEL if level is None else level,

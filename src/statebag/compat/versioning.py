@@ -12,7 +12,7 @@ holding the configuration, the segment manifest and their hashes, computed by
 ``use_2pc=False`` is accepted for compatibility only: statebag always commits in two phases.
 ``dynamodb_table``, ``s3_bucket`` and ``gc_dlq_url`` are kept as attributes; building the
 service from them needs the cloud backend, which this version does not have, so without
-``repo=`` (or ``STATEBAG_REPO``) the constructor raises :class:`ConfigError` saying so.
+``repo=`` the constructor raises :class:`ConfigError` saying to pass it.
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ class StateVersioningService:
     """Versioned state per execution; see the module docstring.
 
     ``repo`` is a :class:`~statebag.Repository` or a URL (a path, ``file://``,
-    ``memory://name``); without it, ``STATEBAG_REPO`` names one. A repository opened here is
-    closed by :meth:`close` (the service is also a context manager).
+    ``memory://name``), and required until the cloud backend exists. A repository opened here
+    is closed by :meth:`close` (the service is also a context manager).
     """
 
     def __init__(
@@ -101,6 +101,7 @@ class StateVersioningService:
             repo,
             who="StateVersioningService",
             cloud={"dynamodb_table": dynamodb_table, "s3_bucket": s3_bucket},
+            from_environment=False,
         )
 
     def close(self) -> None:
