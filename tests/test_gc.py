@@ -475,6 +475,23 @@ def test_audit_finds_a_broken_chain(repo: statebag.Repository) -> None:
     repo._meta.delete(f"tomb/{first}")
     report = repo.audit()
     assert not report.ok and report.broken_chains == [second]
+    # Repair records the lost parent as pruned (the loss was reported above).
+    assert repo.audit(repair=True).repaired == 1
+    clean(repo.audit())
+    assert [info.manifest_id for info in repo.log("c")] == [second]
+
+
+def test_audit_finds_a_parent_deleted_by_hand(repo: statebag.Repository) -> None:
+    first = repo.save("c", state(random.Random(15), 1)).manifest_id
+    second = repo.save("c", state(random.Random(16), 2)).manifest_id
+    repo._meta.delete(f"manifest/{first}")  # no tombstone, its root still counted
+    report = repo.audit()
+    assert not report.ok and report.broken_chains == [second] and report.over_counted
+    repo.audit(repair=True)
+    clean(repo.audit())
+    repo.gc(grace=0)  # the lost version's nodes are freed as leaks
+    clean(repo.audit())
+    assert repo.verify(second).ok
 
 
 def test_audit_finds_an_over_count_and_repair_frees_it(repo: statebag.Repository) -> None:

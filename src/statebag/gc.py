@@ -815,6 +815,12 @@ class Collector:
                 unswept=unswept,
                 orphans=orphans,
                 grace=grace,
+                lost_parents={
+                    parent: manifest
+                    for manifest in manifests.values()
+                    for parent in manifest.parents
+                    if parent not in manifests and parent not in tombs
+                },
             )
             if repaired < 0:
                 return None
@@ -843,12 +849,22 @@ class Collector:
         unswept: list[str],
         orphans: list[str],
         grace: float,
+        lost_parents: dict[bytes, Manifest],
     ) -> int:
         """Fix counts and mark garbage in one write conditional on nothing having changed
         since the audit read (``stat/epoch``); -1 if something did. Then delete orphan packs
-        older than the grace period."""
+        older than the grace period.
+
+        A parent that is neither present nor tombstoned is lost (the audit reported it); it
+        gets a tombstone with ``time_ns`` 0 (unknown), so that the chain reads as pruned
+        there rather than broken. Nothing reachable depends on it: a version reaches its
+        own nodes, not its parent's.
+        """
         now = time.time_ns()
         ops: list[Op] = [CheckCounter("stat/epoch", epoch)]
+        for parent, child in lost_parents.items():
+            tombstone = Tombstone(child.chain, max(child.seq - 1, 0), 0, now)
+            ops.append(Put(f"tomb/{parent.hex()}", encode_tombstone(tombstone), expect=None))
         for text in fix:
             node_id = bytes.fromhex(text)
             want = expected.get(node_id, 0)
@@ -867,7 +883,7 @@ class Collector:
                 self._meta.write(ops)
             except ConditionFailed:
                 return -1
-        repaired = len(fix) + len(unswept)
+        repaired = len(fix) + len(unswept) + len(lost_parents)
         cutoff = now - int(grace * 1e9)
         for text in orphans:
             key = pack_key(bytes.fromhex(text))

@@ -128,7 +128,9 @@ class AuditReport(msgspec.Struct, frozen=True, kw_only=True):
     Leaks (``ok`` stays True): ``over_counted`` nodes, ``orphan_packs`` (stored packs that
     no record, pending save or dead letter names) and ``unswept`` (zero-count nodes with no
     mark, which gc would never find). ``in_flight`` lists the txn ids of saves in progress,
-    whose packs are theirs, not leaks. ``repaired`` counts the fixes ``repair=True`` made.
+    whose packs are theirs, not leaks. ``repaired`` counts the fixes ``repair=True`` made
+    (counts, marks, orphan packs deleted, lost parents tombstoned); the lists are what the
+    audit found before them.
     """
 
     ok: bool
