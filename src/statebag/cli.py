@@ -979,10 +979,10 @@ def _parser() -> argparse.ArgumentParser:
         "recount every reference and check every reachable node and parent link",
         "Danger (exit 3): a reachable node under-counted (gc could free it) or missing, or a "
         "chain whose parent link leads nowhere. Leaks (over-counted or unswept nodes, orphan "
-        "packs) are listed but exit 0. --repair fixes the counts, marks unswept nodes for gc "
-        "and deletes orphan packs older than the repository's grace period; it cannot bring "
-        "back missing data. The report lists what the audit found before repairing: run "
-        "audit again to confirm.\n\n"
+        "packs) are listed but exit 0. --repair fixes the counts, marks unswept nodes for gc, "
+        "deletes orphan packs older than the repository's grace period and records a lost "
+        "parent as pruned (a tombstone); it cannot bring back missing data. The report lists "
+        "what the audit found before repairing: run audit again to confirm.\n\n"
         "--json keys: ok, under_counted, over_counted, missing_nodes, orphan_packs, "
         "broken_chains, in_flight, repaired, unswept, manifests, nodes.",
     )
