@@ -593,3 +593,54 @@ def test_dry_run_asks_liveness_without_claiming(tmp_path: Path) -> None:
         assert repo._meta.get(f"pending/{txn}") is not None  # a dry run rolls nothing back
         repo.gc(grace=0)
         assert repo._meta.get(f"pending/{txn}") is None
+
+
+def test_delete_racing_a_delete_of_the_same_version_is_not_an_integrity_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with statebag.open(tmp_path / "r") as repo, statebag.open(tmp_path / "r") as other:
+        first = repo.save("c", {"blob": os.urandom(20_000)}).manifest_id
+        repo.save("c", {"x": 1})
+        root = repo._manifest(bytes.fromhex(first)).root.hex()
+        real_counter = repo._meta.counter
+
+        def counter_after_a_rival_delete(key: str) -> int:
+            if key == f"ref/{root}":
+                monkeypatch.setattr(repo._meta, "counter", real_counter)
+                other.delete(first)  # lands between this delete's reads
+            return real_counter(key)
+
+        monkeypatch.setattr(repo._meta, "counter", counter_after_a_rival_delete)
+        repo.delete(first)  # sees the manifest, then its root at 0: a race, not a loss
+        assert repo._meta.get(f"tomb/{first}") is not None
+        assert repo.audit().ok
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_save_whose_parent_is_collected_under_it_conflicts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cached: bool
+) -> None:
+    with statebag.open(tmp_path / "r") as repo, statebag.open(tmp_path / "r") as rival:
+        parent = repo.save("s", {"blob": os.urandom(200_000), "n": 0}).manifest_id
+        if not cached:
+            repo._tables.clear()
+            repo._manifests.clear()
+            repo._cuts.clear()
+            repo._structs.clear()
+        real_leaves = repo._leaves
+
+        def leaves_after_rival(entry: Any) -> Any:
+            # The save has read the head (parent); a rival moves it on, deletes the parent
+            # and collects it before the save reads the parent's tree.
+            monkeypatch.setattr(repo, "_leaves", real_leaves)
+            rival.save("s", {"other": 1})
+            rival.delete(parent)
+            rival.gc(grace=0)
+            repo._structs.clear()
+            return real_leaves(entry)
+
+        monkeypatch.setattr(repo, "_leaves", leaves_after_rival)
+        repo._cuts.clear()  # so that the save reads the parent's leaves
+        with pytest.raises(ConflictError, match="moved"):
+            repo.save("s", {"blob": os.urandom(200_000), "n": 1})
+        assert repo.audit().ok

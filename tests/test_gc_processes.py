@@ -112,13 +112,20 @@ def test_four_savers_and_a_collector_lose_nothing(tmp_path: Path) -> None:
     )
     started = time.monotonic()
     committed: list[list[object]] = []
-    for saver in savers:
-        out, err = saver.communicate(timeout=SECONDS + 300)
-        assert saver.returncode == 0, err
-        committed.extend(json.loads(out))
-    stop.touch()
-    out, err = collector.communicate(timeout=300)
-    assert collector.returncode == 0, err
+    try:
+        for saver in savers:
+            out, err = saver.communicate(timeout=SECONDS + 300)
+            assert saver.returncode == 0, err
+            committed.extend(json.loads(out))
+        stop.touch()
+        out, err = collector.communicate(timeout=300)
+        assert collector.returncode == 0, err
+    finally:
+        stop.touch()
+        for process in (*savers, collector):
+            if process.returncode is None:
+                process.kill()
+            process.communicate()  # closes the pipes, whatever happened above
     gc_stats = json.loads(out)
     assert time.monotonic() - started >= SECONDS
     assert gc_stats["runs"] >= 2 and gc_stats["freed"] > 0, gc_stats

@@ -211,6 +211,15 @@ class Collector:
             root_key = f"ref/{manifest.root.hex()}"
             count = self._meta.counter(root_key)
             if count < 1:
+                # The reads above are not one snapshot: a delete of this very version may
+                # have landed between them. Only a manifest still there with a count below
+                # 1, both seen by one write's conditions, is an under-count.
+                try:
+                    self._meta.write(
+                        [Check(f"manifest/{text}", stored), CheckCounter(root_key, count)]
+                    )
+                except ConditionFailed:
+                    continue
                 raise IntegrityError(
                     f"the root {manifest.root.hex()} of manifest {text} has count {count}, "
                     "below its references; run audit(repair=True) before deleting",

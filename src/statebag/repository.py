@@ -626,7 +626,10 @@ class Repository:
         parent_id = head.head if head is not None else None
         base: _FieldsTable | None = None
         if parent_id is not None:
-            base = self._fields_table(self._manifest(parent_id).root)
+            try:
+                base = self._fields_table(self._manifest(parent_id).root)
+            except (NotFoundError, IntegrityError) as exc:
+                raise self._moved_under(chain, head_bytes, exc) from exc
             if hint is None and bag is not None and bag.base == parent_id.hex():
                 hint = set(bag.dirty)
         else:
@@ -666,6 +669,9 @@ class Repository:
                     requests,
                     level,
                 )
+            except (NotFoundError, IntegrityError) as exc:
+                packer.prepare.abandon()
+                raise self._moved_under(chain, head_bytes, exc) from exc
             except BaseException:
                 packer.prepare.abandon()
                 raise
@@ -853,6 +859,19 @@ class Repository:
             name_hashes=name_hashes,
             reused=packer.reused,
         )
+
+    def _moved_under(
+        self, chain: str, head_bytes: bytes | None, error: StatebagError
+    ) -> StatebagError:
+        """What to raise when reading the parent version failed: a ConflictError if the
+        chain's head moved since the save read it (the parent, no longer the head, may have
+        been deleted and collected meanwhile), else the error itself."""
+        if self._meta.get(head_key(chain)) != head_bytes:
+            return ConflictError(
+                f"chain {chain!r} moved while the save read its parent version; load the new "
+                "head and apply the step again"
+            )
+        return error
 
     def _encode_meta(self, meta: Mapping[str, Any] | None) -> msgspec.Raw | None:
         if meta is None:
