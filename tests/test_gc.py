@@ -644,3 +644,64 @@ def test_save_whose_parent_is_collected_under_it_conflicts(
         with pytest.raises(ConflictError, match="moved"):
             repo.save("s", {"blob": os.urandom(200_000), "n": 1})
         assert repo.audit().ok
+
+
+def test_two_collectors_racing_over_the_same_garbage(tmp_path: Path) -> None:
+    with statebag.open(tmp_path / "r") as one, statebag.open(tmp_path / "r") as two:
+        rng = random.Random(17)
+        ids = [one.save("c", state(rng, step, big=150_000)).manifest_id for step in range(4)]
+        for manifest_id in ids[:-1]:
+            one.delete(manifest_id)
+        real_read = one._collector._read_nodes
+
+        def read_after_the_other_collector(node_ids: Any) -> Any:
+            one._collector._read_nodes = real_read
+            two.gc(grace=0)  # sweeps the same nodes and deletes their packs first
+            one._structs.clear()
+            return real_read(node_ids)
+
+        one._collector._read_nodes = read_after_the_other_collector
+        one.gc(grace=0)  # finds its reads gone: leaves them, does not fail
+        clean(one.audit())
+        assert one.verify(ids[-1]).ok
+
+
+def test_verify_all_while_versions_are_deleted(
+    repo: statebag.Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(18)
+    ids = [repo.save("c", state(rng, step)).manifest_id for step in range(3)]
+    real = repo._verify_version
+    calls: list[bytes] = []
+
+    def delete_first_then_verify(target: bytes, *args: Any) -> Any:
+        if not calls:
+            repo.delete(ids[0])
+            repo.gc(grace=0)
+        calls.append(target)
+        return real(target, *args)
+
+    monkeypatch.setattr(repo, "_verify_version", delete_first_then_verify)
+    report = repo.verify()
+    assert report.ok, report.problems
+    assert len(calls) == 3
+
+
+def test_load_latest_follows_a_head_that_moved_and_was_collected(
+    repo: statebag.Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = repo.save("c", {"blob": os.urandom(50_000), "n": 1}).manifest_id
+    real_load = repo.load
+
+    def load_after_a_rival(manifest_id: str, **options: Any) -> Any:
+        monkeypatch.setattr(repo, "load", real_load)
+        repo.save("c", {"n": 2})
+        repo.delete(old)
+        repo.gc(grace=0)
+        repo._manifests.clear()
+        return real_load(manifest_id, **options)
+
+    monkeypatch.setattr(repo, "load", load_after_a_rival)
+    assert repo.load_latest("c") == {"n": 2}
+    with pytest.raises(NotFoundError):
+        repo.load_latest("c", fields=["missing"])

@@ -510,10 +510,24 @@ class Collector:
                 resolved += 1
         interior = [node_id for node_id, _, _, record in doomed if record.interior]
         children: dict[bytes, list[bytes]] = {}
+        unread: set[bytes] = set()
         for start in range(0, len(interior), _READ_BATCH):
-            data = self._read_nodes(interior[start : start + _READ_BATCH])
+            batch = interior[start : start + _READ_BATCH]
+            try:
+                data = self._read_nodes(batch)
+            except IntegrityError:
+                # Another collector swept (and freed the pack of) some of them meanwhile:
+                # read one by one and leave the unreadable to the writes' conditions, or
+                # to the audit if one is really lost.
+                data = {}
+                for node_id in batch:
+                    try:
+                        data.update(self._read_nodes([node_id]))
+                    except IntegrityError:
+                        unread.add(node_id)
             for node_id, raw in data.items():
                 children[node_id] = dag.children_of(raw, node_id=node_id.hex())
+        doomed = [item for item in doomed if item[0] not in unread]
         groups = [(item, Counter(children.get(item[0], ()))) for item in doomed]
         if not groups:
             return resolved

@@ -1179,10 +1179,17 @@ class Repository:
         self, chain: str, fields: Iterable[str] | None = None, lazy: bool = False
     ) -> dict[str, Any] | LazyState:
         """The state at the head of ``chain``; NotFoundError when it has no version."""
-        head = self.head(chain)
-        if head is None:
-            raise NotFoundError(f"chain {chain!r} has no version")
-        return self.load(head, fields=fields, lazy=lazy)
+        while True:
+            head = self.head(chain)
+            if head is None:
+                raise NotFoundError(f"chain {chain!r} has no version")
+            try:
+                return self.load(head, fields=fields, lazy=lazy)
+            except NotFoundError:
+                # The head moved on and gc collected the version read as head meanwhile:
+                # read the new head. A missing field or chain is raised as it is.
+                if self.head(chain) == head:
+                    raise
 
     def load_bag(self, chain_or_id: str, /) -> StateBag:
         """A :class:`StateBag` of a version (a chain's head, or an id), ready to save from."""
@@ -1491,37 +1498,15 @@ class Repository:
         packs_present: dict[bytes, bool] = {}
         nodes_read = 0
         for target in targets:
-            try:
-                manifest = self._manifest(target)
-            except (NotFoundError, IntegrityError) as exc:
-                problems.append(str(exc))  # the message names the manifest
+            found, read = self._verify_version(
+                target, checked_structs, checked_chunks, packs_present, threshold
+            )
+            nodes_read += read
+            # Verifying every version while gc runs: one deleted meanwhile is not a problem.
+            if found and manifest_id is None and self._meta.get(f"manifest/{target.hex()}") is None:
+                self._manifests.discard(target)
                 continue
-            try:
-                self._verify_fields(manifest.root, checked_structs)
-                table = self._fields_table(manifest.root)
-            except IntegrityError as exc:
-                problems.append(f"manifest {target.hex()}: fields table: {exc}")
-                continue
-            for name, entry in table.entries.items():
-                if type(entry) is not TreeField:
-                    continue
-                try:
-                    leaves = dag.leaves_of(
-                        entry.root, entry.level, lambda ids: self._verified(ids, checked_structs)
-                    )
-                    sample: list[bytes] = []
-                    for node_id, _ in leaves:
-                        if node_id in checked_chunks:
-                            continue
-                        checked_chunks.add(node_id)
-                        self._check_indexed(node_id, packs_present)
-                        if int.from_bytes(node_id[:8], "little") < threshold:
-                            sample.append(node_id)
-                    if sample:
-                        for start in range(0, len(sample), 256):
-                            nodes_read += len(self._read_nodes(sample[start : start + 256]))
-                except IntegrityError as exc:
-                    problems.append(f"manifest {target.hex()}: field {name!r}: {exc}")
+            problems.extend(found)
         return VerifyReport(
             ok=not problems,
             problems=problems,
@@ -1529,6 +1514,47 @@ class Repository:
             nodes_checked=len(checked_structs) + len(checked_chunks),
             nodes_read=nodes_read + len(checked_structs),
         )
+
+    def _verify_version(
+        self,
+        target: bytes,
+        checked_structs: set[bytes],
+        checked_chunks: set[bytes],
+        packs_present: dict[bytes, bool],
+        threshold: int,
+    ) -> tuple[list[str], int]:
+        """The problems of one version, and how many chunks were read back."""
+        nodes_read = 0
+        try:
+            manifest = self._manifest(target)
+        except (NotFoundError, IntegrityError) as exc:
+            return [str(exc)], 0  # the message names the manifest
+        try:
+            self._verify_fields(manifest.root, checked_structs)
+            table = self._fields_table(manifest.root)
+        except IntegrityError as exc:
+            return [f"manifest {target.hex()}: fields table: {exc}"], 0
+        problems: list[str] = []
+        for name, entry in table.entries.items():
+            if type(entry) is not TreeField:
+                continue
+            try:
+                leaves = dag.leaves_of(
+                    entry.root, entry.level, lambda ids: self._verified(ids, checked_structs)
+                )
+                sample: list[bytes] = []
+                for node_id, _ in leaves:
+                    if node_id in checked_chunks:
+                        continue
+                    self._check_indexed(node_id, packs_present)
+                    checked_chunks.add(node_id)
+                    if int.from_bytes(node_id[:8], "little") < threshold:
+                        sample.append(node_id)
+                for start in range(0, len(sample), 256):
+                    nodes_read += len(self._read_nodes(sample[start : start + 256]))
+            except IntegrityError as exc:
+                problems.append(f"manifest {target.hex()}: field {name!r}: {exc}")
+        return problems, nodes_read
 
     def _verified(self, ids: Sequence[bytes], checked: set[bytes]) -> dict[bytes, bytes]:
         """Structural nodes read from their packs (never from the cache), verified."""
