@@ -203,12 +203,14 @@ def test_retention_keeps_heads_pins_and_holds(repo: statebag.Repository) -> None
 
 def test_expired_hold_no_longer_protects(repo: statebag.Repository) -> None:
     rng = random.Random(6)
-    first = repo.save("c", state(rng, 1, big=100)).manifest_id
-    repo.save("c", state(rng, 2, big=100))
-    repo.hold(first, 0.05)
-    assert repo.gc(keep_last=1, grace=0).manifests_deleted == 0
-    time.sleep(0.1)
+    held = repo.save("c", state(rng, 1, big=100)).manifest_id
+    expired = repo.save("c", state(rng, 2, big=100)).manifest_id
+    repo.save("c", state(rng, 3, big=100))
+    repo.hold(held, 600)
+    repo.hold(expired, 0)  # until now: over at once
     assert repo.gc(keep_last=1, grace=0).manifests_deleted == 1
+    assert repo._meta.get(f"manifest/{held}") is not None
+    assert repo._meta.get(f"manifest/{expired}") is None
     clean(repo.audit())
 
 
