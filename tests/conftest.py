@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
-from statebag import _cdc_py
+from statebag import _cdc_py, cli
+
+from .clihelp import Run
 
 settings.register_profile("default", max_examples=100, deadline=None)
 settings.register_profile(
@@ -40,3 +42,10 @@ def chunker_cls(request: pytest.FixtureRequest) -> Any:
     if cls is None:
         pytest.skip("statebag._cdc is not built in this environment")
     return cls
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
+    """The CLI run in-process (see tests/clihelp.py), with no repository in the environment."""
+    monkeypatch.delenv(cli.REPO_ENV, raising=False)
+    return Run(capsys)

@@ -19,32 +19,7 @@ import statebag
 from statebag import cli, errors
 from statebag.results import VerifyReport
 
-
-class Run:
-    """``cli.main`` in-process: its exit code (argparse's too) and what it printed."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self._capsys = capsys
-
-    def __call__(self, *argv: str) -> tuple[int, str, str]:
-        self._capsys.readouterr()  # drop anything printed before this call
-        try:
-            code = cli.main(list(argv))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        captured = self._capsys.readouterr()
-        return code, captured.out, captured.err
-
-    def json(self, *argv: str) -> Any:
-        code, out, err = self(*argv)
-        assert code == 0, err
-        return json.loads(out)
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
-    monkeypatch.delenv(cli.REPO_ENV, raising=False)
-    return Run(capsys)
+from .clihelp import Run
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ errors. Faults are injected by hand through a Repository opened on the same dire
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
@@ -17,36 +16,11 @@ from statebag import Repository, cli, errors
 from statebag.packs import pack_key
 from statebag.results import AuditReport, GCReport
 
+from .clihelp import Run
+
 GC_KEYS = set(GCReport.__struct_fields__)
 AUDIT_KEYS = set(AuditReport.__struct_fields__)
 STRAY = "ab" * 32  # the id of a pack no record names
-
-
-class Run:
-    """``cli.main`` in-process: its exit code (argparse's too) and what it printed."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self._capsys = capsys
-
-    def __call__(self, *argv: str) -> tuple[int, str, str]:
-        self._capsys.readouterr()  # drop anything printed before this call
-        try:
-            code = cli.main(list(argv))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        captured = self._capsys.readouterr()
-        return code, captured.out, captured.err
-
-    def json(self, *argv: str, code: int = 0) -> Any:
-        got, out, err = self(*argv)
-        assert got == code, err
-        return json.loads(out)
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
-    monkeypatch.delenv(cli.REPO_ENV, raising=False)
-    return Run(capsys)
 
 
 def make_repo(path: Path, chains: dict[str, int], *, grace: int | None = 0) -> dict[str, list[str]]:
