@@ -39,12 +39,9 @@ import statebag
 from conftest import SEED, Bench, _benchmarks_disabled, _env_number
 from statebag import GCReport, Repository
 from test_bench_repository import (
-    ATTACH_AT,
-    ATTACH_EVERY,
     ATTACHMENT_MAX,
     ATTACHMENT_MIN,
-    REDACT_EVERY,
-    _edit_attachment,
+    _agent_step,
     _message,
     _scratch_value,
 )
@@ -99,13 +96,7 @@ def _build(path: Path, manifests: int) -> GCRepo:
             bags.append(repo.load_bag(chain))
         for step in range(1, steps):
             for chain, rng, bag in zip(chains, rngs, bags, strict=True):
-                messages = bag["messages"]
-                messages.append(_message(rng, step))
-                bag["scratch"] = _scratch_value(rng, step)
-                if step % REDACT_EVERY == 0:
-                    messages[len(messages) // 2]["text"] = "[redacted]"
-                if step % ATTACH_EVERY == ATTACH_AT:
-                    bag["attachment"] = _edit_attachment(rng, bag["attachment"])
+                _agent_step(bag, rng, step)
                 ids.append(repo.save(chain, bag).manifest_id)
         heads = {repo.head(chain) for chain in chains}
         stats = repo.stats()

@@ -592,6 +592,21 @@ def _edit_attachment(rng: random.Random, data: bytes) -> bytes:
     return data[:at] + patch + data[at:]
 
 
+def _agent_step(bag: Any, rng: random.Random, step: int) -> bool:
+    """One step of an agent thread on its state: a message appended, the scratch field
+    rewritten, a message redacted every REDACT_EVERY steps and the attachment edited every
+    ATTACH_EVERY. True when the attachment was edited."""
+    messages = bag["messages"]
+    messages.append(_message(rng, step))
+    bag["scratch"] = _scratch_value(rng, step)
+    if step % REDACT_EVERY == 0:
+        messages[len(messages) // 2]["text"] = "[redacted]"
+    if step % ATTACH_EVERY == ATTACH_AT:
+        bag["attachment"] = _edit_attachment(rng, bag["attachment"])
+        return True
+    return False
+
+
 def _percentile(values: Sequence[float], q: float) -> float:
     """The nearest-rank ``q``-th percentile of ``values``."""
     ordered = sorted(values)
@@ -621,13 +636,7 @@ def _simulate(scratch: Scratch) -> AgentRun:
     bag = repo.load_bag(AGENT_CHAIN)
     run = AgentRun([first], [], set(), [], [], bag)
     for step in range(1, AGENT_STEPS + 1):
-        messages = bag["messages"]
-        messages.append(_message(rng, step))
-        bag["scratch"] = _scratch_value(rng, step)
-        if step % REDACT_EVERY == 0:
-            messages[len(messages) // 2]["text"] = "[redacted]"
-        if step % ATTACH_EVERY == ATTACH_AT:
-            bag["attachment"] = _edit_attachment(rng, bag["attachment"])
+        if _agent_step(bag, rng, step):
             run.attachment_steps.add(step)
         started = time.perf_counter()
         run.saves.append(repo.save(AGENT_CHAIN, bag))

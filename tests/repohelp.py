@@ -6,7 +6,19 @@ import struct
 from collections import Counter
 from typing import Any
 
+from hypothesis import strategies as st
+
 from statebag import Repository, dag
+
+# Every scalar a state may hold, at the edges of what the codec carries.
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=40)
+    | st.binary(max_size=40)
+)
 
 
 def same(a: Any, b: Any, path: str = "$") -> None:

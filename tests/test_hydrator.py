@@ -23,6 +23,8 @@ from statebag.hydrator import (
     offload_chain,
 )
 
+from .repohelp import scalars
+
 KIB = 1024
 
 
@@ -62,16 +64,8 @@ def packs(repo: statebag.Repository) -> list[str]:
 _names = st.text(
     alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12
 )
-_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=40)
-    | st.binary(max_size=40)
-)
 _small = st.recursive(
-    _scalars,
+    scalars,
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(_names, inner, max_size=5),
     max_leaves=20,
 )

@@ -33,7 +33,7 @@ from statebag import (
 )
 from statebag.packs import pack_key
 
-from .repohelp import recount, same, stored_counts
+from .repohelp import recount, same, scalars, stored_counts
 
 # -- fixtures ---------------------------------------------------------------------------------
 
@@ -72,16 +72,8 @@ def big_state(seed: int = 0) -> dict[str, Any]:
 
 # -- round trips ------------------------------------------------------------------------------
 
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=40)
-    | st.binary(max_size=40)
-)
 values = st.recursive(
-    json_scalars,
+    scalars,
     lambda children: (
         st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=8), children, max_size=6)
     ),
