@@ -223,8 +223,10 @@ def test_log_newest_first_table_and_json(run: Run, repo_dir: str, tmp_path: Path
     rows = run.json("-r", repo_dir, "log", "c", "--json")
     assert [row["manifest_id"] for row in rows] == ids[::-1]
     assert [row["seq"] for row in rows] == [3, 2, 1]
+    assert {row["chain"] for row in rows} == {"c"}
     assert set(rows[0]) == {
         "manifest_id",
+        "chain",
         "parent",
         "parents",
         "seq",

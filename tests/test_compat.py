@@ -540,3 +540,130 @@ def test_twenty_segment_workflow(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         assert latest_b == {k: v for k, v in final_b.items() if k != "tag"}
         assert all("alpha" not in json.dumps(v, default=str) for v in latest_b.values())
         assert svs.load_latest_state("exec-a") == latest
+
+
+# -- parallel branches: fork on a branch's first save, fan-in, aggregate ----------------------
+
+
+def _branches(svs: StateVersioningService, n: int) -> tuple[str, list[dict[str, Any]]]:
+    """A parent execution and ``n`` branch executions started from its head, each saving
+    its own result field twice and appending to the shared list."""
+    parent = svs.save_state_delta(
+        {"shared": "s" * 5000, "log": ["start"], "count": 0}, "wf", "exec-1", "owner", 0
+    )["manifest_id"]
+    results = []
+    for b in range(n):
+        execution = f"exec-1/branch-{b}"
+        first = svs.save_state_delta(
+            {f"result_{b}": {"step": 1}, "log": ["start", f"b{b}"]},
+            "wf",
+            execution,
+            "owner",
+            1,
+            previous_manifest_id=parent,
+        )
+        results.append(
+            svs.save_state_delta(
+                {f"result_{b}": {"step": 2}},
+                "wf",
+                execution,
+                "owner",
+                2,
+                previous_manifest_id=first["manifest_id"],
+            )
+        )
+    return parent, results
+
+
+def test_a_branch_execution_starts_from_its_parents_version(svs: StateVersioningService) -> None:
+    parent, _ = _branches(svs, 2)
+    repo = svs.repo
+    branch = execution_chain("exec-1/branch-0")
+    log = [info.manifest_id for info in repo.log(branch)]
+    assert log[-1] == parent and len(log) == 3
+    assert svs.load_latest_state("exec-1/branch-0") == {
+        "count": 0,
+        "log": ["start", "b0"],
+        "result_0": {"step": 2},
+        "shared": "s" * 5000,
+    }
+    assert svs.load_latest_state("exec-1")["log"] == ["start"]  # the parent did not move
+    # Another owner's (or workflow's) version is never a starting point.
+    with pytest.raises(InvalidInputError, match="owner_id"):
+        svs.save_state_delta({"x": 1}, "wf", "intruder", "mallory", 0, previous_manifest_id=parent)
+    assert repo.head(execution_chain("intruder")) is None
+
+
+def test_aggregate_branch_results_merges_into_the_parent(svs: StateVersioningService) -> None:
+    parent, results = _branches(svs, 3)
+    out = svs.aggregate_branch_results(results, merge_strategy="deep_merge")
+    assert set(out) == {*SAVE_KEYS - {"segment_id"}, "parents", "execution_chain"}
+    assert out["execution_chain"] == execution_chain("exec-1")
+    assert out["parents"] == [parent, *(r["manifest_id"] for r in results)]
+    merged = svs.load_latest_state("exec-1")
+    assert merged == {
+        "count": 0,
+        "log": ["start", "b0", "b1", "b2"],  # each branch's append, in order
+        "result_0": {"step": 2},
+        "result_1": {"step": 2},
+        "result_2": {"step": 2},
+        "shared": "s" * 5000,
+    }
+    assert svs.repo.audit().ok
+
+
+def test_aggregate_collect_lists_each_branchs_value(svs: StateVersioningService) -> None:
+    _, results = _branches(svs, 2)
+    svs.aggregate_branch_results(results, merge_strategy="collect")
+    merged = svs.load_latest_state("exec-1")
+    assert merged["log"] == [["start", "b0"], ["start", "b1"]]
+    assert merged["result_0"] == [{"step": 2}] and merged["count"] == 0
+
+
+def test_aggregate_last_wins_takes_the_last_branch(url: str) -> None:
+    with StateVersioningService(repo=url) as svs:
+        _, results = _branches(svs, 2)
+        svs.aggregate_branch_results(results, merge_strategy="last_wins")
+        assert svs.load_latest_state("exec-1")["log"] == ["start", "b1"]
+
+
+def test_aggregate_refuses_stale_and_bad_results(svs: StateVersioningService) -> None:
+    _, results = _branches(svs, 2)
+    head = svs.repo.head("exec-1")
+    svs.save_state_delta(
+        {"result_0": {"step": 3}},
+        "wf",
+        "exec-1/branch-0",
+        "owner",
+        3,
+        previous_manifest_id=results[0]["manifest_id"],
+    )
+    with pytest.raises(ConflictError, match="no longer the head"):
+        svs.aggregate_branch_results(results)
+    with pytest.raises(InvalidInputError, match="strategy"):
+        svs.aggregate_branch_results([results[1]], merge_strategy="union")
+    with pytest.raises(InvalidInputError) as info:
+        svs.aggregate_branch_results([{"no": "id"}])
+    assert info.value.path == "results[0]"
+    with pytest.raises(InvalidInputError):
+        svs.aggregate_branch_results([])
+    assert svs.repo.head("exec-1") == head
+
+
+def test_save_state_delta_fan_in_with_a_list_of_previous_ids(svs: StateVersioningService) -> None:
+    parent, results = _branches(svs, 2)
+    ids = [r["manifest_id"] for r in results]
+    out = svs.save_state_delta(
+        {"count": 2}, "wf", "exec-1", "owner", 9, previous_manifest_id=[parent, *ids]
+    )
+    assert set(out) == SAVE_KEYS
+    assert svs.repo.info(out["manifest_id"]).parents == [parent, *ids]
+    assert svs.load_latest_state("exec-1")["count"] == 2
+    # The first id must be the execution's head, as for a single id.
+    with pytest.raises(ConflictError):
+        svs.save_state_delta(
+            {"count": 3}, "wf", "exec-1", "owner", 10, previous_manifest_id=[parent, *ids]
+        )
+    with pytest.raises(InvalidInputError, match="previous_manifest_id"):
+        svs.save_state_delta({"count": 3}, "wf", "exec-1", "owner", 10, previous_manifest_id=[])
+    assert svs.repo.head("exec-1") == out["manifest_id"]

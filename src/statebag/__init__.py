@@ -20,6 +20,7 @@ from .errors import (
 )
 from .hydrator import Hydrator, HydratorStats
 from .ids import ContentId
+from .merging import MISSING
 from .repository import LazyState, Repository, open
 from .results import (
     AuditReport,
@@ -28,12 +29,14 @@ from .results import (
     GCReport,
     ManifestInfo,
     RepoStats,
+    ResetResult,
     VerifyReport,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MISSING",
     "AuditReport",
     "BackendError",
     "Chunker",
@@ -52,6 +55,7 @@ __all__ = [
     "NotFoundError",
     "RepoStats",
     "Repository",
+    "ResetResult",
     "StateBag",
     "StatebagError",
     "VerifyReport",

@@ -141,6 +141,9 @@ class Transaction:
     # commit lands only if each is still indexed there (else gc swept or moved it meanwhile,
     # and the node is written again, or its new place checked).
     found: dict[bytes, tuple[NewNode, bytes]] = field(default_factory=dict)
+    # Conditions of the commit write besides the head: a merge's branch heads unchanged, a
+    # fan-in save's other parents still present. One failing is a ConflictError.
+    guards: list[Check] = field(default_factory=list)
     # More operations of the commit transaction (the version index entry).
     extra: list[Op] = field(default_factory=list)
     level: int = codec.DEFAULT_LEVEL
@@ -187,6 +190,7 @@ def _commit_ops(tx: Transaction, pending: bytes | None) -> list[Op]:
         Put(f"manifest/{tx.manifest_id.hex()}", tx.manifest, expect=None),
         Put(head_key(tx.chain), encode_record(tx.new_head), expect=tx.expected_head),
         Delete(f"pending/{tx.txn}", expect=pending if pending is not None else ANY),
+        *tx.guards,
         Add("stat/manifests", 1),
         Add("stat/bytes_logical", tx.bytes_logical),
         Add("stat/epoch", 1),
@@ -492,6 +496,9 @@ def _commit_atomic(
                 if gone:
                     return gone
                 continue
+            if commit_at + 3 <= exc.index < commit_at + 3 + len(tx.guards):
+                _abandon_packs(objects, meta, tx, prepared)
+                raise _guard_conflict(tx, exc.key) from exc
             if exc.index == commit_at + 2:
                 raise BackendError(
                     f"the pending entry of save {tx.txn} on chain {tx.chain!r} was rolled "
@@ -559,7 +566,8 @@ def _commit_batched(
         # The manifest, the head move and the pending delete are one write; the totals go
         # first (taken back with the rest on a conflict) when they do not fit beside them.
         final = _commit_ops(tx, prepared.recorded)
-        extra = final[3:] if len(final) > max_batch else []
+        keep = 3 + len(tx.guards)
+        extra = final[keep:] if len(final) > max_batch else []
         final = final[: len(final) - len(extra)]
         for start in range(0, len(extra), max_batch):
             meta.write(extra[start : start + max_batch])
@@ -574,6 +582,8 @@ def _commit_batched(
             if _committed(meta, tx):
                 prepared.recorded = None
                 return []
+            if 3 <= exc.index < keep:
+                raise _guard_conflict(tx, exc.key) from exc
             raise _conflict(meta, tx) from exc
     except BaseException:
         if not _committed(meta, tx):
@@ -667,4 +677,16 @@ def _conflict(meta: MetaStore, tx: Transaction) -> ConflictError:
     return ConflictError(
         f"chain {tx.chain!r} moved: the save expected head {expected}, but it is now "
         f"{actual}; load the new head and apply the step again"
+    )
+
+
+def _guard_conflict(tx: Transaction, key: str) -> ConflictError:
+    if key.startswith("chain/"):
+        return ConflictError(
+            f"chain {key[len('chain/') :]!r} moved while the merge into {tx.chain!r} read it; "
+            "merge again to include its new head"
+        )
+    return ConflictError(
+        f"parent version {key.rsplit('/', 1)[1]} of the new version of {tx.chain!r} was "
+        "deleted while the save ran"
     )

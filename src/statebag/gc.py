@@ -148,6 +148,11 @@ class _Candidate:
         return sum(len(frame) for *_, frame in self.live)
 
 
+class _Stale(Exception):
+    """A reset or chain deletion landed since the reachability pass: retention stops for
+    this run rather than rank versions that may no longer be reached."""
+
+
 @dataclass
 class _Tally:
     """A GCReport being counted (the same fields)."""
@@ -188,9 +193,14 @@ class Collector:
 
     # -- deleting versions -----------------------------------------------------------------
 
-    def delete(self, manifest_id: bytes, /, *, force_pinned: bool = False) -> bool:
+    def delete(
+        self, manifest_id: bytes, /, *, force_pinned: bool = False, discards: int | None = None
+    ) -> bool:
         """Delete one version. False if it was already deleted (a tombstone exists);
-        NotFoundError if it never existed; ConflictError for a head or a pinned version."""
+        NotFoundError if it never existed; ConflictError for a head (of its chain or of a
+        chain forked from it) or a pinned version. With ``discards``, the delete is also
+        conditional on ``stat/discards`` still holding it (_Stale otherwise): retention
+        ranks only versions some head reaches, as seen by the reachability pass."""
         text = manifest_id.hex()
         for _ in range(_ATTEMPTS):
             stored = self._meta.get(f"manifest/{text}")
@@ -204,6 +214,12 @@ class Collector:
                 raise ConflictError(
                     f"manifest {text} is the head of chain {manifest.chain!r}: save a newer "
                     "version first, or delete the whole chain with delete_chain"
+                )
+            forks = self._meta.counter(f"fork/{text}")
+            if forks > 0:
+                raise ConflictError(
+                    f"manifest {text} is the head of {forks} chain(s) forked from it: save on "
+                    "or delete those first"
                 )
             pinned = self._meta.get(f"pin/{text}")
             if pinned is not None and not force_pinned:
@@ -231,9 +247,11 @@ class Collector:
                 Check(head_key(manifest.chain), head_bytes),
                 Check(f"pin/{text}", pinned),
                 CheckCounter(root_key, count),
+                CheckCounter(f"fork/{text}", 0),
                 Delete(f"manifest/{text}"),
                 Delete(f"pin/{text}"),
                 Delete(f"hold/{text}"),
+                Delete(f"orphan/{text}"),
                 Delete(version_key(manifest.chain, manifest.seq, manifest_id)),
                 Put(
                     f"tomb/{text}",
@@ -248,9 +266,13 @@ class Collector:
             ]
             if count == 1:
                 ops.append(Put(f"zero/{manifest.root.hex()}", _le64(now)))
+            if discards is not None:
+                ops.append(CheckCounter("stat/discards", discards))
             try:
                 self._meta.write(ops)
             except ConditionFailed:
+                if discards is not None and self._meta.counter("stat/discards") != discards:
+                    raise _Stale() from None
                 continue
             self._forget(manifest_id)
             return True
@@ -260,14 +282,19 @@ class Collector:
         """Remove ``chain``'s head, then every version of it; the number deleted."""
         head_bytes = self._meta.get(head_key(chain))
         while head_bytes is not None:
+            head = decode_head(head_bytes).head
+            stored = self._meta.get(f"manifest/{head.hex()}")
+            ops: list[Op] = [
+                Delete(head_key(chain), expect=head_bytes),
+                Add("stat/chains", -1),
+                Add("stat/epoch", 1),
+                # Versions of other chains this one reached may now be reached by none.
+                Add("stat/discards", 1),
+            ]
+            if stored is not None and MANIFEST_DECODER.decode(stored).chain != chain:
+                ops.append(Add(f"fork/{head.hex()}", -1))
             try:
-                self._meta.write(
-                    [
-                        Delete(head_key(chain), expect=head_bytes),
-                        Add("stat/chains", -1),
-                        Add("stat/epoch", 1),
-                    ]
-                )
+                self._meta.write(ops)
                 break
             except ConditionFailed:
                 head_bytes = self._meta.get(head_key(chain))
@@ -340,14 +367,18 @@ class Collector:
         now = time.time_ns()
         self._drain_letters(tally)
         self._roll_back(tally, now=now)
-        self._retain(
-            tally,
-            keep_last=keep_last,
-            keep_within_ns=None if keep_within is None else int(keep_within * 1e9),
-            keep_daily=keep_daily,
-            chains=chains,
-            now=now,
-        )
+        discards, unreachable = self._discard_unreachable(tally, now=now, grace=grace)
+        with contextlib.suppress(_Stale):
+            self._retain(
+                tally,
+                keep_last=keep_last,
+                keep_within_ns=None if keep_within is None else int(keep_within * 1e9),
+                keep_daily=keep_daily,
+                chains=chains,
+                now=now,
+                discards=discards,
+                unreachable=unreachable,
+            )
         self._sweep(tally, cutoff=time.time_ns() - int(grace * 1e9))
         self._reclaim_packs(tally, compact_bytes=compact_bytes, pack_size=pack_size)
         return tally.report()
@@ -429,7 +460,11 @@ class Collector:
         keep_daily: int | None,
         chains: list[str] | None,
         now: int,
+        discards: int,
+        unreachable: set[bytes],
     ) -> None:
+        """Retention over the versions a head reaches; the others wait for their grace
+        period (:meth:`_discard_unreachable`) whatever the rules say."""
         if keep_last is None and keep_within_ns is None and keep_daily is None:
             return
         names = chains if chains is not None else [k[6:] for k, _ in self._meta.scan("chain/")]
@@ -441,7 +476,9 @@ class Collector:
             versions: list[tuple[int, bytes, int]] = []
             for key, value in self._meta.scan(version_prefix(chain)):
                 _, _, seq_hex, id_hex = key.split("/")
-                versions.append((int(seq_hex, 16), bytes.fromhex(id_hex), _int(value)))
+                manifest_id = bytes.fromhex(id_hex)
+                if manifest_id not in unreachable:
+                    versions.append((int(seq_hex, 16), manifest_id, _int(value)))
             ids = [mid.hex() for _, mid, _ in versions]
             pins = self._meta.get_many([f"pin/{t}" for t in ids])
             holds = self._meta.get_many([f"hold/{t}" for t in ids])
@@ -463,10 +500,86 @@ class Collector:
             )
             for mid in doomed:
                 try:
-                    tally.manifests_deleted += self.delete(mid)
+                    tally.manifests_deleted += self.delete(mid, discards=discards)
                 except (ConflictError, NotFoundError):
                     continue  # became a head, was pinned or deleted meanwhile
                 crash_point("gc.after_delete_manifest")
+
+    def _discard_unreachable(
+        self, tally: _Tally, *, now: int, grace: float
+    ) -> tuple[int, set[bytes]]:
+        """Delete the versions no head reaches (through all parents) once they have been
+        seen so for ``grace``: those a ``reset`` left behind, or that only a deleted chain
+        reached. Pinned and held versions stay. Returns ``stat/discards`` as read first and
+        the versions found unreachable, which retention then leaves alone.
+
+        Only the writes that can leave a version unreached (reset, delete_chain) bump
+        ``stat/discards``; the pass runs when it moved since the last complete pass
+        (``gc/discards``) or versions seen unreachable wait (``orphan/<id>`` = first seen).
+        Manifests are listed before the heads are read: a version saved in between is not
+        a candidate, and one listed is reached from the heads unless it really is not.
+        """
+        discards = self._meta.counter("stat/discards")
+        seen = self._meta.get("gc/discards")
+        marks = dict(self._meta.scan("orphan/"))
+        if not marks and (0 if seen is None else _int(seen)) == discards:
+            return discards, set()
+        listed = {bytes.fromhex(k[9:]): v for k, v in self._meta.scan("manifest/")}
+        manifests = {mid: MANIFEST_DECODER.decode(v) for mid, v in listed.items()}
+        frontier = [decode_head(v).head for _, v in self._meta.scan("chain/")]
+        reached: set[bytes] = set()
+        while frontier:
+            manifest_id = frontier.pop()
+            if manifest_id in reached:
+                continue
+            reached.add(manifest_id)
+            manifest = manifests.get(manifest_id)
+            if manifest is None:  # saved after the listing, or deleted
+                stored = self._meta.get(f"manifest/{manifest_id.hex()}")
+                if stored is None:
+                    continue
+                manifest = MANIFEST_DECODER.decode(stored)
+            frontier.extend(manifest.parents)
+        unreachable = {mid for mid in manifests if mid not in reached}
+        texts = [mid.hex() for mid in unreachable]
+        pins = self._meta.get_many([f"pin/{t}" for t in texts])
+        holds = self._meta.get_many([f"hold/{t}" for t in texts])
+        cutoff = now - int(grace * 1e9)
+        for manifest_id in sorted(unreachable, key=lambda m: -manifests[m].seq):
+            text = manifest_id.hex()
+            # Marked even when pinned or held, so that the pass runs again until it is gone.
+            mark = marks.get(f"orphan/{text}")
+            if mark is None:
+                with contextlib.suppress(ConditionFailed):
+                    self._meta.write(
+                        [
+                            Check(f"manifest/{text}", listed[manifest_id]),
+                            Put(f"orphan/{text}", _le64(now), expect=None),
+                        ]
+                    )
+                since = now
+            else:
+                since = _int(mark)
+            if f"pin/{text}" in pins:
+                continue
+            until = holds.get(f"hold/{text}")
+            if until is not None and _int(until) > now:
+                tally.deferred += 1
+                continue
+            if since > cutoff:
+                tally.deferred += 1
+                continue
+            try:
+                tally.manifests_deleted += self.delete(manifest_id)
+            except (ConflictError, NotFoundError):
+                continue  # forked from, or pinned, or deleted meanwhile
+            crash_point("gc.after_delete_manifest")
+        for key, value in marks.items():
+            if bytes.fromhex(key[len("orphan/") :]) not in unreachable:
+                with contextlib.suppress(ConditionFailed):
+                    self._meta.write([Delete(key, expect=value)])  # reached again (a fork)
+        self._meta.put("gc/discards", _le64(discards))
+        return discards, unreachable
 
     def _sweep(self, tally: _Tally, *, cutoff: int) -> None:
         while True:
@@ -778,6 +891,12 @@ class Collector:
         }
         counts = {bytes.fromhex(k[4:]): v for k, v in meta.counters("ref/")}
         marks = {bytes.fromhex(k[5:]) for k, _ in meta.scan("zero/")}
+        forks = {k[5:]: v for k, v in meta.counters("fork/")}
+        forks_expected: Counter[str] = Counter(
+            h.head.hex()
+            for chain, h in heads.items()
+            if h.head in manifests and manifests[h.head].chain != chain
+        )
 
         expected: Counter[bytes] = Counter(m.root for m in manifests.values())
         children: dict[bytes, list[bytes]] = {}
@@ -824,6 +943,14 @@ class Collector:
             if any(p not in manifests and p not in tombs for p in m.parents)
         )
         broken += sorted(f"chain:{c}" for c, h in heads.items() if h.head not in manifests)
+        # A forked chain's head counts in fork/<id>, which keeps delete() off it.
+        fork_fix = {
+            text: forks_expected.get(text, 0) - forks.get(text, 0)
+            for text in {*forks, *forks_expected}
+            if forks_expected.get(text, 0) != forks.get(text, 0)
+        }
+        under += sorted(f"fork:{t}" for t, delta in fork_fix.items() if delta > 0)
+        over += sorted(f"fork:{t}" for t, delta in fork_fix.items() if delta < 0)
         orphans = sorted(p.hex() for p in listed if p not in pack_records and p not in owned)
         if meta.counter("stat/epoch") != epoch:
             return None
@@ -834,7 +961,8 @@ class Collector:
                 expected=expected,
                 counts=counts,
                 index=index,
-                fix=[*under, *over],
+                fix=[t for t in (*under, *over) if not t.startswith("fork:")],
+                fork_fix=fork_fix,
                 unswept=unswept,
                 orphans=orphans,
                 grace=grace,
@@ -869,6 +997,7 @@ class Collector:
         counts: dict[bytes, int],
         index: dict[bytes, IndexRecord],
         fix: list[str],
+        fork_fix: dict[str, int],
         unswept: list[str],
         orphans: list[str],
         grace: float,
@@ -900,13 +1029,14 @@ class Collector:
         for text in unswept:
             if text not in fix:
                 ops.append(Put(f"zero/{text}", _le64(now)))
+        ops.extend(Add(f"fork/{text}", delta) for text, delta in fork_fix.items())
         if len(ops) > 1:
             ops.append(Add("stat/epoch", 1))
             try:
                 self._meta.write(ops)
             except ConditionFailed:
                 return -1
-        repaired = len(fix) + len(unswept) + len(lost_parents)
+        repaired = len(fix) + len(fork_fix) + len(unswept) + len(lost_parents)
         cutoff = now - int(grace * 1e9)
         for text in orphans:
             key = pack_key(bytes.fromhex(text))

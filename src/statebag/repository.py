@@ -20,6 +20,7 @@ Metadata keys (all in the metadata store; layouts in docs/FORMAT.md):
 
 from __future__ import annotations
 
+import heapq
 import math
 import os
 import threading
@@ -35,7 +36,7 @@ from urllib.parse import unquote, urlparse
 
 import msgspec
 
-from . import codec, dag
+from . import codec, dag, merging
 from .bag import StateBag
 from .chunking import Chunker, recut
 from .commit import (
@@ -45,12 +46,14 @@ from .commit import (
     Transaction,
     commit,
     decode_head,
+    encode_record,
     head_key,
     new_txn_id,
 )
 from .dag import Entry, InlineField, NewNode, TreeField
 from .durations import as_seconds
 from .errors import (
+    BackendError,
     ConfigError,
     ConflictError,
     IntegrityError,
@@ -62,7 +65,7 @@ from .gc import COMPACT_BYTES, Collector
 from .ids import ContentId, looks_like_id
 from .liveness import FileLiveness, Liveness, ProcessLiveness
 from .manifests import MANIFEST_DECODER, MANIFEST_ENCODER, Manifest, version_key
-from .meta import Check, ConditionFailed, MetaStore, Put
+from .meta import Add, Check, ConditionFailed, MetaStore, Op, Put
 from .meta.memory import MemoryMetaStore
 from .meta.sqlite import SQLiteMetaStore
 from .objects import ObjectStore
@@ -77,6 +80,7 @@ from .results import (
     GCReport,
     ManifestInfo,
     RepoStats,
+    ResetResult,
     VerifyReport,
 )
 
@@ -107,6 +111,7 @@ _RECUT_MIN_BYTES = 64 * 1024
 _FIELDS_CACHE = 64
 _MANIFEST_CACHE = 4096
 _MAX_CHAIN_LENGTH = 512
+_ATTEMPTS = 16
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -582,39 +587,51 @@ class Repository:
         meta: Mapping[str, Any] | None = None,
         level: int | None = None,
         hold: float | timedelta | None = None,
+        new_chain: bool = False,
+        merged: Iterable[str] | None = None,
     ) -> CommitResult:
         """Commit ``state`` as the next version of ``chain``; see the README for the rules.
 
         ``parent=None`` saves on top of the chain's current head (or starts the chain);
-        a parent id must equal the head, else :class:`ConflictError`. ``changed`` names the
-        top-level fields whose values changed since the parent: the others present in both
-        are carried over without being encoded. A :class:`StateBag` supplies its own dirty
-        set when it was loaded from (or last saved as) the parent.
+        a parent id must equal the head, else :class:`ConflictError`. ``new_chain=True``
+        saves only the first version of a chain: ConflictError if it has a head. ``changed``
+        names the top-level fields whose values changed since the parent: the others present
+        in both are carried over without being encoded. A :class:`StateBag` supplies its own
+        dirty set when it was loaded from (or last saved as) the parent.
+
+        ``merged`` names more parents after the first (a fan-in: the state is what the
+        caller merged); each must exist, and still exist when the commit lands.
 
         ``level`` compresses this save's new nodes at another level than the repository's
         (0 stores them raw; every frame names its codec). ``hold`` keeps the new version
         from retention for that long, set in the commit itself (see :meth:`hold`).
         """
         self._check_open()
-        if level is not None:
-            try:
-                codec.compress(b"", level=level)
-            except InvalidInputError as exc:
-                raise InvalidInputError(str(exc), path="level") from exc
+        level = self._check_level(level)
         hold_s = None if hold is None else as_seconds(hold, field="hold")
-        started = time.perf_counter()
-        timings = dict.fromkeys(("encode", "chunk", "compress", "upload", "commit"), 0.0)
-        requests = {"object_puts": 0, "object_gets": 0, "meta_reads": 0, "meta_writes": 0}
         chain = check_chain(chain)
+        if not isinstance(new_chain, bool):
+            raise InvalidInputError(
+                f"new_chain must be a bool, not {new_chain!r}", path="new_chain"
+            )
+        if new_chain and parent is not None:
+            raise InvalidInputError(
+                "new_chain=True starts a chain, which has no parent; pass one or the other",
+                path="new_chain",
+            )
         bag = state if isinstance(state, StateBag) else None
         data = snapshot_state(state)
-        names = sorted(data)
         meta_raw = self._encode_meta(meta)
         hint = None if changed is None else field_names(changed, field="changed")
+        others = self._other_parents(merged)
 
         head_bytes = self._meta.get(head_key(chain))
-        requests["meta_reads"] += 1
         head = decode_head(head_bytes) if head_bytes is not None else None
+        if new_chain and head is not None:
+            raise ConflictError(
+                f"chain {chain!r} already exists (its head is {head.head.hex()}); "
+                "new_chain=True saves only a chain's first version"
+            )
         if parent is not None:
             wanted = ContentId.parse(parent, field="parent")
             if head is None or head.head != wanted:
@@ -623,22 +640,109 @@ class Repository:
                     f"chain {chain!r} is at {now}, not at parent {wanted.hex()}; load the "
                     "head and apply the step again"
                 )
-        parent_id = head.head if head is not None else None
+        if head is not None and head.head in {mid for mid, _, _ in others}:
+            raise InvalidInputError(
+                f"merged names the parent {head.head.hex()} again", path="merged"
+            )
         base: _FieldsTable | None = None
-        if parent_id is not None:
+        extra: list[Op] = []
+        if head is not None:
             try:
-                base = self._fields_table(self._manifest(parent_id).root)
+                parent_manifest = self._manifest(head.head)
+                base = self._fields_table(parent_manifest.root)
             except (NotFoundError, IntegrityError) as exc:
                 raise self._moved_under(chain, head_bytes, exc) from exc
-            if hint is None and bag is not None and bag.base == parent_id.hex():
+            extra += self._leave_head(chain, head.head, parent_manifest)
+            if hint is None and bag is not None and bag.base == head.head.hex():
                 hint = set(bag.dirty)
         else:
             hint = None  # nothing to carry over
+        parents = ([head.head] if head is not None else []) + [mid for mid, _, _ in others]
+        seqs = ([head.seq] if head is not None else []) + [seq for _, seq, _ in others]
+        return self._write_version(
+            chain,
+            data=data,
+            given={},
+            base=base,
+            hint=hint,
+            head_bytes=head_bytes,
+            parents=parents,
+            seq=max(seqs, default=0) + 1,
+            guards=[guard for _, _, guard in others],
+            extra=extra,
+            meta_raw=meta_raw,
+            level=level,
+            hold_s=hold_s,
+            bag=bag,
+        )
 
+    def _check_level(self, level: int | None) -> int:
+        if level is None:
+            return self._config.compression_level
+        try:
+            codec.compress(b"", level=level)
+        except InvalidInputError as exc:
+            raise InvalidInputError(str(exc), path="level") from exc
+        return level
+
+    def _other_parents(self, merged: Iterable[str] | None) -> list[tuple[bytes, int, Check]]:
+        """The ``merged`` parents of a fan-in save: (id, seq, the commit's check that the
+        version still exists), each read once now."""
+        if merged is None:
+            return []
+        if isinstance(merged, (str, bytes)) or not isinstance(merged, Iterable):
+            raise InvalidInputError(
+                f"merged must be an iterable of manifest ids, not {merged!r}", path="merged"
+            )
+        found: list[tuple[bytes, int, Check]] = []
+        for position, text in enumerate(merged):
+            manifest_id = ContentId.parse(text, field=f"merged[{position}]")
+            if any(manifest_id == mid for mid, _, _ in found):
+                raise InvalidInputError(
+                    f"merged names {manifest_id.hex()} twice", path=f"merged[{position}]"
+                )
+            key = f"manifest/{manifest_id.hex()}"
+            stored = self._meta.get(key)
+            if stored is None:
+                self._manifest(manifest_id)  # raises NotFoundError, naming a deletion
+            assert stored is not None
+            manifest = self._manifest(manifest_id)
+            found.append((bytes(manifest_id), manifest.seq, Check(key, stored)))
+        return found
+
+    def _leave_head(self, chain: str, head_id: bytes, head_manifest: Manifest) -> list[Op]:
+        """The ops that move ``chain``'s head away from ``head_id``: a version of another
+        chain heads a forked chain, and counts it in ``fork/<id>`` meanwhile."""
+        if head_manifest.chain == chain:
+            return []
+        return [Add(f"fork/{head_id.hex()}", -1)]
+
+    def _write_version(
+        self,
+        chain: str,
+        *,
+        data: Mapping[str, Any],
+        given: Mapping[str, Entry],
+        base: _FieldsTable | None,
+        hint: set[str] | frozenset[str] | None,
+        head_bytes: bytes | None,
+        parents: list[bytes],
+        seq: int,
+        guards: list[Check],
+        extra: list[Op],
+        meta_raw: msgspec.Raw | None,
+        level: int,
+        hold_s: float | None,
+        bag: StateBag | None,
+    ) -> CommitResult:
+        """Encode and commit one version: ``data``'s fields are encoded (carried from
+        ``base`` per ``hint``), ``given``'s entries are taken as they are stored."""
+        started = time.perf_counter()
+        timings = dict.fromkeys(("encode", "chunk", "compress", "upload", "commit"), 0.0)
+        requests = {"object_puts": 0, "object_gets": 0, "meta_reads": 1, "meta_writes": 0}
+        names = sorted({*data, *given})
         entries: dict[str, Entry] = {}
         new_nodes: dict[bytes, NewNode] = {}
-        if level is None:
-            level = self._config.compression_level
         txn = new_txn_id()
         packer = _Packer(
             Prepare(
@@ -658,6 +762,7 @@ class Repository:
             try:
                 encoded = self._encode_state(
                     data,
+                    given,
                     names,
                     base,
                     hint,
@@ -679,8 +784,8 @@ class Repository:
             manifest = Manifest(
                 format=FORMAT_VERSION,
                 chain=chain,
-                seq=(head.seq + 1) if head is not None else 1,
-                parents=[parent_id] if parent_id is not None else [],
+                seq=seq,
+                parents=parents,
                 root=root,
                 fields=len(entries),
                 size=logical,
@@ -702,11 +807,13 @@ class Repository:
                 new_nodes=new_nodes,
                 lease=self._lease,
                 found=found,
+                guards=guards,
                 extra=[
+                    *extra,
                     Put(
                         version_key(chain, manifest.seq, manifest_id),
                         manifest.time_ns.to_bytes(8, "little"),
-                    )
+                    ),
                 ],
                 level=level,
             )
@@ -734,7 +841,7 @@ class Repository:
             timings["total"] = time.perf_counter() - started
             return CommitResult(
                 manifest_id=manifest_id.hex(),
-                parent=parent_id.hex() if parent_id is not None else None,
+                parent=parents[0].hex() if parents else None,
                 parents=[p.hex() for p in manifest.parents],
                 chain=chain,
                 seq=manifest.seq,
@@ -754,6 +861,7 @@ class Repository:
     def _encode_state(
         self,
         data: Mapping[str, Any],
+        given: Mapping[str, Entry],
         names: list[str],
         base: _FieldsTable | None,
         hint: set[str] | frozenset[str] | None,
@@ -782,6 +890,12 @@ class Repository:
             lookup.clear()
 
         for name in names:
+            taken = given.get(name)
+            if taken is not None:
+                # A merge takes this field as one side stored it: nothing to encode.
+                entries[name] = taken
+                packer.reused += type(taken) is TreeField
+                continue
             old = base.entries.get(name) if base is not None else None
             if old is not None and hint is not None and name not in hint:
                 entries[name] = old
@@ -1278,28 +1392,67 @@ class Repository:
         for key, _ in self._meta.scan("chain/"):
             yield key[len("chain/") :]
 
-    def log(self, chain: str) -> Iterator[ManifestInfo]:
+    def log(self, chain: str, *, graph: bool = False) -> Iterator[ManifestInfo]:
         """The versions of ``chain`` from its head back along first parents, newest first,
-        ending at the first version or where older versions were deleted."""
+        ending at the first version or where older versions were deleted.
+
+        ``graph=True`` lists every ancestor of the head through all parents (merged
+        branches included), each once, newest first: by seq, which is one more than the
+        largest of a version's parents', so every version comes before its parents."""
+        if not isinstance(graph, bool):
+            raise InvalidInputError(f"graph must be a bool, not {graph!r}", path="graph")
         current = self.head(chain)
-        manifest_id = bytes.fromhex(current) if current is not None else None
+        if current is None:
+            return
+        if graph:
+            yield from self._graph(chain, bytes.fromhex(current))
+            return
+        manifest_id: bytes | None = bytes.fromhex(current)
         while manifest_id is not None:
-            try:
-                manifest = self._manifest(manifest_id)
-            except NotFoundError as exc:
-                if self._meta.get(f"tomb/{manifest_id.hex()}") is not None:
-                    return  # the older versions were deleted: the history was pruned here
-                raise IntegrityError(
-                    f"chain {chain!r} is broken: version {manifest_id.hex()} is neither "
-                    "present nor deleted",
-                    object_id=manifest_id.hex(),
-                ) from exc
+            manifest = self._ancestor(chain, manifest_id)
+            if manifest is None:
+                return  # the older versions were deleted: the history was pruned here
             yield self._info(manifest_id, manifest)
             manifest_id = manifest.parents[0] if manifest.parents else None
+
+    def _ancestor(self, chain: str, manifest_id: bytes) -> Manifest | None:
+        """An ancestor's manifest, or None where it was deleted (a tombstone); a parent link
+        to nothing is a broken chain."""
+        try:
+            return self._manifest(manifest_id)
+        except NotFoundError as exc:
+            if self._meta.get(f"tomb/{manifest_id.hex()}") is not None:
+                return None
+            raise IntegrityError(
+                f"chain {chain!r} is broken: version {manifest_id.hex()} is neither "
+                "present nor deleted",
+                object_id=manifest_id.hex(),
+            ) from exc
+
+    def _graph(self, chain: str, head: bytes) -> Iterator[ManifestInfo]:
+        # Newest first by (seq, time, id): a max-heap, so versions shared by several
+        # branches are listed once, after all their descendants.
+        first = self._manifest(head)
+        queue = [(-first.seq, -first.time_ns, head)]
+        queued = {head}
+        while queue:
+            _, _, manifest_id = heapq.heappop(queue)
+            manifest = self._ancestor(chain, manifest_id)
+            if manifest is None:
+                continue
+            yield self._info(manifest_id, manifest)
+            for parent_id in manifest.parents:
+                if parent_id in queued:
+                    continue
+                queued.add(parent_id)
+                above = self._ancestor(chain, parent_id)
+                if above is not None:
+                    heapq.heappush(queue, (-above.seq, -above.time_ns, parent_id))
 
     def _info(self, manifest_id: bytes, manifest: Manifest) -> ManifestInfo:
         return ManifestInfo(
             manifest_id=manifest_id.hex(),
+            chain=manifest.chain,
             parent=manifest.parents[0].hex() if manifest.parents else None,
             parents=[p.hex() for p in manifest.parents],
             seq=manifest.seq,
@@ -1312,6 +1465,321 @@ class Repository:
         """The log entry of one version."""
         raw = self._resolve(manifest_id)
         return self._info(raw, self._manifest(raw))
+
+    def _version(self, chain_or_id: str, *, field: str) -> bytes:
+        """A manifest id given as itself or as a chain name (its head): chain names never
+        look like ids, so the two cannot be confused."""
+        if not isinstance(chain_or_id, str):
+            raise InvalidInputError(
+                f"{field} must be a manifest id or a chain name, not {chain_or_id!r}", path=field
+            )
+        if looks_like_id(chain_or_id):
+            return bytes.fromhex(chain_or_id)
+        head = self.head(check_chain(chain_or_id, field=field))
+        if head is None:
+            raise NotFoundError(f"chain {chain_or_id!r} has no version")
+        return bytes.fromhex(head)
+
+    # -- branches ----------------------------------------------------------------------------
+
+    def fork(self, source: str, new_chain: str, /) -> str:
+        """Start ``new_chain`` at ``source`` (a chain's head, or a manifest id) and return
+        that version's id. Nothing is copied and no version written: ``head(new_chain)`` is
+        the fork point, and the next save on ``new_chain`` has it as parent.
+
+        ConflictError if ``new_chain`` exists; NotFoundError if ``source`` does not."""
+        self._check_open()
+        new_chain = check_chain(new_chain, field="new_chain")
+        for _ in range(_ATTEMPTS):
+            point = self._version(source, field="source")
+            key = f"manifest/{point.hex()}"
+            stored = self._meta.get(key)
+            if stored is None:
+                self._manifest(point)  # NotFoundError, naming a deletion
+                continue
+            manifest = self._manifest(point)
+            current = self._meta.get(head_key(new_chain))
+            if current is not None:
+                raise ConflictError(
+                    f"chain {new_chain!r} already exists (its head is "
+                    f"{decode_head(current).head.hex()}); fork into a new name"
+                )
+            ops: list[Op] = [
+                Check(key, stored),
+                Put(
+                    head_key(new_chain),
+                    encode_record(HeadRecord(point, manifest.seq, new_txn_id())),
+                    expect=None,
+                ),
+                Add("stat/chains", 1),
+                Add("stat/epoch", 1),
+            ]
+            if manifest.chain != new_chain:
+                ops.append(Add(f"fork/{point.hex()}", 1))
+            try:
+                self._meta.write(ops)
+            except ConditionFailed:
+                continue  # the source was deleted, or the chain created, meanwhile
+            return point.hex()
+        raise ConflictError(f"fork of {source!r} into {new_chain!r} kept racing; retry")
+
+    def reset(self, chain: str, manifest_id: str, /) -> ResetResult:
+        """Move ``chain``'s head back to ``manifest_id``, a version on its first-parent
+        history (what :meth:`log` lists). Conditional like a save: a save or reset that
+        moved the head meanwhile makes this a ConflictError, and a save racing this one
+        loses with ConflictError. The versions after it stay readable; gc deletes those that
+        no head reaches once the grace period has passed (see :meth:`gc`)."""
+        self._check_open()
+        chain = check_chain(chain)
+        target = bytes(self._resolve(manifest_id))
+        head_bytes = self._meta.get(head_key(chain))
+        if head_bytes is None:
+            raise NotFoundError(f"chain {chain!r} has no version")
+        head = decode_head(head_bytes)
+        discarded: list[str] = []
+        target_manifest: Manifest | None = None
+        head_manifest: Manifest | None = None
+        for info in self.log(chain):
+            if head_manifest is None:
+                head_manifest = self._manifest(bytes.fromhex(info.manifest_id))
+            if info.manifest_id == target.hex():
+                target_manifest = self._manifest(target)
+                break
+            discarded.append(info.manifest_id)
+        if target_manifest is None or head_manifest is None:
+            raise NotFoundError(
+                f"version {target.hex()} is not on the history of chain {chain!r} (its log); "
+                "reset moves a chain back to one of its own earlier versions"
+            )
+        if not discarded:
+            return ResetResult(
+                chain=chain, head=head.head.hex(), previous=head.head.hex(), discarded=[]
+            )
+        key = f"manifest/{target.hex()}"
+        stored = self._meta.get(key)
+        txn = new_txn_id()
+        ops: list[Op] = [
+            Check(key, stored),
+            Put(
+                head_key(chain),
+                encode_record(HeadRecord(target, target_manifest.seq, txn)),
+                expect=head_bytes,
+            ),
+            *self._leave_head(chain, head.head, head_manifest),
+            Add("stat/epoch", 1),
+            Add("stat/discards", 1),
+        ]
+        if target_manifest.chain != chain:
+            ops.append(Add(f"fork/{target.hex()}", 1))
+        try:
+            self._meta.write(ops)
+        except ConditionFailed as exc:
+            if self._meta.get(key) is None:
+                raise NotFoundError(f"version {target.hex()} was deleted meanwhile") from exc
+            raise ConflictError(
+                f"chain {chain!r} moved while it was being reset; read its log and reset again"
+            ) from exc
+        except StatebagError:
+            raise
+        except Exception as exc:  # did the write land? the head carries our txn if so
+            now = self._meta.get(head_key(chain))
+            if now is None or decode_head(now).txn != txn:
+                raise BackendError(
+                    f"reset of chain {chain!r} failed: {exc}", retryable=True
+                ) from exc
+        return ResetResult(
+            chain=chain, head=target.hex(), previous=head.head.hex(), discarded=discarded
+        )
+
+    def merge(
+        self,
+        target: str,
+        branches: Sequence[str],
+        /,
+        strategy: str = "three_way",
+        on_conflict: merging.OnConflict = "raise",
+        *,
+        meta: Mapping[str, Any] | None = None,
+    ) -> CommitResult:
+        """Merge the heads of ``branches`` into ``target``: a new version of ``target``
+        whose parents are the target's head then each branch's head, in order.
+
+        Field by field, against the newest common ancestor of all the heads (an empty state
+        when there is none); see :mod:`statebag.merging` and the README for the strategies.
+        A field one side's outcome wins is taken as that side stored it: a merge stores only
+        the values it had to compute. ConflictError naming every conflicting field (with
+        ``on_conflict="raise"``), or when the target or a branch moved during the merge;
+        nothing is written then.
+        """
+        self._check_open()
+        target = check_chain(target, field="target")
+        if isinstance(branches, str) or not isinstance(branches, Sequence):
+            raise InvalidInputError(
+                f"branches must be a sequence of chain names, not {branches!r}", path="branches"
+            )
+        names = [check_chain(b, field=f"branches[{i}]") for i, b in enumerate(branches)]
+        if not names:
+            raise InvalidInputError("branches is empty: name at least one", path="branches")
+        for i, name in enumerate(names):
+            if name == target or name in names[:i]:
+                raise InvalidInputError(
+                    f"branches[{i}] names chain {name!r} "
+                    + ("the target" if name == target else "twice"),
+                    path=f"branches[{i}]",
+                )
+        merging.check_options(strategy, on_conflict)
+        meta_raw = self._encode_meta(meta)
+        records: list[bytes] = []
+        heads: list[HeadRecord] = []
+        for chain in (target, *names):
+            stored = self._meta.get(head_key(chain))
+            if stored is None:
+                raise NotFoundError(
+                    f"chain {chain!r} has no version"
+                    + ("" if chain == target else "; a branch is made by fork")
+                )
+            records.append(stored)
+            heads.append(decode_head(stored))
+        try:
+            manifests = [self._manifest(h.head) for h in heads]
+            tables = [self._fields_table(m.root) for m in manifests]
+            base_id = self._merge_base([h.head for h in heads])
+            base = (
+                self._fields_table(self._manifest(base_id).root).entries
+                if base_id is not None
+                else {}
+            )
+        except (NotFoundError, IntegrityError) as exc:
+            for chain, stored in zip((target, *names), records, strict=True):
+                if self._meta.get(head_key(chain)) != stored:
+                    raise ConflictError(
+                        f"chain {chain!r} moved while the merge read it; merge again"
+                    ) from exc
+            raise
+        given, data = self._merge_fields(
+            target, base, [t.entries for t in tables], strategy, on_conflict
+        )
+        return self._write_version(
+            target,
+            data=data,
+            given=given,
+            base=tables[0],
+            hint=None,
+            head_bytes=records[0],
+            parents=[h.head for h in heads],
+            seq=max(h.seq for h in heads) + 1,
+            guards=[
+                Check(head_key(chain), stored)
+                for chain, stored in zip(names, records[1:], strict=True)
+            ],
+            extra=self._leave_head(target, heads[0].head, manifests[0]),
+            meta_raw=meta_raw,
+            level=self._config.compression_level,
+            hold_s=None,
+            bag=None,
+        )
+
+    def merge_base(self, versions: Sequence[str], /) -> str | None:
+        """The newest version that all ``versions`` (manifest ids or chain names: their
+        heads) descend from, a version counting as its own descendant; None when their
+        histories share no version (or it was deleted). What :meth:`merge` merges against."""
+        self._check_open()
+        if isinstance(versions, str) or not isinstance(versions, Sequence) or not versions:
+            raise InvalidInputError(
+                f"versions must be a non-empty sequence of ids or chain names, not {versions!r}",
+                path="versions",
+            )
+        ids = [self._version(v, field=f"versions[{i}]") for i, v in enumerate(versions)]
+        for manifest_id in ids:
+            self._manifest(manifest_id)  # NotFoundError for an unknown id
+        base = self._merge_base(ids)
+        return base.hex() if base is not None else None
+
+    def _merge_base(self, heads: list[bytes]) -> bytes | None:
+        """The newest version every head descends from (itself included), or None.
+
+        Walks back from all heads at once, newest first: a seq is larger than every
+        parent's, so when a version comes off the queue all its descendants among the
+        ancestors have, and it knows which heads reach it. The first reached by all is a
+        common ancestor no other common ancestor descends from."""
+        everyone = (1 << len(heads)) - 1
+        reached: dict[bytes, int] = {}
+        queue: list[tuple[int, bytes]] = []
+        for position, head in enumerate(heads):
+            if head not in reached:
+                heapq.heappush(queue, (-self._manifest(head).seq, head))
+            reached[head] = reached.get(head, 0) | (1 << position)
+        while queue:
+            _, manifest_id = heapq.heappop(queue)
+            mask = reached[manifest_id]
+            if mask == everyone:
+                return manifest_id
+            try:
+                manifest = self._manifest(manifest_id)
+            except NotFoundError:
+                continue  # deleted: the history is pruned there
+            for parent_id in manifest.parents:
+                if parent_id not in reached:
+                    try:
+                        seq = self._manifest(parent_id).seq
+                    except NotFoundError:
+                        continue
+                    reached[parent_id] = 0
+                    heapq.heappush(queue, (-seq, parent_id))
+                reached[parent_id] |= mask
+        return None
+
+    def _merge_fields(
+        self,
+        target: str,
+        base: Mapping[str, Entry],
+        sides: list[Mapping[str, Entry]],
+        strategy: str,
+        on_conflict: merging.OnConflict,
+    ) -> tuple[dict[str, Entry], dict[str, Any]]:
+        """The merged fields: entries taken as a side stored them, and values to encode."""
+        given: dict[str, Entry] = {}
+        data: dict[str, Any] = {}
+        conflicts = merging.Conflicts()
+        names = sorted({name for side in sides for name in side} | set(base))
+        for name in names:
+            before = base.get(name)
+            outcomes = [side.get(name) for side in sides]
+            changed = [entry for entry in outcomes if entry != before]
+            if not changed:
+                if before is not None:
+                    given[name] = before
+                continue
+            agreed = len(set(changed)) == 1  # entries are equal exactly when values are
+            takes_last = strategy == "last_wins" or (
+                strategy == "three_way" and on_conflict == "last_wins"
+            )
+            if takes_last or (agreed and strategy != "collect"):
+                winner = changed[-1]
+            elif strategy == "three_way" and on_conflict == "raise":
+                conflicts.paths.append(name)
+                continue
+            else:
+                base_value = self._value(before)
+                values = [self._value(entry) for entry in changed]
+                if strategy == "collect":
+                    value = [v for v in values if v is not merging.MISSING] or merging.MISSING
+                elif strategy == "deep_merge":
+                    value = merging.deep_merge(name, base_value, values, on_conflict, conflicts)
+                else:
+                    value = merging.resolve(name, base_value, values, on_conflict, conflicts)
+                if value is not merging.MISSING:
+                    data[name] = value
+                continue
+            if winner is not None:
+                given[name] = winner
+        conflicts.raise_if_any(target)
+        return given, data
+
+    def _value(self, entry: Entry | None) -> Any:
+        if entry is None:
+            return merging.MISSING
+        return self._materialize({"": entry})[""]
 
     # -- deletion and garbage collection ----------------------------------------------------
 
@@ -1433,10 +1901,11 @@ class Repository:
     # -- diff --------------------------------------------------------------------------------
 
     def diff(self, a: str, b: str) -> Diff:
-        """Fields added, removed and changed from version ``a`` to version ``b``."""
+        """Fields added, removed and changed from version ``a`` to version ``b``, each a
+        manifest id or a chain name (its head), so branches compare directly."""
         self._check_open()
-        entries_a = self._fields_table(self._manifest(self._resolve(a, field="a")).root).entries
-        entries_b = self._fields_table(self._manifest(self._resolve(b, field="b")).root).entries
+        entries_a = self._fields_table(self._manifest(self._version(a, field="a")).root).entries
+        entries_b = self._fields_table(self._manifest(self._version(b, field="b")).root).entries
         added = {
             name: dag.entry_size(entry)
             for name, entry in entries_b.items()

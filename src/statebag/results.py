@@ -17,6 +17,7 @@ __all__ = [
     "GCReport",
     "ManifestInfo",
     "RepoStats",
+    "ResetResult",
     "VerifyReport",
 ]
 
@@ -51,15 +52,28 @@ class CommitResult(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ManifestInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """One version of a chain, as ``log`` lists it."""
+    """One version, as ``log`` lists it. ``chain`` is the chain it was saved on (a forked
+    chain's log goes on into the chain it was forked from)."""
 
     manifest_id: str
+    chain: str
     parent: str | None
     parents: list[str]
     seq: int
     created_at: datetime
     meta: dict[str, Any] | None
     bytes_logical: int
+
+
+class ResetResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``reset`` did: ``chain``'s head moved from ``previous`` back to ``head``;
+    ``discarded`` lists, newest first, the versions its log no longer shows (readable until
+    gc collects those no other head reaches)."""
+
+    chain: str
+    head: str
+    previous: str
+    discarded: list[str]
 
 
 class Diff(msgspec.Struct, frozen=True, kw_only=True):

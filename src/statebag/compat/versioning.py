@@ -17,11 +17,12 @@ service from them needs the cloud backend, which this version does not have, so 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .. import codec
+from .. import codec, merging
 from ..errors import ConflictError, IntegrityError, InvalidInputError, NotFoundError
 from ..ids import ContentId
 from ..repository import Repository, field_names
@@ -69,6 +70,26 @@ def _same(a: Any, b: Any) -> bool:
         return codec.encode(a) == codec.encode(b)  # exact: NaN equals itself, 0.0 != -0.0
     except InvalidInputError:
         return False
+
+
+def _previous(value: object) -> tuple[str | None, list[str] | None]:
+    """``previous_manifest_id`` as (the parent, the further parents of a fan-in)."""
+    if value is None or isinstance(value, str):
+        return value, None
+    if not isinstance(value, Sequence) or not value:
+        raise InvalidInputError(
+            "previous_manifest_id must be a manifest id, a non-empty list of them (fan-in: "
+            f"the execution's head first), or None, not {value!r}",
+            path="previous_manifest_id",
+        )
+    for position, item in enumerate(value):
+        if not isinstance(item, str):
+            raise InvalidInputError(
+                f"previous_manifest_id[{position}] must be a manifest id, not {item!r}",
+                path=f"previous_manifest_id[{position}]",
+            )
+    first, *rest = value
+    return first, rest
 
 
 def _text(value: object, *, field: str) -> str:
@@ -124,7 +145,7 @@ class StateVersioningService:
         execution_id: str,
         owner_id: str,
         segment_id: Any,
-        previous_manifest_id: str | None = None,
+        previous_manifest_id: str | Sequence[str] | None = None,
         dirty_keys: Iterable[str] | None = None,
         full_state: Mapping[str, Any] | None = None,
         deleted: Iterable[str] | None = None,
@@ -144,8 +165,15 @@ class StateVersioningService:
         both versions and not named are carried over from the parent. The parent is
         ``previous_manifest_id`` (ConflictError unless it is the execution's head) or, when
         None, the head, retried if another writer moves it meanwhile.
+
+        A list of ids is a fan-in: the first is the parent as above, the others (the
+        branches' last versions, for instance) become further parents of the new version,
+        and must still exist when it commits. An execution with no state yet whose
+        ``previous_manifest_id`` is a version of another execution of the same workflow
+        and owner starts from it (a Parallel or Map branch): the chain is forked there.
         """
         chain = execution_chain(execution_id)
+        previous_manifest_id, merged = _previous(previous_manifest_id)
         workflow_id = _text(workflow_id, field="workflow_id")
         owner_id = _text(owner_id, field="owner_id")
         changes = _mapping({} if delta is None else delta, field="delta")
@@ -190,7 +218,7 @@ class StateVersioningService:
             if parent is None:
                 parent = self.repo.head(chain)
             try:
-                result = self._save(chain, parent, changes, dropped, hint, whole, meta)
+                result = self._save(chain, parent, merged, changes, dropped, hint, whole, meta)
                 break
             except ConflictError:
                 if previous_manifest_id is not None or attempts >= _UNPINNED_ATTEMPTS:
@@ -209,6 +237,7 @@ class StateVersioningService:
         self,
         chain: str,
         parent: str | None,
+        merged: list[str] | None,
         changes: dict[str, Any],
         dropped: set[str],
         hint: set[str] | None,
@@ -216,9 +245,17 @@ class StateVersioningService:
         meta: dict[str, Any],
     ) -> Any:
         if parent is None:
-            return self.repo.save(chain, whole if whole is not None else changes, meta=meta)
+            return self.repo.save(
+                chain,
+                whole if whole is not None else changes,
+                meta=meta,
+                new_chain=True,
+                merged=merged,
+            )
         ContentId.parse(parent, field="previous_manifest_id")
         head = self.repo.head(chain)
+        if head is None:
+            head = self._fork_branch(chain, parent, meta)
         if head != parent:
             # Checked before anything of the parent is read: an id of another execution's
             # chain is refused here, exactly like a stale one of this chain.
@@ -226,28 +263,128 @@ class StateVersioningService:
                 f"execution chain {chain!r} is at {head}, not at previous_manifest_id "
                 f"{parent}; load the latest state and apply the segment again"
             )
-        self._check_owner(self.repo.info(parent).meta, meta, parent)
+        info = self.repo.info(parent)
+        self._check_owner(info.meta, meta, parent, forked=info.chain != chain)
         if whole is not None:
-            return self.repo.save(chain, whole, parent=parent, changed=hint, meta=meta)
+            return self.repo.save(
+                chain, whole, parent=parent, changed=hint, meta=meta, merged=merged
+            )
         base = self.repo.load(parent, lazy=True)  # names only: no value is read
         state: dict[str, Any] = {
             name: _NOT_READ for name in base if name not in dropped and name not in changes
         }
         state.update(changes)
         changed = set(changes) if hint is None else hint
-        return self.repo.save(chain, state, parent=parent, changed=changed, meta=meta)
+        return self.repo.save(
+            chain, state, parent=parent, changed=changed, meta=meta, merged=merged
+        )
+
+    def _fork_branch(self, chain: str, parent: str, meta: dict[str, Any]) -> str | None:
+        """Start a new execution's chain at ``parent``, a version of another execution of
+        the same workflow and owner; the head after (None if ``parent`` does not exist)."""
+        try:
+            stored = self.repo.info(parent).meta
+        except NotFoundError:
+            return None
+        self._check_owner(stored, meta, parent, forked=True)
+        # ConflictError: another writer started this execution meanwhile; the caller
+        # compares the parent with that head.
+        with contextlib.suppress(ConflictError):
+            self.repo.fork(parent, chain)
+        return self.repo.head(chain)
 
     @staticmethod
-    def _check_owner(stored: Any, given: dict[str, Any], manifest_id: str) -> None:
+    def _check_owner(
+        stored: Any, given: dict[str, Any], manifest_id: str, *, forked: bool = False
+    ) -> None:
+        """A version is continued only by its own execution, or (``forked``) started from by
+        another execution of the same workflow and owner."""
         if not isinstance(stored, dict):
             return
-        for key in ("execution_id", "owner_id", "workflow_id"):
+        keys = (
+            ("owner_id", "workflow_id") if forked else ("execution_id", "owner_id", "workflow_id")
+        )
+        for key in keys:
             if key in stored and stored[key] != given[key]:
                 raise InvalidInputError(
                     f"version {manifest_id} belongs to {key} {stored[key]!r}, not "
                     f"{given[key]!r}: an execution only continues its own chain",
                     path=key,
                 )
+
+    def aggregate_branch_results(
+        self,
+        results: Sequence[Any],
+        merge_strategy: str = "deep_merge",
+        *,
+        execution_id: str | None = None,
+        on_conflict: Any = "raise",
+    ) -> dict[str, Any]:
+        """Merge the last versions of parallel branches into their parent execution
+        (:meth:`statebag.Repository.merge`): the fan-in after a Parallel or Map state.
+
+        ``results`` lists, per branch, what its last ``save_state_delta`` returned (or that
+        ``manifest_id``); each must still be the head of its branch's chain (ConflictError
+        if the branch saved again since). ``merge_strategy`` is ``"deep_merge"``,
+        ``"last_wins"`` or ``"collect"`` (or ``"three_way"``); ``on_conflict`` as for
+        :meth:`~statebag.Repository.merge`. The merge goes into ``execution_id``'s chain,
+        by default the execution the first branch was started from (forked).
+        Returns the keys of :meth:`save_state_delta` plus ``parents`` and ``execution_chain``.
+        """
+        if isinstance(results, (str, bytes, Mapping)) or not isinstance(results, Sequence):
+            raise InvalidInputError(
+                f"results must be a list of branch results, not {type(results).__name__}",
+                path="results",
+            )
+        if not results:
+            raise InvalidInputError("results is empty: there is no branch to merge", path="results")
+        merging.check_options(merge_strategy, on_conflict)
+        ids: list[str] = []
+        for position, item in enumerate(results):
+            where = f"results[{position}]"
+            manifest_id = item.get("manifest_id") if isinstance(item, Mapping) else item
+            if not isinstance(manifest_id, str):
+                raise InvalidInputError(
+                    f"{where} must be a save_state_delta result (with manifest_id) or a "
+                    f"manifest id, not {item!r}",
+                    path=where,
+                )
+            ContentId.parse(manifest_id, field=where)
+            ids.append(manifest_id)
+        branches: list[str] = []
+        for position, manifest_id in enumerate(ids):
+            chain = self.repo.info(manifest_id).chain
+            if self.repo.head(chain) != manifest_id:
+                raise ConflictError(
+                    f"results[{position}] ({manifest_id}) is no longer the head of branch chain "
+                    f"{chain!r}: the branch saved again; aggregate its latest result"
+                )
+            branches.append(chain)
+        if execution_id is not None:
+            target = execution_chain(execution_id)
+        else:
+            origin = next(
+                (info.chain for info in self.repo.log(branches[0]) if info.chain != branches[0]),
+                None,
+            )
+            if origin is None:
+                raise InvalidInputError(
+                    f"branch chain {branches[0]!r} was not started from another execution, "
+                    "so there is no parent execution to merge into; pass execution_id",
+                    path="execution_id",
+                )
+            target = origin
+        result = self.repo.merge(target, branches, strategy=merge_strategy, on_conflict=on_conflict)
+        return {
+            "success": True,
+            "manifest_id": result.manifest_id,
+            "blocks_uploaded": result.nodes_written,
+            "manifest_hash": result.manifest_id,
+            "block_ids": list(result.node_ids),
+            "s3_paths": list(result.pack_keys),
+            "parents": list(result.parents),
+            "execution_chain": target,
+        }
 
     def load_latest_state(
         self,
