@@ -135,7 +135,8 @@ class AuditReport(msgspec.Struct, frozen=True, kw_only=True):
     """What an audit found; ids are 64-hex strings.
 
     Danger (``ok`` is False): ``under_counted`` (a stored count below the references found:
-    the node could be freed while reachable), ``missing_nodes`` (reachable but not indexed,
+    the node could be freed while reachable; ``fork:<id>`` for a fork count below the
+    chains whose head is that version), ``missing_nodes`` (reachable but not indexed,
     or its pack is gone) and ``broken_chains`` (the id of a manifest whose parent is neither
     present nor tombstoned, or ``chain:<name>`` for a head naming a missing manifest).
 
