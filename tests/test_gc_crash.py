@@ -148,3 +148,73 @@ def test_crash_loses_nothing_committed(
         assert list(repo._meta.scan("zero/")) == [], point
         for manifest_id in repo._meta.scan("manifest/"):
             assert repo.verify(manifest_id[0][len("manifest/") :]).ok
+
+
+BRANCH_SCRIPT = r"""
+import sys
+import statebag
+
+path, mode = sys.argv[1], sys.argv[2]
+repo = statebag.open(path)
+if mode == "merge":
+    repo.merge("m", ["m/b0", "m/b1"], strategy="collect")
+elif mode == "unreached":
+    repo.gc(grace=0)
+repo.close()
+"""
+
+
+@pytest.mark.parametrize(
+    ("point", "mode"),
+    [
+        ("save.after_pending", "merge"),
+        ("save.after_upload", "merge"),
+        ("save.after_commit", "merge"),
+        ("gc.after_delete_manifest", "unreached"),
+    ],
+)
+def test_branch_operation_crash_loses_nothing_committed(
+    point: str, mode: str, tmp_path: Path
+) -> None:
+    """A merge dies in its commit, or gc dies deleting what a reset discarded: every
+    version a head reaches still loads, and gc plus audit leave a clean repository."""
+    path = tmp_path / "repo"
+    rng = random.Random(1)
+    with statebag.open(path, fsync=False) as repo:
+        first = repo.save("m", {"blob": rng.randbytes(50_000), "n": 0})
+        for branch in ("m/b0", "m/b1"):
+            repo.fork("m", branch)
+            repo.save(branch, {"blob": rng.randbytes(200_000), "n": 0})
+        discarded = [repo.save("m", {"blob": rng.randbytes(50_000), "n": n}) for n in (1, 2)]
+        if mode == "unreached":
+            repo.reset("m", first.manifest_id)
+        reached = {
+            info.manifest_id: repo.load(info.manifest_id)
+            for chain in repo.chains()
+            for info in repo.log(chain, graph=True)
+        }
+    env = {**os.environ, "STATEBAG_CRASH_AT": point}
+    done = subprocess.run(
+        [sys.executable, "-c", BRANCH_SCRIPT, str(path), mode],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == CRASH_EXIT_CODE, (point, done.stderr)
+    with statebag.open(path) as repo:
+        for manifest_id, data in reached.items():
+            assert repo.load(manifest_id) == data, (point, manifest_id)
+            assert repo.verify(manifest_id).ok
+        head = repo.head("m")
+        assert head is not None
+        if point == "save.after_commit":
+            assert repo.info(head).parents[1:] == [repo.head("m/b0"), repo.head("m/b1")]
+            assert len(repo.load(head)["blob"]) == 3  # collect: the target's and both branches'
+        repo.gc(grace=0)
+        if mode == "unreached":
+            assert all(repo._meta.get(f"manifest/{r.manifest_id}") is None for r in discarded)
+        report = repo.audit()
+        assert report.ok and not report.over_counted and not report.orphan_packs, report
+        assert not report.unswept and not report.in_flight, report
+        assert list(repo._meta.scan("dlq/")) == [] and list(repo._meta.scan("orphan/")) == []
