@@ -1,5 +1,8 @@
 """Four processes saving and one collecting garbage in a loop, on one SQLite repository.
 
+The savers also reset one of their chains now and then (gc deletes what that discards) and
+fork, save on, merge and delete a branch.
+
 The savers share a pool of values, so they keep finding nodes stored by others, including
 nodes whose versions retention has just deleted: the races between a save reusing a node
 and the sweep freeing it happen for real. gc runs with ``grace=0``, the tightest setting.
@@ -57,6 +60,22 @@ with statebag.open(path) as repo:
             # This chain's head, which nothing may delete: it must read back whole now,
             # whatever the collector swept while the save ran.
             assert repo.load(result.manifest_id) == state(*choice, tag), tag
+        if step % 5 == 0:
+            # Roll the b chain back: what it discards is gc's to delete (grace 0) while
+            # other savers may be reusing its nodes.
+            history = [info.manifest_id for info in repo.log(f"{name}-b")]
+            if len(history) > 2:
+                try:
+                    repo.reset(f"{name}-b", history[rng.randrange(1, len(history))])
+                except (ConflictError, NotFoundError):
+                    pass  # retention deleted that version meanwhile
+        if step % 11 == 0:
+            branch = f"{name}-br{step}"
+            repo.fork(f"{name}-a", branch)
+            repo.save(branch, state(rng.randrange(40), rng.randrange(8), 0, branch))
+            merged = repo.merge(f"{name}-a", [branch], strategy="last_wins")
+            assert repo.load(merged.manifest_id)["tag"] == branch
+            repo.delete_chain(branch)
         if step % 7 == 0:
             old = [info.manifest_id for info in repo.log(f"{name}-a")][1:]
             if old:
