@@ -438,3 +438,39 @@ def test_gc_dry_run_reports_discarded_versions_without_deleting(
     assert not list(repo._meta.scan("orphan/"))
     real = repo.gc(grace=0)
     assert real == dry
+
+
+def test_reset_to_a_version_deleted_while_it_ran_is_refused(repo: statebag.Repository) -> None:
+    # Another handle's retention deletes the target after this reset found it on the log;
+    # the target stays in this handle's cache, but the head must never name it.
+    ids = chain_of(repo, "a", 4)
+    original = repo.log
+
+    def log_then_delete(chain: str, **kwargs: Any) -> Iterator[statebag.ManifestInfo]:
+        for info in original(chain, **kwargs):
+            if info.manifest_id == ids[1]:
+                repo.load(ids[1])  # cached here
+                with statebag.open(repo._url) as other:
+                    other.delete(ids[1])
+            yield info
+
+    repo.log = log_then_delete  # type: ignore[method-assign]
+    with pytest.raises(NotFoundError, match="deleted"):
+        repo.reset("a", ids[1])
+    repo.log = original  # type: ignore[method-assign]
+    assert repo.head("a") == ids[3]
+    repo.gc(grace=0)
+    assert repo.load_latest("a") == repo.load(ids[3])
+    clean(repo.audit())
+
+
+def test_fork_of_a_version_deleted_meanwhile_is_refused(repo: statebag.Repository) -> None:
+    ids = chain_of(repo, "a", 3)
+    repo.load(ids[0])  # cached in this handle
+    with statebag.open(repo._url) as other:
+        other.delete(ids[0])
+    with pytest.raises(NotFoundError, match="deleted"):
+        repo.fork(ids[0], "b")
+    with pytest.raises(NotFoundError, match="deleted"):
+        repo.save("a", {"x": 1}, merged=[ids[0]])
+    assert repo.head("b") is None

@@ -701,13 +701,9 @@ class Repository:
                 raise InvalidInputError(
                     f"merged names {manifest_id.hex()} twice", path=f"merged[{position}]"
                 )
-            key = f"manifest/{manifest_id.hex()}"
-            stored = self._meta.get(key)
-            if stored is None:
-                self._manifest(manifest_id)  # raises NotFoundError, naming a deletion
-            assert stored is not None
+            stored = self._stored_manifest(manifest_id)
             manifest = self._manifest(manifest_id)
-            found.append((bytes(manifest_id), manifest.seq, Check(key, stored)))
+            found.append((bytes(manifest_id), manifest.seq, Check(stored[0], stored[1])))
         return found
 
     def _leave_head(self, chain: str, head_id: bytes, head_manifest: Manifest) -> list[Op]:
@@ -1225,6 +1221,18 @@ class Repository:
         self._remember_manifest(manifest_id, manifest)
         return manifest
 
+    def _stored_manifest(self, manifest_id: bytes) -> tuple[str, bytes]:
+        """The key and stored bytes of a manifest, read now (never from the cache), for a
+        write conditional on its still being there; NotFoundError if it is not."""
+        key = f"manifest/{manifest_id.hex()}"
+        stored = self._meta.get(key)
+        if stored is None:
+            self._manifests.discard(manifest_id)
+            if self._meta.get(f"tomb/{manifest_id.hex()}") is not None:
+                raise NotFoundError(f"manifest {manifest_id.hex()} was deleted")
+            raise NotFoundError(f"manifest {manifest_id.hex()} does not exist")
+        return key, stored
+
     def _remember_manifest(self, manifest_id: bytes, manifest: Manifest) -> None:
         self._manifests.put(manifest_id, manifest)
 
@@ -1492,11 +1500,7 @@ class Repository:
         new_chain = check_chain(new_chain, field="new_chain")
         for _ in range(_ATTEMPTS):
             point = self._version(source, field="source")
-            key = f"manifest/{point.hex()}"
-            stored = self._meta.get(key)
-            if stored is None:
-                self._manifest(point)  # NotFoundError, naming a deletion
-                continue
+            key, stored = self._stored_manifest(point)
             manifest = self._manifest(point)
             current = self._meta.get(head_key(new_chain))
             if current is not None:
@@ -1555,8 +1559,9 @@ class Repository:
             return ResetResult(
                 chain=chain, head=head.head.hex(), previous=head.head.hex(), discarded=[]
             )
-        key = f"manifest/{target.hex()}"
-        stored = self._meta.get(key)
+        # Read again now, uncached: retention may have deleted the target since the log
+        # was read, and a head must never name a deleted version.
+        key, stored = self._stored_manifest(target)
         txn = new_txn_id()
         ops: list[Op] = [
             Check(key, stored),
