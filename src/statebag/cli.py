@@ -1,10 +1,10 @@
 """The ``statebag`` command line: a face over :class:`statebag.Repository`.
 
-Commands: ``init``, ``save``, ``load``, ``log``, ``diff``, ``verify``, ``stats``, ``gc`` and
-``audit`` work on the repository named by ``-r/--repo PATH_OR_URL`` (before or after the
-command) or, failing that, the ``STATEBAG_REPO`` environment variable. ``demo [DIR]`` runs a
-simulated agent workflow in DIR (or in a temporary directory it removes) and reports what
-storage cost.
+Commands: ``init``, ``save``, ``load``, ``log``, ``diff``, ``fork``, ``merge``, ``reset``,
+``verify``, ``stats``, ``gc`` and ``audit`` work on the repository named by ``-r/--repo
+PATH_OR_URL`` (before or after the command) or, failing that, the ``STATEBAG_REPO``
+environment variable. ``demo [DIR]`` runs a simulated agent workflow in DIR (or in a
+temporary directory it removes) and reports what storage cost.
 
 Only ``init`` creates a repository and only ``init`` passes configuration options: a
 repository records its options at creation, and an open that contradicts them fails.
@@ -19,7 +19,8 @@ Exit codes: 0 success; 1 an unexpected statebag error; 2 invalid input or usage
 (``InvalidInputError``, and argparse's own usage errors); 3 integrity failure (also
 ``verify`` or ``demo`` finding a problem, and ``audit`` finding danger: something reachable
 missing or under-counted, or a broken chain; leaks alone exit 0); 4 conflict (a stale
-``--parent``); 5 not found; 6 configuration error; 7 backend failure; 130 interrupted. Each
+``--parent``, a chain moved by another writer, a merge conflict, ``fork`` onto an existing
+chain); 5 not found; 6 configuration error; 7 backend failure; 130 interrupted. Each
 of 1 to 7 comes from the ``exit_code`` of the error class in :mod:`statebag.errors`.
 
 Durations (``gc --keep-within`` and ``--grace``, ``init --grace``) are a number of seconds or
@@ -61,9 +62,10 @@ from .errors import (
     StatebagError,
 )
 from .ids import SHORT_LENGTH, looks_like_id
+from .merging import ON_CONFLICT, STRATEGIES
 from .repository import Repository
 from .repository import open as open_repository
-from .results import AuditReport
+from .results import AuditReport, CommitResult, ManifestInfo
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -80,7 +82,8 @@ exit codes:
   2    invalid input or usage (bad JSON file, bad option, no repository given)
   3    integrity failure (also: verify or demo found a problem; audit found danger:
        reachable data missing or under-counted, or a broken chain)
-  4    conflict (another writer moved the chain; a stale --parent)
+  4    conflict (another writer moved the chain; a stale --parent; a merge conflict;
+       fork onto a chain that exists)
   5    not found (no such repository, chain, version or field)
   6    configuration error (options contradict the repository)
   7    backend failure (storage I/O)
@@ -381,13 +384,30 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _meta(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``--meta`` JSON object, or None."""
+    if args.meta is None:
+        return None
+    meta = _loads(args.meta, source="--meta")
+    if not isinstance(meta, dict):
+        raise InvalidInputError("--meta must be a JSON object", path="--meta")
+    return meta
+
+
+def _commit_rows(result: CommitResult) -> list[tuple[str, object]]:
+    """What ``save`` and ``merge`` print after the parent rows."""
+    return [
+        ("nodes", f"{result.nodes_written} written, {result.nodes_reused} reused"),
+        ("logical", _size(result.bytes_logical)),
+        ("new raw", _size(result.bytes_new_raw)),
+        ("new stored", _size(result.bytes_new_stored)),
+        ("time", f"{result.timings.get('total', 0.0) * 1000:.1f} ms"),
+    ]
+
+
 def _cmd_save(args: argparse.Namespace) -> int:
     state = _read_state(args.file)
-    meta = None
-    if args.meta is not None:
-        meta = _loads(args.meta, source="--meta")
-        if not isinstance(meta, dict):
-            raise InvalidInputError("--meta must be a JSON object", path="--meta")
+    meta = _meta(args)
     with _open(args) as repo:
         result = repo.save(args.chain, state, parent=args.parent, changed=args.changed, meta=meta)
     if args.json:
@@ -398,11 +418,7 @@ def _cmd_save(args: argparse.Namespace) -> int:
             ("manifest", result.manifest_id),
             ("chain", f"{result.chain} (seq {result.seq})"),
             ("parent", result.parent or "-"),
-            ("nodes", f"{result.nodes_written} written, {result.nodes_reused} reused"),
-            ("logical", _size(result.bytes_logical)),
-            ("new raw", _size(result.bytes_new_raw)),
-            ("new stored", _size(result.bytes_new_stored)),
-            ("time", f"{result.timings.get('total', 0.0) * 1000:.1f} ms"),
+            *_commit_rows(result),
         ]
     )
     return 0
@@ -431,7 +447,12 @@ def _cmd_log(args: argparse.Namespace) -> int:
     with _open(args) as repo:
         if repo.head(args.chain) is None:
             raise NotFoundError(f"chain {args.chain!r} has no version")
-        infos = list(islice(repo.log(args.chain), args.limit))
+        # One more than --limit tells a cut-off history (whose lanes run on) from a whole one.
+        limit = None if args.limit is None else args.limit + 1
+        infos = list(islice(repo.log(args.chain, graph=args.graph), limit))
+        cut = args.limit is not None and len(infos) > args.limit
+        if cut:
+            del infos[args.limit :]
     if args.json:
         rows = []
         for info in infos:
@@ -439,6 +460,9 @@ def _cmd_log(args: argparse.Namespace) -> int:
             row["created_at"] = info.created_at.isoformat()
             rows.append(row)
         _print_json(rows)
+        return 0
+    if args.graph:
+        _write_text("".join(line + "\n" for line in _graph_text(infos, cut=cut)))
         return 0
     from rich.table import Table
 
@@ -452,12 +476,118 @@ def _cmd_log(args: argparse.Namespace) -> int:
         table.add_row(
             info.manifest_id[:SHORT_LENGTH],
             str(info.seq),
-            info.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            _time(info),
             f"{info.bytes_logical:,}",
             _dumps(info.meta, indent=None) if info.meta is not None else "",
         )
     _console().print(table)
     return 0
+
+
+def _time(info: ManifestInfo) -> str:
+    return info.created_at.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _graph_text(infos: Sequence[ManifestInfo], *, cut: bool = False) -> list[str]:
+    """``log --graph``: the graph of :func:`_graph` with each version's short id, chain,
+    seq and time (UTC) beside its row."""
+    drawn = _graph(infos, cut=cut)
+    width = max(len(graph) for graph, _ in drawn) if drawn else 0
+    chains = max((len(info.chain) for info in infos), default=0)
+    seqs = max((len(str(info.seq)) for info in infos), default=0)
+    lines = []
+    for graph, info in drawn:
+        if info is None:
+            lines.append(graph)
+            continue
+        lines.append(
+            f"{graph:<{width}}  {info.manifest_id[:SHORT_LENGTH]}  {info.chain:<{chains}}  "
+            f"seq {info.seq:>{seqs}}  {_time(info)}"
+        )
+    return lines
+
+
+def _graph(
+    infos: Sequence[ManifestInfo], *, cut: bool = False
+) -> list[tuple[str, ManifestInfo | None]]:
+    """Lanes for versions listed newest first, each before its parents: one row per version
+    (``*`` in its lane, ``|`` in every other open lane) paired with it, and connecting rows
+    paired with None.
+
+    A lane waits for one version. A version takes the leftmost lane waiting for it; the other
+    lanes waiting for it join that one first, on a line such as ``|/`` or ``|/_/`` (``_``
+    runs along the bottom to the lane they join). Its first parent then continues its lane,
+    and each further parent opens a lane in the first free slot to its right, on a line such
+    as ``|\\`` or ``|\\ \\`` (``-`` where the way crosses to a lane further on). Lanes keep
+    their slot: a lane that ends leaves a gap, which a later lane may reuse.
+
+    A parent not listed (deleted: the history was pruned there) ends its lane, or opens
+    none. With ``cut``, the list is the newest part of a longer history (``--limit``):
+    every parent gets its lane, and the lanes of those below the cut run off the bottom, so
+    the lines are the first lines of the whole history's graph.
+    """
+    listed = {info.manifest_id for info in infos}
+    lanes: list[str | None] = []  # the version each lane waits for; None: a free slot
+    lines: list[tuple[str, ManifestInfo | None]] = []
+
+    def free_slot(start: int) -> int:
+        for slot in range(start, len(lanes)):
+            if lanes[slot] is None:
+                return slot
+        lanes.append(None)
+        return len(lanes) - 1
+
+    def draw(cells: list[str]) -> str:
+        return "".join(cells).rstrip()
+
+    def lane_cells(skip: Sequence[int] = ()) -> list[str]:
+        cells = [" "] * (2 * len(lanes))
+        for slot, waiting in enumerate(lanes):
+            if waiting is not None and slot not in skip:
+                cells[2 * slot] = "|"
+        return cells
+
+    for info in infos:
+        waiting = [slot for slot, want in enumerate(lanes) if want == info.manifest_id]
+        col = waiting[0] if waiting else free_slot(0)
+        lanes[col] = info.manifest_id
+        joining = waiting[1:]
+        if joining:
+            cells = lane_cells(skip=joining)
+            for slot in joining:
+                cells[2 * slot - 1] = "/"
+            for at in range(2 * col + 1, 2 * joining[-1] - 1):
+                if cells[at] == " ":
+                    cells[at] = "_"
+            lines.append((draw(cells), None))
+            for slot in joining:
+                lanes[slot] = None
+        cells = lane_cells()
+        cells[2 * col] = "*"
+        lines.append((draw(cells), info))
+
+        parents = [p if cut or p in listed else None for p in info.parents] or [None]
+        lanes[col] = parents[0]
+        opened = []
+        for parent in parents[1:]:
+            if parent is None:
+                continue
+            slot = free_slot(col + 1)
+            lanes[slot] = parent
+            opened.append(slot)
+        if opened:
+            cells = lane_cells(skip=opened)
+            anchor = col
+            for slot in opened:
+                cells[2 * slot - 1] = "\\"
+                for at in range(2 * anchor + 1, 2 * slot - 1):
+                    if cells[at] == " ":
+                        cells[at] = "-"
+                anchor = slot
+            lines.append((draw(cells), None))
+        while lanes and lanes[-1] is None:
+            lanes.pop()
+    return lines
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
@@ -497,6 +627,73 @@ def _cmd_diff(args: argparse.Namespace) -> int:
     _write_text(
         f"{len(diff.added)} added, {len(diff.removed)} removed, {len(diff.changed)} changed\n"
     )
+    return 0
+
+
+def _cmd_fork(args: argparse.Namespace) -> int:
+    with _open(args) as repo:
+        point = repo.fork(args.source, args.chain)
+        info = repo.info(point)
+    if args.json:
+        _print_json({"chain": args.chain, "source": args.source, "head": point})
+        return 0
+    _print_fields(
+        [
+            ("chain", args.chain),
+            ("head", point),
+            ("forked from", f"{info.chain} (seq {info.seq})"),
+        ]
+    )
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    meta = _meta(args)
+    with _open(args) as repo:
+        result = repo.merge(
+            args.target,
+            args.branches,
+            strategy=args.strategy,
+            on_conflict=args.on_conflict,
+            meta=meta,
+        )
+    if args.json:
+        _print_json(msgspec.to_builtins(result))
+        return 0
+    rows: list[tuple[str, object]] = [
+        ("manifest", result.manifest_id),
+        ("chain", f"{result.chain} (seq {result.seq})"),
+        ("parent", result.parent or "-"),
+    ]
+    rows += [
+        ("merged", f"{parent} ({branch})")
+        for branch, parent in zip(args.branches, result.parents[1:], strict=False)
+    ]
+    rows.append(("strategy", args.strategy))
+    _print_fields(rows + _commit_rows(result))
+    return 0
+
+
+def _cmd_reset(args: argparse.Namespace) -> int:
+    with _open(args) as repo:
+        result = repo.reset(args.chain, args.manifest_id)
+    if args.json:
+        _print_json(msgspec.to_builtins(result))
+        return 0
+    _print_fields(
+        [
+            ("chain", result.chain),
+            ("head", result.head),
+            ("previous", result.previous),
+            ("discarded", len(result.discarded)),
+        ]
+    )
+    for manifest_id in result.discarded:
+        _write_text(f"  discarded {manifest_id}\n")
+    if result.discarded:
+        _write_text(
+            "discarded versions stay loadable by id until gc collects them (pin one to keep it)\n"
+        )
     return 0
 
 
@@ -890,9 +1087,24 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     load.add_argument("--compact", action="store_true", help="one line, no indentation")
 
-    log = command("log", _cmd_log, "list the versions of a chain, newest first")
+    log = command(
+        "log",
+        _cmd_log,
+        "list the versions of a chain, newest first",
+        "Without --graph: the chain's head and its first parents (a forked chain's history "
+        "goes on into the chain it was forked from). With --graph: every ancestor through all "
+        "parents, merged branches included, each once, newest first, drawn in lanes: * marks "
+        "a version in its lane, | another open lane, a |\\ line a merge opening a lane for "
+        "each further parent and a |/ line lanes joining at a version they share. Each row "
+        "gives the short id, the chain the version was saved on, its seq and its time (UTC).\n\n"
+        "--json keys of each version: manifest_id, chain, parent, parents, seq, created_at, "
+        "meta, bytes_logical.",
+    )
     log.add_argument("chain", metavar="CHAIN", help="chain name")
     log.add_argument("--limit", type=_positive, metavar="N", help="at most N versions")
+    log.add_argument(
+        "--graph", action="store_true", help="every ancestor through all parents, as a graph"
+    )
     log.add_argument("--json", action="store_true", help="print a JSON list (full ids)")
 
     diff = command(
@@ -905,6 +1117,70 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("a", metavar="A", help="old version: id or chain")
     diff.add_argument("b", metavar="B", help="new version: id or chain")
     diff.add_argument("--json", action="store_true", help="print the diff as JSON")
+
+    fork = command(
+        "fork",
+        _cmd_fork,
+        "start a new chain at a version: no version is written and no data copied",
+        "SOURCE is a chain (its newest version) or a manifest id. The new chain's head is "
+        "that version, and its next save has it as parent. Fails with exit 4 if NEW already "
+        "has a version, and exit 2 if NEW looks like a manifest id (64 hex characters).\n\n"
+        "--json keys: chain, source, head (the version the new chain starts at).",
+    )
+    fork.add_argument("source", metavar="SOURCE", help="chain or manifest id to fork from")
+    fork.add_argument("chain", metavar="NEW", help="name of the new chain")
+    fork.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    merge = command(
+        "merge",
+        _cmd_merge,
+        "merge the heads of BRANCH chains into TARGET as one new version with several parents",
+        "Every strategy works field by field against the newest common ancestor of all the "
+        "heads; a side (TARGET, then each BRANCH in the order given) changed a field when it "
+        "differs there from the ancestor. three_way (default): a field changed on one side "
+        "takes that side's value; changed on several sides to different values is a "
+        "conflict. deep_merge: the same, but conflicting objects merge key by key and lists "
+        "get the elements each side appended, in side order. last_wins: the last side that "
+        "changed a field wins. collect: a changed field becomes the list of the changed "
+        "sides' values, in side order.\n\n"
+        "--on-conflict raise (default) fails with exit 4 naming every conflicting field and "
+        "writes nothing; last_wins takes the last changed side's value. The branches keep "
+        "their heads.\n\n"
+        "--json keys: those of save; parents lists TARGET's head, then each BRANCH's head.",
+    )
+    merge.add_argument("target", metavar="TARGET", help="chain that gets the merged version")
+    merge.add_argument(
+        "branches", metavar="BRANCH", nargs="+", help="chains whose heads are merged in"
+    )
+    merge.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="three_way",
+        help="how fields combine (default three_way)",
+    )
+    merge.add_argument(
+        "--on-conflict",
+        choices=ON_CONFLICT,
+        default="raise",
+        help="what a conflict does (default raise: exit 4, nothing written)",
+    )
+    merge.add_argument("--meta", metavar="JSON", help="a JSON object stored with the version")
+    merge.add_argument("--json", action="store_true", help="print the whole result as JSON")
+
+    reset = command(
+        "reset",
+        _cmd_reset,
+        "move a chain's head back to an earlier version of its history",
+        "ID must be a version that `log CHAIN` lists (the head itself changes nothing). Fails "
+        "with exit 4 if another writer moves the chain meanwhile. The versions after ID are "
+        "no longer in the chain's log but stay loadable by id until gc collects them, once "
+        "no head reaches them, nothing pins or holds them and the grace period has passed.\n\n"
+        "--json keys: chain, head (the new head), previous (the old head), discarded (the "
+        "ids log no longer lists, newest first).",
+    )
+    reset.add_argument("chain", metavar="CHAIN", help="chain name")
+    reset.add_argument("manifest_id", metavar="ID", help="the version to move the head back to")
+    reset.add_argument("--json", action="store_true", help="print the result as JSON")
 
     verify = command(
         "verify",
