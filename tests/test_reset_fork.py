@@ -474,3 +474,31 @@ def test_fork_of_a_version_deleted_meanwhile_is_refused(repo: statebag.Repositor
     with pytest.raises(NotFoundError, match="deleted"):
         repo.save("a", {"x": 1}, merged=[ids[0]])
     assert repo.head("b") is None
+
+
+@pytest.mark.parametrize("lands", [True, False])
+def test_fork_and_reset_whose_answer_is_lost_read_the_head_back(
+    repo: statebag.Repository, monkeypatch: pytest.MonkeyPatch, lands: bool
+) -> None:
+    ids = chain_of(repo, "a", 3)
+    write = repo._meta.write
+
+    def lost_answer(ops: Any) -> None:
+        if lands:
+            write(ops)
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(repo._meta, "write", lost_answer)
+    if lands:
+        assert repo.fork("a", "b") == ids[2]
+        assert repo.reset("a", ids[0]).head == ids[0]
+    else:
+        with pytest.raises(statebag.BackendError) as fork_error:
+            repo.fork("a", "b")
+        with pytest.raises(statebag.BackendError) as reset_error:
+            repo.reset("a", ids[0])
+        assert fork_error.value.retryable and reset_error.value.retryable
+    monkeypatch.undo()
+    assert repo.head("b") == (ids[2] if lands else None)
+    assert repo.head("a") == (ids[0] if lands else ids[2])
+    clean(repo.audit())

@@ -1508,11 +1508,12 @@ class Repository:
                     f"chain {new_chain!r} already exists (its head is "
                     f"{decode_head(current).head.hex()}); fork into a new name"
                 )
+            txn = new_txn_id()
             ops: list[Op] = [
                 Check(key, stored),
                 Put(
                     head_key(new_chain),
-                    encode_record(HeadRecord(point, manifest.seq, new_txn_id())),
+                    encode_record(HeadRecord(point, manifest.seq, txn)),
                     expect=None,
                 ),
                 Add("stat/chains", 1),
@@ -1524,8 +1525,21 @@ class Repository:
                 self._meta.write(ops)
             except ConditionFailed:
                 continue  # the source was deleted, or the chain created, meanwhile
+            except StatebagError:
+                raise
+            except Exception as exc:  # did the write land? the head carries our txn if so
+                if not self._head_has(new_chain, txn):
+                    raise BackendError(
+                        f"fork into {new_chain!r} failed: {exc}", retryable=True
+                    ) from exc
             return point.hex()
         raise ConflictError(f"fork of {source!r} into {new_chain!r} kept racing; retry")
+
+    def _head_has(self, chain: str, txn: str) -> bool:
+        """Whether ``chain``'s head was set by ``txn``: how a write whose answer was lost
+        tells whether it landed."""
+        stored = self._meta.get(head_key(chain))
+        return stored is not None and decode_head(stored).txn == txn
 
     def reset(self, chain: str, manifest_id: str, /) -> ResetResult:
         """Move ``chain``'s head back to ``manifest_id``, a version on its first-parent
@@ -1587,8 +1601,7 @@ class Repository:
         except StatebagError:
             raise
         except Exception as exc:  # did the write land? the head carries our txn if so
-            now = self._meta.get(head_key(chain))
-            if now is None or decode_head(now).txn != txn:
+            if not self._head_has(chain, txn):
                 raise BackendError(
                     f"reset of chain {chain!r} failed: {exc}", retryable=True
                 ) from exc
