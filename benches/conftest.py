@@ -33,8 +33,10 @@ import json
 import os
 import platform
 import random
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -44,7 +46,7 @@ import pytest
 from blake3 import blake3
 
 import statebag
-from statebag import codec
+from statebag import Repository, codec
 
 MIB = 1 << 20
 MB = 1_000_000  # throughputs are reported in MB/s (10**6 bytes per second)
@@ -734,3 +736,52 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 def _fmt_load(load: tuple[float, float, float] | None) -> str:
     return "n/a" if load is None else "/".join(f"{x:.2f}" for x in load)
+
+
+# -- scratch repositories ------------------------------------------------------------------
+
+
+class Scratch:
+    """Repositories in fresh temporary directories; ``clear`` closes and deletes them all."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.dirs: list[Path] = []
+        self.repos: list[Repository] = []
+
+    def new(self) -> Repository:
+        """An empty repository (fsync on, the default) in a new directory."""
+        path = Path(tempfile.mkdtemp(prefix="repo-", dir=self.root))
+        self.dirs.append(path)
+        self.repos.append(statebag.open(path))
+        return self.repos[-1]
+
+    def open(self, path: Path) -> Repository:
+        """A new Repository object on an existing repository (not deleted by ``clear``)."""
+        self.repos.append(statebag.open(path, create=False))
+        return self.repos[-1]
+
+    def close(self) -> None:
+        for repo in self.repos:
+            repo.close()
+        self.repos.clear()
+
+    def clear(self) -> None:
+        self.close()
+        for path in self.dirs:
+            shutil.rmtree(path, ignore_errors=True)
+        self.dirs.clear()
+
+
+@pytest.fixture(scope="module")
+def workspace() -> Iterator[Path]:
+    """A temporary directory per bench module, for its scratch repositories."""
+    with tempfile.TemporaryDirectory(prefix="statebag-bench-") as root:
+        yield Path(root)
+
+
+@pytest.fixture
+def scratch(workspace: Path) -> Iterator[Scratch]:
+    repos = Scratch(workspace)
+    yield repos
+    repos.clear()

@@ -27,18 +27,16 @@ from __future__ import annotations
 
 import random
 import statistics
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import SEED, Bench, scaled
+from conftest import SEED, Bench, Scratch, scaled
 from statebag import CommitResult, Repository, codec
-from test_bench_repository import Scratch, _median_stages, _message, _scratch_value, _words
+from test_bench_repository import _median_stages, _message, _scratch_value, _words
 
 STATE_BYTES = 10_000_000
 BRANCHES = 16
@@ -108,19 +106,6 @@ def _build() -> Workload:
 @pytest.fixture(scope="module")
 def workload() -> Workload:
     return _build()
-
-
-@pytest.fixture(scope="module")
-def workspace() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="statebag-bench-branches-") as root:
-        yield Path(root)
-
-
-@pytest.fixture
-def scratch(workspace: Path) -> Iterator[Scratch]:
-    repos = Scratch(workspace)
-    yield repos
-    repos.clear()
 
 
 def _median(bench: Bench) -> float | None:

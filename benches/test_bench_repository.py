@@ -49,7 +49,17 @@ import pytest
 import zstandard
 
 import statebag
-from conftest import AGENT_DATASET, MIB, REPO_DATASET, SCALE, SEED, Bench, make_state, scaled
+from conftest import (
+    AGENT_DATASET,
+    MIB,
+    REPO_DATASET,
+    SCALE,
+    SEED,
+    Bench,
+    Scratch,
+    make_state,
+    scaled,
+)
 from statebag import CommitResult, Repository, StateBag, codec, dag
 from statebag.repository import Config
 
@@ -105,51 +115,6 @@ def state100() -> StateData:
 def rbench(bench_on: Callable[[str, int], Bench], state100: StateData) -> Bench:
     """The ``benchmark`` fixture bound to the repository data set."""
     return bench_on(REPO_DATASET, state100.total)
-
-
-class Scratch:
-    """Repositories in fresh temporary directories; ``clear`` closes and deletes them all."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.dirs: list[Path] = []
-        self.repos: list[Repository] = []
-
-    def new(self) -> Repository:
-        """An empty repository (fsync on, the default) in a new directory."""
-        path = Path(tempfile.mkdtemp(prefix="repo-", dir=self.root))
-        self.dirs.append(path)
-        self.repos.append(statebag.open(path))
-        return self.repos[-1]
-
-    def open(self, path: Path) -> Repository:
-        """A new Repository object on an existing repository (not deleted by ``clear``)."""
-        self.repos.append(statebag.open(path, create=False))
-        return self.repos[-1]
-
-    def close(self) -> None:
-        for repo in self.repos:
-            repo.close()
-        self.repos.clear()
-
-    def clear(self) -> None:
-        self.close()
-        for path in self.dirs:
-            shutil.rmtree(path, ignore_errors=True)
-        self.dirs.clear()
-
-
-@pytest.fixture(scope="module")
-def workspace() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="statebag-bench-") as root:
-        yield Path(root)
-
-
-@pytest.fixture
-def scratch(workspace: Path) -> Iterator[Scratch]:
-    repos = Scratch(workspace)
-    yield repos
-    repos.clear()
 
 
 @pytest.fixture(scope="module")

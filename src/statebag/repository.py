@@ -1508,38 +1508,54 @@ class Repository:
                     f"chain {new_chain!r} already exists (its head is "
                     f"{decode_head(current).head.hex()}); fork into a new name"
                 )
-            txn = new_txn_id()
-            ops: list[Op] = [
-                Check(key, stored),
-                Put(
-                    head_key(new_chain),
-                    encode_record(HeadRecord(point, manifest.seq, txn)),
-                    expect=None,
-                ),
-                Add("stat/chains", 1),
-                Add("stat/epoch", 1),
-            ]
-            if manifest.chain != new_chain:
-                ops.append(Add(f"fork/{point.hex()}", 1))
             try:
-                self._meta.write(ops)
+                self._move_head(
+                    new_chain,
+                    point,
+                    manifest,
+                    (key, stored),
+                    expect=None,
+                    also=[Add("stat/chains", 1)],
+                )
             except ConditionFailed:
                 continue  # the source was deleted, or the chain created, meanwhile
-            except StatebagError:
-                raise
-            except Exception as exc:  # did the write land? the head carries our txn if so
-                if not self._head_has(new_chain, txn):
-                    raise BackendError(
-                        f"fork into {new_chain!r} failed: {exc}", retryable=True
-                    ) from exc
             return point.hex()
         raise ConflictError(f"fork of {source!r} into {new_chain!r} kept racing; retry")
 
-    def _head_has(self, chain: str, txn: str) -> bool:
-        """Whether ``chain``'s head was set by ``txn``: how a write whose answer was lost
-        tells whether it landed."""
-        stored = self._meta.get(head_key(chain))
-        return stored is not None and decode_head(stored).txn == txn
+    def _move_head(
+        self,
+        chain: str,
+        to: bytes,
+        manifest: Manifest,
+        stored: tuple[str, bytes],
+        *,
+        expect: bytes | None,
+        also: list[Op],
+    ) -> None:
+        """Point ``chain``'s head at version ``to`` in one write, without a new version (a
+        fork or a reset): conditional on the version still stored as read and on the head
+        record being ``expect``, stamped with a fresh txn id, counting in ``fork/<to>`` a
+        head on another chain's version. ConditionFailed when a condition fails; a write
+        whose answer is lost reads the head back by its txn."""
+        txn = new_txn_id()
+        ops: list[Op] = [
+            Check(*stored),
+            Put(head_key(chain), encode_record(HeadRecord(to, manifest.seq, txn)), expect=expect),
+            Add("stat/epoch", 1),
+            *also,
+        ]
+        if manifest.chain != chain:
+            ops.append(Add(f"fork/{to.hex()}", 1))
+        try:
+            self._meta.write(ops)
+        except StatebagError:
+            raise
+        except Exception as exc:
+            now = self._meta.get(head_key(chain))
+            if now is None or decode_head(now).txn != txn:
+                raise BackendError(
+                    f"moving the head of chain {chain!r} failed: {exc}", retryable=True
+                ) from exc
 
     def reset(self, chain: str, manifest_id: str, /) -> ResetResult:
         """Move ``chain``'s head back to ``manifest_id``, a version on its first-parent
@@ -1576,35 +1592,21 @@ class Repository:
         # Read again now, uncached: retention may have deleted the target since the log
         # was read, and a head must never name a deleted version.
         key, stored = self._stored_manifest(target)
-        txn = new_txn_id()
-        ops: list[Op] = [
-            Check(key, stored),
-            Put(
-                head_key(chain),
-                encode_record(HeadRecord(target, target_manifest.seq, txn)),
-                expect=head_bytes,
-            ),
-            *self._leave_head(chain, head.head, head_manifest),
-            Add("stat/epoch", 1),
-            Add("stat/discards", 1),
-        ]
-        if target_manifest.chain != chain:
-            ops.append(Add(f"fork/{target.hex()}", 1))
         try:
-            self._meta.write(ops)
+            self._move_head(
+                chain,
+                target,
+                target_manifest,
+                (key, stored),
+                expect=head_bytes,
+                also=[*self._leave_head(chain, head.head, head_manifest), Add("stat/discards", 1)],
+            )
         except ConditionFailed as exc:
             if self._meta.get(key) is None:
                 raise NotFoundError(f"version {target.hex()} was deleted meanwhile") from exc
             raise ConflictError(
                 f"chain {chain!r} moved while it was being reset; read its log and reset again"
             ) from exc
-        except StatebagError:
-            raise
-        except Exception as exc:  # did the write land? the head carries our txn if so
-            if not self._head_has(chain, txn):
-                raise BackendError(
-                    f"reset of chain {chain!r} failed: {exc}", retryable=True
-                ) from exc
         return ResetResult(
             chain=chain, head=target.hex(), previous=head.head.hex(), discarded=discarded
         )
