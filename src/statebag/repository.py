@@ -701,9 +701,9 @@ class Repository:
                 raise InvalidInputError(
                     f"merged names {manifest_id.hex()} twice", path=f"merged[{position}]"
                 )
-            stored = self._stored_manifest(manifest_id)
-            manifest = self._manifest(manifest_id)
-            found.append((bytes(manifest_id), manifest.seq, Check(stored[0], stored[1])))
+            key, stored = self._stored_manifest(manifest_id)
+            seq = MANIFEST_DECODER.decode(stored).seq
+            found.append((bytes(manifest_id), seq, Check(key, stored)))
         return found
 
     def _leave_head(self, chain: str, head_id: bytes, head_manifest: Manifest) -> list[Op]:
@@ -1761,6 +1761,7 @@ class Repository:
         given: dict[str, Entry] = {}
         data: dict[str, Any] = {}
         conflicts = merging.Conflicts()
+        computed: list[tuple[str, Entry | None, list[Entry | None]]] = []
         names = sorted({name for side in sides for name in side} | set(base))
         for name in names:
             before = base.get(name)
@@ -1780,26 +1781,30 @@ class Repository:
                 conflicts.paths.append(name)
                 continue
             else:
-                base_value = self._value(before)
-                values = [self._value(entry) for entry in changed]
-                if strategy == "collect":
-                    value = [v for v in values if v is not merging.MISSING] or merging.MISSING
-                elif strategy == "deep_merge":
-                    value = merging.deep_merge(name, base_value, values, on_conflict, conflicts)
-                else:
-                    value = merging.resolve(name, base_value, values, on_conflict, conflicts)
-                if value is not merging.MISSING:
-                    data[name] = value
+                computed.append((name, before, changed))
                 continue
             if winner is not None:
                 given[name] = winner
+        # The values the computed fields need, read in one batch of parallel reads.
+        needed = {e for _, before, changed in computed for e in (before, *changed) if e}
+        keys = {entry: str(position) for position, entry in enumerate(needed)}
+        loaded = self._materialize({key: entry for entry, key in keys.items()})
+
+        def value(entry: Entry | None) -> Any:
+            return merging.MISSING if entry is None else loaded[keys[entry]]
+
+        for name, before, changed in computed:
+            values = [value(entry) for entry in changed]
+            if strategy == "collect":
+                result = [v for v in values if v is not merging.MISSING] or merging.MISSING
+            elif strategy == "deep_merge":
+                result = merging.deep_merge(name, value(before), values, on_conflict, conflicts)
+            else:
+                result = merging.resolve(name, value(before), values, on_conflict, conflicts)
+            if result is not merging.MISSING:
+                data[name] = result
         conflicts.raise_if_any(target)
         return given, data
-
-    def _value(self, entry: Entry | None) -> Any:
-        if entry is None:
-            return merging.MISSING
-        return self._materialize({"": entry})[""]
 
     # -- deletion and garbage collection ----------------------------------------------------
 
