@@ -15,8 +15,8 @@ import pytest
 
 import statebag
 from statebag import ConflictError, InvalidInputError, NotFoundError
-from statebag.commit import PendingRecord, encode_letter, encode_record
 from statebag.gc import select_for_deletion
+from statebag.keys import PendingRecord, encode_letter, encode_record
 from statebag.liveness import Liveness
 from statebag.packs import pack_key
 

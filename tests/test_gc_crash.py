@@ -21,7 +21,7 @@ import pytest
 
 import statebag
 from statebag._crash import CRASH_EXIT_CODE, CRASH_POINTS
-from statebag.commit import PendingRecord, encode_record
+from statebag.keys import PendingRecord, encode_record
 from statebag.packs import pack_key
 
 SCRIPT = r"""

@@ -465,7 +465,7 @@ def test_conflict_in_one_atomic_write_leaves_no_pack(repo: statebag.Repository) 
     def stale_get(key: str) -> Any:
         return b"" if False else (stale_record if key == "chain/c" else real_get(key))
 
-    from statebag.commit import HeadRecord, encode_record
+    from statebag.keys import HeadRecord, encode_record
 
     stale_record = encode_record(HeadRecord(bytes.fromhex(base), 1, "old"))
     repo._meta.get = stale_get  # type: ignore[method-assign]
@@ -540,7 +540,7 @@ def test_concurrent_index_of_the_same_node_is_counted_once(repo: statebag.Reposi
 
 
 def _flip_byte_in_pack(repo: statebag.Repository, node_id: bytes) -> None:
-    from statebag.packs import IndexRecord
+    from statebag.keys import IndexRecord
 
     record = IndexRecord.decode(repo._meta.get(f"node/{node_id.hex()}"), node_id="x")
     key = pack_key(record.pack_id)

@@ -39,82 +39,51 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-import msgspec
-
 from . import codec
 from ._crash import crash_point
 from .dag import NewNode
 from .errors import BackendError, ConflictError, StatebagError
 from .hashing import hash_bytes
+from .keys import (
+    FLAG_INTERIOR,
+    HEAD,
+    MANIFEST,
+    NODE,
+    STAT_BYTES_DEAD,
+    STAT_BYTES_LOGICAL,
+    STAT_BYTES_STORED,
+    STAT_CHAINS,
+    STAT_EPOCH,
+    STAT_MANIFESTS,
+    STAT_NODES,
+    STAT_PACKS,
+    HeadRecord,
+    IndexRecord,
+    PackRecord,
+    PendingRecord,
+    chain_of,
+    dead_key,
+    decode_head,
+    encode_letter,
+    encode_record,
+    head_key,
+    id_of,
+    letter_key,
+    manifest_key,
+    node_key,
+    pack_record_key,
+    pending_key,
+    ref_key,
+)
 from .liveness import Liveness
 from .meta import ANY, Add, Check, ConditionFailed, Delete, MetaStore, Op, Put
 from .objects import ObjectStore
-from .packs import FLAG_INTERIOR, IndexRecord, PackEntry, PackRecord, PackWriter, pack_key
+from .packs import PackEntry, PackWriter, pack_key
 
-__all__ = [
-    "DEFAULT_LEASE",
-    "HeadRecord",
-    "PendingRecord",
-    "Prepare",
-    "Transaction",
-    "commit",
-    "head_key",
-    "new_txn_id",
-]
+__all__ = ["DEFAULT_LEASE", "Prepare", "Transaction", "commit", "new_txn_id"]
 
 DEFAULT_LEASE = 24 * 3600.0
 _MAX_ATTEMPTS = 64
-
-
-class HeadRecord(msgspec.Struct, array_like=True, frozen=True):
-    """``chain/<name>`` -> the chain's head manifest id, its seq and the txn that set it."""
-
-    head: bytes
-    seq: int
-    txn: str
-
-
-class PendingRecord(msgspec.Struct, frozen=True):
-    """``pending/<txn>``: a save in progress, to be rolled back if its lease expires."""
-
-    chain: str
-    started_ns: int
-    lease_until_ns: int
-    packs: list[bytes]
-
-
-_HEAD_ENCODER = msgspec.msgpack.Encoder(order="deterministic")
-_HEAD_DECODER = msgspec.msgpack.Decoder(HeadRecord)
-_PENDING_DECODER = msgspec.msgpack.Decoder(PendingRecord)
-
-
-def encode_record(record: HeadRecord | PendingRecord, /) -> bytes:
-    return _HEAD_ENCODER.encode(record)
-
-
-def decode_head(data: bytes, /) -> HeadRecord:
-    return _HEAD_DECODER.decode(data)
-
-
-def decode_pending(data: bytes, /) -> PendingRecord:
-    return _PENDING_DECODER.decode(data)
-
-
-_LETTER_ENCODER = msgspec.msgpack.Encoder(order="deterministic")
-_LETTER_DECODER = msgspec.msgpack.Decoder(list[bytes])
-
-
-def encode_letter(packs: list[bytes], /) -> bytes:
-    """``dlq/<name>``: the ids of packs that nothing indexes and that are to be deleted."""
-    return _LETTER_ENCODER.encode(packs)
-
-
-def decode_letter(data: bytes, /) -> list[bytes]:
-    return _LETTER_DECODER.decode(data)
-
-
-def head_key(chain: str, /) -> str:
-    return f"chain/{chain}"
 
 
 def new_txn_id() -> str:
@@ -170,42 +139,61 @@ def _reference_groups(tx: Transaction, records: dict[bytes, IndexRecord]) -> lis
         record = records[node_id]
         if node.children:
             record = record._replace(flags=FLAG_INTERIOR)
-        group: list[Op] = [Put(f"node/{node_id.hex()}", record.encode(), expect=None)]
-        group.extend(Add(f"ref/{child.hex()}", 1) for child in node.children)
+        group: list[Op] = [Put(node_key(node_id), record.encode(), expect=None)]
+        group.extend(Add(ref_key(child), 1) for child in node.children)
         groups.append(group)
-    groups.append([Add(f"ref/{tx.root.hex()}", 1)])
+    groups.append([Add(ref_key(tx.root), 1)])
     return groups
 
 
 def _found_checks(tx: Transaction) -> list[Op]:
-    return [Check(f"node/{node_id.hex()}", record) for node_id, (_, record) in tx.found.items()]
+    return [Check(node_key(node_id), record) for node_id, (_, record) in tx.found.items()]
 
 
-def _commit_ops(tx: Transaction, pending: bytes | None) -> list[Op]:
+@dataclass
+class _CommitWrite:
+    """Step 3's write in named parts, so that a failed condition is told by which op it was
+    (its identity), never by its position in the list."""
+
+    manifest: Put
+    head: Put
+    finish: Delete  # the pending entry's removal, conditional on it being this save's
+    guards: list[Check]
+    totals: list[Op]  # counters, pack records and the caller's extra ops
+
+    def ops(self) -> list[Op]:
+        return [self.manifest, self.head, self.finish, *self.guards, *self.totals]
+
+    def essential(self) -> list[Op]:
+        """What must land in one write: the manifest, the head move, the pending entry's
+        removal and the guards."""
+        return [self.manifest, self.head, self.finish, *self.guards]
+
+    def is_guard(self, op: Op) -> bool:
+        return any(op is guard for guard in self.guards)
+
+
+def _commit_write(tx: Transaction, pending: bytes | None) -> _CommitWrite:
     """The manifest, the head move, the pending entry's removal and the totals. The pending
     entry must still be the one this save wrote: if gc rolled it back (and deleted the
     packs), the save must not commit."""
     new_count = len(tx.new_nodes) - len(tx.reused_late)
-    ops: list[Op] = [
-        Put(f"manifest/{tx.manifest_id.hex()}", tx.manifest, expect=None),
-        Put(head_key(tx.chain), encode_record(tx.new_head), expect=tx.expected_head),
-        Delete(f"pending/{tx.txn}", expect=pending if pending is not None else ANY),
-        *tx.guards,
-        Add("stat/manifests", 1),
-        Add("stat/bytes_logical", tx.bytes_logical),
-        Add("stat/epoch", 1),
+    totals: list[Op] = [
+        Add(STAT_MANIFESTS, 1),
+        Add(STAT_BYTES_LOGICAL, tx.bytes_logical),
+        Add(STAT_EPOCH, 1),
         *tx.extra,
     ]
     if tx.expected_head is None:
-        ops.append(Add("stat/chains", 1))
+        totals.append(Add(STAT_CHAINS, 1))
     if new_count:
-        ops.append(Add("stat/nodes", new_count))
+        totals.append(Add(STAT_NODES, new_count))
     if tx.packs:
-        ops.append(Add("stat/packs", len(tx.packs)))
-        ops.append(Add("stat/bytes_stored", sum(len(data) for _, data, _ in tx.packs)))
-        ops.extend(
+        totals.append(Add(STAT_PACKS, len(tx.packs)))
+        totals.append(Add(STAT_BYTES_STORED, sum(len(data) for _, data, _ in tx.packs)))
+        totals.extend(
             Put(
-                f"pack/{pack_id.hex()}",
+                pack_record_key(pack_id),
                 PackRecord(len(data), sum(entry.length for entry in entries)).encode(),
             )
             for pack_id, data, entries in tx.packs
@@ -217,14 +205,21 @@ def _commit_ops(tx: Transaction, pending: bytes | None) -> list[Op]:
                 if entry.node_id in tx.reused_late:
                     dead[pack_id] = dead.get(pack_id, 0) + entry.length
         for pack_id, length in dead.items():
-            ops.append(Add(f"dead/{pack_id.hex()}", length))
-            ops.append(Add("stat/bytes_dead", length))
-    return ops
+            totals.append(Add(dead_key(pack_id), length))
+            totals.append(Add(STAT_BYTES_DEAD, length))
+    return _CommitWrite(
+        manifest=Put(manifest_key(tx.manifest_id), tx.manifest, expect=None),
+        head=Put(head_key(tx.chain), encode_record(tx.new_head), expect=tx.expected_head),
+        finish=Delete(pending_key(tx.txn), expect=pending if pending is not None else ANY),
+        guards=list(tx.guards),
+        totals=totals,
+    )
 
 
-def _node_of(op: Op) -> bytes | None:
-    if isinstance(op, Put) and op.key.startswith("node/"):
-        return bytes.fromhex(op.key[5:])
+def _indexed_node(op: Op) -> bytes | None:
+    """The node an index put of a reference group indexes (None for any other op)."""
+    if isinstance(op, Put) and op.key.startswith(NODE):
+        return id_of(op.key, NODE)
     return None
 
 
@@ -282,7 +277,7 @@ class Prepare:
         # the packs it listed may be gone, and the save must fail rather than go on.
         try:
             self._meta.write(
-                [Put(f"pending/{self._txn}", value, expect=self.recorded)], durable=False
+                [Put(pending_key(self._txn), value, expect=self.recorded)], durable=False
             )
         except ConditionFailed as exc:
             raise BackendError(
@@ -332,11 +327,11 @@ class Prepare:
             self.wait()
         if self.recorded is None:
             return
-        letter = f"dlq/{self._txn}"
+        letter = letter_key(self._txn)
         try:
             self._meta.write(
                 [
-                    Delete(f"pending/{self._txn}", expect=self.recorded),
+                    Delete(pending_key(self._txn), expect=self.recorded),
                     Put(letter, encode_letter(self.pack_ids)),
                 ]
             )
@@ -448,7 +443,7 @@ def commit(
 def _recheck_found(meta: MetaStore, tx: Transaction) -> list[bytes]:
     """After a found node's check failed: take the new record of each node that moved (a
     compaction) and return the nodes that are gone (swept), to be written again."""
-    keys = [f"node/{node_id.hex()}" for node_id in tx.found]
+    keys = [node_key(node_id) for node_id in tx.found]
     current = meta.get_many(keys)
     tx.requests["meta_reads"] += 1
     gone: list[bytes] = []
@@ -471,11 +466,10 @@ def _commit_atomic(
     """One write: references, checks, manifest, head. Returns the found nodes gc swept
     meanwhile (nothing was written then), or [] once committed."""
     for _ in range(_MAX_ATTEMPTS):
-        ops = [op for group in _reference_groups(tx, records) for op in group]
-        checks_at = len(ops)
-        ops += _found_checks(tx)
-        commit_at = len(ops)
-        ops += _commit_ops(tx, prepared.recorded)
+        references = [op for group in _reference_groups(tx, records) for op in group]
+        found = _found_checks(tx)
+        final = _commit_write(tx, prepared.recorded)
+        ops = [*references, *found, *final.ops()]
         try:
             meta.write(ops)
             tx.requests["meta_writes"] += 1
@@ -483,23 +477,24 @@ def _commit_atomic(
             return []
         except ConditionFailed as exc:
             tx.requests["meta_writes"] += 1
-            node = _node_of(ops[exc.index])
-            if node is not None and exc.index < checks_at:
+            failed = ops[exc.index]
+            node = _indexed_node(failed)
+            if node is not None:
                 # Another save indexed this node first: reuse its copy, and try again.
                 tx.reused_late.add(node)
-                record = meta.get(f"node/{node.hex()}")
+                record = meta.get(node_key(node))
                 if record is not None:
                     tx.found[node] = (tx.new_nodes[node], record)
                 continue
-            if checks_at <= exc.index < commit_at:
+            if any(failed is check for check in found):
                 gone = _recheck_found(meta, tx)
                 if gone:
                     return gone
                 continue
-            if commit_at + 3 <= exc.index < commit_at + 3 + len(tx.guards):
+            if final.is_guard(failed):
                 _abandon_packs(objects, meta, tx, prepared)
-                raise _guard_conflict(tx, exc.key) from exc
-            if exc.index == commit_at + 2:
+                raise _guard_conflict(tx, failed) from exc
+            if failed is final.finish:
                 raise BackendError(
                     f"the pending entry of save {tx.txn} on chain {tx.chain!r} was rolled "
                     "back by garbage collection (its lease expired); save again",
@@ -550,7 +545,7 @@ def _commit_batched(
         # Once counted, a found node cannot be swept: one check of each after the counts
         # shows it was still stored when they landed.
         for node_id in tx.reused_late:
-            record = meta.get(f"node/{node_id.hex()}")
+            record = meta.get(node_key(node_id))
             if record is not None:
                 tx.found[node_id] = (tx.new_nodes[node_id], record)
         checks = _found_checks(tx)
@@ -565,16 +560,17 @@ def _commit_batched(
                     return gone
         # The manifest, the head move and the pending delete are one write; the totals go
         # first (taken back with the rest on a conflict) when they do not fit beside them.
-        final = _commit_ops(tx, prepared.recorded)
-        keep = 3 + len(tx.guards)
-        extra = final[keep:] if len(final) > max_batch else []
-        final = final[: len(final) - len(extra)]
-        for start in range(0, len(extra), max_batch):
-            meta.write(extra[start : start + max_batch])
-            tx.requests["meta_writes"] += 1
-            done.extend(extra[start : start + max_batch])
+        final = _commit_write(tx, prepared.recorded)
+        write = final.ops()
+        if len(write) > max_batch:
+            write = final.essential()
+            for start in range(0, len(final.totals), max_batch):
+                part = final.totals[start : start + max_batch]
+                meta.write(part)
+                tx.requests["meta_writes"] += 1
+                done.extend(part)
         try:
-            meta.write(final)
+            meta.write(write)
             tx.requests["meta_writes"] += 1
             prepared.recorded = None
         except ConditionFailed as exc:
@@ -582,8 +578,9 @@ def _commit_batched(
             if _committed(meta, tx):
                 prepared.recorded = None
                 return []
-            if 3 <= exc.index < keep:
-                raise _guard_conflict(tx, exc.key) from exc
+            failed = write[exc.index]
+            if final.is_guard(failed):
+                raise _guard_conflict(tx, failed) from exc
             raise _conflict(meta, tx) from exc
     except BaseException:
         if not _committed(meta, tx):
@@ -604,14 +601,16 @@ def _write_large_group(
     for start in range(0, len(early), max_batch):
         meta.write(early[start : start + max_batch])
         tx.requests["meta_writes"] += 1
+    last = [put, *adds[split:]]
     try:
-        meta.write([put, *adds[split:]])
+        meta.write(last)
         tx.requests["meta_writes"] += 1
     except ConditionFailed as exc:
         tx.requests["meta_writes"] += 1
-        if exc.index != 0:
+        node = _indexed_node(last[exc.index])
+        if node is None:
             raise
-        tx.reused_late.add(bytes.fromhex(put.key[len("node/") :]))
+        tx.reused_late.add(node)
         _take_back(meta, tx, early, keep_pending=True)
         return []
     return group
@@ -627,11 +626,11 @@ def _write_groups(meta: MetaStore, tx: Transaction, groups: list[list[Op]]) -> l
             return ops
         except ConditionFailed as exc:
             tx.requests["meta_writes"] += 1
-            node = _node_of(ops[exc.index])
+            node = _indexed_node(ops[exc.index])
             if node is None:
                 raise
             tx.reused_late.add(node)
-            groups = [group for group in groups if _node_of(group[0]) != node]
+            groups = [group for group in groups if _indexed_node(group[0]) != node]
     return []
 
 
@@ -646,7 +645,7 @@ def _take_back(
         tx.requests["meta_writes"] += 1
     if keep_pending:
         return
-    meta.delete(f"pending/{tx.txn}")
+    meta.delete(pending_key(tx.txn))
     tx.requests["meta_writes"] += 1
 
 
@@ -658,7 +657,7 @@ def _committed(meta: MetaStore, tx: Transaction) -> bool:
     record = decode_head(current)
     if record.txn == tx.txn and record.head == tx.manifest_id:
         # Our write landed but its answer was lost; finish step 4 if it did not.
-        meta.delete(f"pending/{tx.txn}")
+        meta.delete(pending_key(tx.txn))
         return True
     return False
 
@@ -680,13 +679,13 @@ def _conflict(meta: MetaStore, tx: Transaction) -> ConflictError:
     )
 
 
-def _guard_conflict(tx: Transaction, key: str) -> ConflictError:
-    if key.startswith("chain/"):
+def _guard_conflict(tx: Transaction, guard: Op) -> ConflictError:
+    if guard.key.startswith(HEAD):
         return ConflictError(
-            f"chain {key[len('chain/') :]!r} moved while the merge into {tx.chain!r} read it; "
+            f"chain {chain_of(guard.key)!r} moved while the merge into {tx.chain!r} read it; "
             "merge again to include its new head"
         )
     return ConflictError(
-        f"parent version {key.rsplit('/', 1)[1]} of the new version of {tx.chain!r} was "
-        "deleted while the save ran"
+        f"parent version {id_of(guard.key, MANIFEST).hex()} of the new version of "
+        f"{tx.chain!r} was deleted while the save ran"
     )

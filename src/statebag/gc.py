@@ -47,30 +47,28 @@ from datetime import UTC, datetime
 
 from . import dag
 from ._crash import crash_point
-from .commit import (
-    Prepare,
+from .commit import Prepare, new_txn_id
+from .errors import ConflictError, IntegrityError, NotFoundError
+from .keys import (
+    IndexRecord,
+    PackRecord,
+    Tombstone,
     decode_head,
     decode_letter,
     decode_pending,
     encode_letter,
+    encode_record,
     head_key,
-    new_txn_id,
-)
-from .errors import ConflictError, IntegrityError, NotFoundError
-from .liveness import Liveness, Rehearsal
-from .manifests import (
-    MANIFEST_DECODER,
-    Manifest,
-    Tombstone,
-    encode_tombstone,
     version_key,
     version_prefix,
 )
+from .liveness import Liveness, Rehearsal
+from .manifests import MANIFEST_DECODER, Manifest
 from .meta import Add, Check, CheckCounter, ConditionFailed, Delete, DropCounter, MetaStore, Op, Put
 from .meta.overlay import OverlayMetaStore
 from .objects import ObjectStore
 from .objects.discarding import DiscardingObjectStore
-from .packs import IndexRecord, PackRecord, PackWriter, pack_key, parse_footer
+from .packs import PackWriter, pack_key, parse_footer
 from .results import AuditReport, GCReport
 
 __all__ = [
@@ -255,9 +253,7 @@ class Collector:
                 Delete(version_key(manifest.chain, manifest.seq, manifest_id)),
                 Put(
                     f"tomb/{text}",
-                    encode_tombstone(
-                        Tombstone(manifest.chain, manifest.seq, manifest.time_ns, now)
-                    ),
+                    encode_record(Tombstone(manifest.chain, manifest.seq, manifest.time_ns, now)),
                 ),
                 Add(root_key, -1),
                 Add("stat/manifests", -1),
@@ -1016,7 +1012,7 @@ class Collector:
         ops: list[Op] = [CheckCounter("stat/epoch", epoch)]
         for parent, child in lost_parents.items():
             tombstone = Tombstone(child.chain, max(child.seq - 1, 0), 0, now)
-            ops.append(Put(f"tomb/{parent.hex()}", encode_tombstone(tombstone), expect=None))
+            ops.append(Put(f"tomb/{parent.hex()}", encode_record(tombstone), expect=None))
         for text in fix:
             node_id = bytes.fromhex(text)
             want = expected.get(node_id, 0)

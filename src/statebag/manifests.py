@@ -1,25 +1,11 @@
-"""Manifests (one committed version each), tombstones, and the per-chain version index.
-
-Layouts are in docs/FORMAT.md; this module only encodes and decodes them.
-"""
+"""Manifests: one committed version each. The layout is in docs/FORMAT.md; this module only
+encodes and decodes it (the keys they are stored under are in :mod:`statebag.keys`)."""
 
 from __future__ import annotations
 
 import msgspec
 
-from .hashing import hash_bytes
-
-__all__ = [
-    "MANIFEST_DECODER",
-    "MANIFEST_ENCODER",
-    "Manifest",
-    "Tombstone",
-    "chain_hash",
-    "decode_tombstone",
-    "encode_tombstone",
-    "version_key",
-    "version_prefix",
-]
+__all__ = ["MANIFEST_DECODER", "MANIFEST_ENCODER", "Manifest"]
 
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,41 +25,3 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
 
 MANIFEST_ENCODER = msgspec.msgpack.Encoder(order="deterministic")
 MANIFEST_DECODER = msgspec.msgpack.Decoder(Manifest)
-
-
-class Tombstone(msgspec.Struct, array_like=True, frozen=True):
-    """``tomb/<id>``: what remains of a deleted version, so that a child whose parent is
-    gone can tell "pruned" from "lost"."""
-
-    chain: str
-    seq: int
-    time_ns: int
-    deleted_ns: int
-
-
-def encode_tombstone(tombstone: Tombstone, /) -> bytes:
-    return MANIFEST_ENCODER.encode(tombstone)
-
-
-_TOMBSTONE_DECODER = msgspec.msgpack.Decoder(Tombstone)
-
-
-def decode_tombstone(data: bytes, /) -> Tombstone:
-    return _TOMBSTONE_DECODER.decode(data)
-
-
-def chain_hash(chain: str, /) -> str:
-    """32 hex digits naming a chain in keys: chain names may hold any character, and one
-    name may be a prefix of another, so they are never used in keys themselves."""
-    return hash_bytes(chain.encode("utf-8")).hex()[:32]
-
-
-def version_prefix(chain: str, /) -> str:
-    return f"ver/{chain_hash(chain)}/"
-
-
-def version_key(chain: str, seq: int, manifest_id: bytes, /) -> str:
-    """``ver/<chain hash>/<seq: 16 hex>/<manifest id>`` -> le64 time_ns: every live version
-    of a chain in seq order, for retention and delete_chain (no log walk, which stops at a
-    deleted version)."""
-    return f"{version_prefix(chain)}{seq:016x}/{manifest_id.hex()}"

@@ -26,13 +26,10 @@ from .errors import IntegrityError
 from .hashing import hash_bytes
 
 __all__ = [
-    "FLAG_INTERIOR",
     "FOOTER_ENTRY_SIZE",
     "PACK_MAGIC",
     "TRAILER_SIZE",
-    "IndexRecord",
     "PackEntry",
-    "PackRecord",
     "PackWriter",
     "pack_key",
     "parse_footer",
@@ -43,10 +40,6 @@ _FOOTER_ENTRY = struct.Struct("<32sQII")
 FOOTER_ENTRY_SIZE = _FOOTER_ENTRY.size  # 48
 _TRAILER = struct.Struct("<16sII8s")
 TRAILER_SIZE = _TRAILER.size  # 32
-_INDEX_RECORD = struct.Struct("<32sQIIB")
-# IndexRecord.flags: the node references other nodes (an index or fields node), so garbage
-# collection must read it to release its children; leaves are never read by a sweep.
-FLAG_INTERIOR = 1
 
 
 class PackEntry(NamedTuple):
@@ -56,51 +49,6 @@ class PackEntry(NamedTuple):
     offset: int
     length: int  # stored (frame) bytes
     size: int  # uncompressed bytes
-
-
-class IndexRecord(NamedTuple):
-    """The metadata index's value for one node: ``node/<id>`` -> 49 bytes."""
-
-    pack_id: bytes
-    offset: int
-    length: int
-    size: int
-    flags: int = 0
-
-    @property
-    def interior(self) -> bool:
-        return bool(self.flags & FLAG_INTERIOR)
-
-    def encode(self) -> bytes:
-        return _INDEX_RECORD.pack(self.pack_id, self.offset, self.length, self.size, self.flags)
-
-    @classmethod
-    def decode(cls, data: bytes, /, *, node_id: str) -> IndexRecord:
-        if len(data) != _INDEX_RECORD.size:
-            raise IntegrityError(
-                f"index record of node {node_id} is {len(data)} bytes, not {_INDEX_RECORD.size}",
-                object_id=node_id,
-            )
-        return cls(*_INDEX_RECORD.unpack(data))
-
-
-class PackRecord(NamedTuple):
-    """``pack/<id>`` -> le64 size of the pack | le64 bytes of its frames. Dead frame bytes
-    are counted apart, in the counter ``dead/<id>``, by the transactions that kill them."""
-
-    size: int
-    frames: int
-
-    def encode(self) -> bytes:
-        return self.size.to_bytes(8, "little") + self.frames.to_bytes(8, "little")
-
-    @classmethod
-    def decode(cls, data: bytes, /, *, pack_id: str) -> PackRecord:
-        if len(data) != 16:
-            raise IntegrityError(
-                f"record of pack {pack_id} is {len(data)} bytes, not 16", object_id=pack_id
-            )
-        return cls(int.from_bytes(data[:8], "little"), int.from_bytes(data[8:], "little"))
 
 
 def pack_key(pack_id: bytes, /) -> str:

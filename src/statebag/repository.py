@@ -39,17 +39,7 @@ import msgspec
 from . import codec, dag, merging
 from .bag import StateBag
 from .chunking import Chunker, recut
-from .commit import (
-    DEFAULT_LEASE,
-    HeadRecord,
-    Prepare,
-    Transaction,
-    commit,
-    decode_head,
-    encode_record,
-    head_key,
-    new_txn_id,
-)
+from .commit import DEFAULT_LEASE, Prepare, Transaction, commit, new_txn_id
 from .dag import Entry, InlineField, NewNode, TreeField
 from .durations import as_seconds
 from .errors import (
@@ -63,8 +53,9 @@ from .errors import (
 )
 from .gc import COMPACT_BYTES, Collector
 from .ids import ContentId, looks_like_id
+from .keys import HeadRecord, IndexRecord, decode_head, encode_record, head_key, version_key
 from .liveness import FileLiveness, Liveness, ProcessLiveness
-from .manifests import MANIFEST_DECODER, MANIFEST_ENCODER, Manifest, version_key
+from .manifests import MANIFEST_DECODER, MANIFEST_ENCODER, Manifest
 from .meta import Add, Check, ConditionFailed, MetaStore, Op, Put
 from .meta.memory import MemoryMetaStore
 from .meta.sqlite import SQLiteMetaStore
@@ -72,7 +63,7 @@ from .objects import ObjectStore
 from .objects.counting import CountingObjectStore, IOCounters
 from .objects.local import LocalObjectStore
 from .objects.memory import MemoryObjectStore
-from .packs import IndexRecord, PackWriter, pack_key
+from .packs import PackWriter, pack_key
 from .results import (
     AuditReport,
     CommitResult,

@@ -1,0 +1,368 @@
+"""The metadata key schema and the records stored under it: docs/FORMAT.md's key table in
+code, in one place.
+
+Every metadata key is built by one function here and parsed by one function here; no other
+module spells a key or slices one by a fixed offset. Keys that name an object carry its id
+as 64 lowercase hex characters after a fixed prefix (``node/<id>``); each family has a
+prefix constant (for scans), a builder and, where keys are scanned, a parser.
+
+| key | value | codec |
+|---|---|---|
+| ``config`` | the repository's configuration | ``repository.Config`` |
+| ``chain/<name>`` | head record | :class:`HeadRecord` |
+| ``manifest/<id>`` | canonical manifest | ``manifests.Manifest`` |
+| ``ver/<chain hash>/<seq>/<id>`` | le64 ``time_ns`` of the manifest | :func:`encode_le64` |
+| ``tomb/<id>`` | tombstone | :class:`Tombstone` |
+| ``pin/<id>`` | empty | |
+| ``hold/<id>`` | le64 ns: kept from retention until then | :func:`encode_le64` |
+| ``orphan/<id>`` | le64 ns: first seen reached from no head | :func:`encode_le64` |
+| ``gc/discards`` | le64: ``stat/discards`` at the last reachability pass | :func:`encode_le64` |
+| ``node/<id>`` | index record | :class:`IndexRecord` |
+| ``zero/<id>`` | le64 ns: the node's count is zero since then | :func:`encode_le64` |
+| ``pack/<id>`` | pack record | :class:`PackRecord` |
+| ``pending/<txn>`` | a save or compaction in progress | :class:`PendingRecord` |
+| ``dlq/<name>`` | dead letter: pack ids to delete | :func:`encode_letter` |
+| counter ``ref/<id>`` | reference count of a node | |
+| counter ``dead/<pack id>`` | dead frame bytes of a pack | |
+| counter ``fork/<id>`` | chains other than its own headed by a version | |
+| counter ``stat/<name>`` | repository totals | |
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+import msgspec
+
+from .errors import IntegrityError
+from .hashing import hash_bytes
+
+__all__ = [
+    "CONFIG",
+    "DEAD",
+    "DISCARDS_SEEN",
+    "FLAG_INTERIOR",
+    "FORK",
+    "HEAD",
+    "HOLD",
+    "LETTER",
+    "MANIFEST",
+    "NODE",
+    "ORPHAN",
+    "PACK",
+    "PENDING",
+    "PIN",
+    "REF",
+    "STAT",
+    "STAT_BYTES_DEAD",
+    "STAT_BYTES_LOGICAL",
+    "STAT_BYTES_STORED",
+    "STAT_CHAINS",
+    "STAT_DISCARDS",
+    "STAT_EPOCH",
+    "STAT_MANIFESTS",
+    "STAT_NODES",
+    "STAT_PACKS",
+    "TOMB",
+    "ZERO",
+    "HeadRecord",
+    "IndexRecord",
+    "PackRecord",
+    "PendingRecord",
+    "Tombstone",
+    "chain_hash",
+    "chain_of",
+    "dead_key",
+    "decode_head",
+    "decode_le64",
+    "decode_letter",
+    "decode_pending",
+    "decode_tombstone",
+    "encode_le64",
+    "encode_letter",
+    "encode_record",
+    "fork_key",
+    "head_key",
+    "hold_key",
+    "id_of",
+    "letter_key",
+    "manifest_key",
+    "node_key",
+    "orphan_key",
+    "pack_letter_key",
+    "pack_record_key",
+    "pending_key",
+    "pin_key",
+    "ref_key",
+    "tomb_key",
+    "txn_of",
+    "version_key",
+    "version_prefix",
+    "zero_key",
+]
+
+# -- prefixes (scans) --------------------------------------------------------------------------
+
+CONFIG = "config"
+HEAD = "chain/"
+MANIFEST = "manifest/"
+VERSION = "ver/"
+TOMB = "tomb/"
+PIN = "pin/"
+HOLD = "hold/"
+ORPHAN = "orphan/"
+NODE = "node/"
+ZERO = "zero/"
+PACK = "pack/"
+PENDING = "pending/"
+LETTER = "dlq/"
+REF = "ref/"
+DEAD = "dead/"
+FORK = "fork/"
+STAT = "stat/"
+DISCARDS_SEEN = "gc/discards"
+
+STAT_CHAINS = "stat/chains"
+STAT_MANIFESTS = "stat/manifests"
+STAT_NODES = "stat/nodes"
+STAT_PACKS = "stat/packs"
+STAT_BYTES_LOGICAL = "stat/bytes_logical"
+STAT_BYTES_STORED = "stat/bytes_stored"
+STAT_BYTES_DEAD = "stat/bytes_dead"
+# Bumped by every write that changes what the audit counts: it retries while this moves.
+STAT_EPOCH = "stat/epoch"
+# Bumped by writes that may leave versions reached from no head (resets, chain deletions).
+STAT_DISCARDS = "stat/discards"
+
+# -- builders ----------------------------------------------------------------------------------
+
+
+def head_key(chain: str, /) -> str:
+    return HEAD + chain
+
+
+def manifest_key(manifest_id: bytes, /) -> str:
+    return MANIFEST + manifest_id.hex()
+
+
+def tomb_key(manifest_id: bytes, /) -> str:
+    return TOMB + manifest_id.hex()
+
+
+def pin_key(manifest_id: bytes, /) -> str:
+    return PIN + manifest_id.hex()
+
+
+def hold_key(manifest_id: bytes, /) -> str:
+    return HOLD + manifest_id.hex()
+
+
+def orphan_key(manifest_id: bytes, /) -> str:
+    return ORPHAN + manifest_id.hex()
+
+
+def fork_key(manifest_id: bytes, /) -> str:
+    return FORK + manifest_id.hex()
+
+
+def node_key(node_id: bytes, /) -> str:
+    return NODE + node_id.hex()
+
+
+def zero_key(node_id: bytes, /) -> str:
+    return ZERO + node_id.hex()
+
+
+def ref_key(node_id: bytes, /) -> str:
+    return REF + node_id.hex()
+
+
+def pack_record_key(pack_id: bytes, /) -> str:
+    """The metadata record of a pack (its object's key is ``packs.pack_key``)."""
+    return PACK + pack_id.hex()
+
+
+def dead_key(pack_id: bytes, /) -> str:
+    return DEAD + pack_id.hex()
+
+
+def pending_key(txn: str, /) -> str:
+    return PENDING + txn
+
+
+def letter_key(txn: str, /) -> str:
+    """The dead letter that replaces transaction ``txn``'s pending entry."""
+    return LETTER + txn
+
+
+def pack_letter_key(pack_id: bytes, /) -> str:
+    """The dead letter of one pack that gc deletes whole."""
+    return f"{LETTER}pack-{pack_id.hex()}"
+
+
+def chain_hash(chain: str, /) -> str:
+    """32 hex digits naming a chain in keys: chain names may hold any character, and one
+    name may be a prefix of another, so they are never used in keys themselves."""
+    return hash_bytes(chain.encode("utf-8")).hex()[:32]
+
+
+def version_prefix(chain: str, /) -> str:
+    return f"{VERSION}{chain_hash(chain)}/"
+
+
+def version_key(chain: str, seq: int, manifest_id: bytes, /) -> str:
+    """``ver/<chain hash>/<seq: 16 hex>/<manifest id>`` -> le64 time_ns: every live version
+    of a chain in seq order, for retention and delete_chain (no log walk, which stops at a
+    deleted version)."""
+    return f"{version_prefix(chain)}{seq:016x}/{manifest_id.hex()}"
+
+
+# -- parsers -----------------------------------------------------------------------------------
+
+
+def id_of(key: str, prefix: str, /) -> bytes:
+    """The id a key of family ``prefix`` names (``id_of("node/ab..", NODE)``); the last
+    path segment for version keys."""
+    if prefix == VERSION:
+        return bytes.fromhex(key.rsplit("/", 1)[1])
+    if not key.startswith(prefix):
+        raise ValueError(f"key {key!r} is not under {prefix!r}")
+    return bytes.fromhex(key[len(prefix) :])
+
+
+def chain_of(key: str, /) -> str:
+    """The chain a head key names."""
+    if not key.startswith(HEAD):
+        raise ValueError(f"key {key!r} is not a head key")
+    return key[len(HEAD) :]
+
+
+def txn_of(key: str, /) -> str:
+    """The transaction a pending key names."""
+    if not key.startswith(PENDING):
+        raise ValueError(f"key {key!r} is not a pending key")
+    return key[len(PENDING) :]
+
+
+# -- records -----------------------------------------------------------------------------------
+
+_ENCODER = msgspec.msgpack.Encoder(order="deterministic")
+
+
+class HeadRecord(msgspec.Struct, array_like=True, frozen=True):
+    """``chain/<name>`` -> the chain's head manifest id, its seq and the txn that set it."""
+
+    head: bytes
+    seq: int
+    txn: str
+
+
+class PendingRecord(msgspec.Struct, frozen=True):
+    """``pending/<txn>``: a save in progress, to be rolled back if its lease expires."""
+
+    chain: str
+    started_ns: int
+    lease_until_ns: int
+    packs: list[bytes]
+
+
+class Tombstone(msgspec.Struct, array_like=True, frozen=True):
+    """``tomb/<id>``: what remains of a deleted version, so that a child whose parent is
+    gone can tell "pruned" from "lost"."""
+
+    chain: str
+    seq: int
+    time_ns: int
+    deleted_ns: int
+
+
+_HEAD_DECODER = msgspec.msgpack.Decoder(HeadRecord)
+_PENDING_DECODER = msgspec.msgpack.Decoder(PendingRecord)
+_TOMBSTONE_DECODER = msgspec.msgpack.Decoder(Tombstone)
+_LETTER_DECODER = msgspec.msgpack.Decoder(list[bytes])
+
+
+def encode_record(record: HeadRecord | PendingRecord | Tombstone, /) -> bytes:
+    return _ENCODER.encode(record)
+
+
+def decode_head(data: bytes, /) -> HeadRecord:
+    return _HEAD_DECODER.decode(data)
+
+
+def decode_pending(data: bytes, /) -> PendingRecord:
+    return _PENDING_DECODER.decode(data)
+
+
+def decode_tombstone(data: bytes, /) -> Tombstone:
+    return _TOMBSTONE_DECODER.decode(data)
+
+
+def encode_letter(packs: list[bytes], /) -> bytes:
+    """``dlq/<name>``: the ids of packs that nothing indexes and that are to be deleted."""
+    return _ENCODER.encode(packs)
+
+
+def decode_letter(data: bytes, /) -> list[bytes]:
+    return _LETTER_DECODER.decode(data)
+
+
+def encode_le64(value: int, /) -> bytes:
+    """Times (ns since the epoch) and counts stored as plain values: 8 bytes little-endian."""
+    return value.to_bytes(8, "little")
+
+
+def decode_le64(data: bytes, /) -> int:
+    return int.from_bytes(data, "little")
+
+
+_INDEX_RECORD = struct.Struct("<32sQIIB")
+# IndexRecord.flags: the node references other nodes (an index or fields node), so garbage
+# collection must read it to release its children; leaves are never read by a sweep.
+FLAG_INTERIOR = 1
+
+
+class IndexRecord(NamedTuple):
+    """The metadata index's value for one node: ``node/<id>`` -> 49 bytes."""
+
+    pack_id: bytes
+    offset: int
+    length: int
+    size: int
+    flags: int = 0
+
+    @property
+    def interior(self) -> bool:
+        return bool(self.flags & FLAG_INTERIOR)
+
+    def encode(self) -> bytes:
+        return _INDEX_RECORD.pack(self.pack_id, self.offset, self.length, self.size, self.flags)
+
+    @classmethod
+    def decode(cls, data: bytes, /, *, node_id: str) -> IndexRecord:
+        if len(data) != _INDEX_RECORD.size:
+            raise IntegrityError(
+                f"index record of node {node_id} is {len(data)} bytes, not {_INDEX_RECORD.size}",
+                object_id=node_id,
+            )
+        return cls(*_INDEX_RECORD.unpack(data))
+
+
+class PackRecord(NamedTuple):
+    """``pack/<id>`` -> le64 size of the pack | le64 bytes of its frames. Dead frame bytes
+    are counted apart, in the counter ``dead/<id>``, by the transactions that kill them."""
+
+    size: int
+    frames: int
+
+    def encode(self) -> bytes:
+        return self.size.to_bytes(8, "little") + self.frames.to_bytes(8, "little")
+
+    @classmethod
+    def decode(cls, data: bytes, /, *, pack_id: str) -> PackRecord:
+        if len(data) != 16:
+            raise IntegrityError(
+                f"record of pack {pack_id} is {len(data)} bytes, not 16", object_id=pack_id
+            )
+        return cls(int.from_bytes(data[:8], "little"), int.from_bytes(data[8:], "little"))
