@@ -17,6 +17,7 @@ import pytest
 
 import statebag
 from statebag import cli, errors
+from statebag.cli import commands
 from statebag.results import VerifyReport
 
 from .clihelp import Run
@@ -421,7 +422,7 @@ def test_statebag_errors_become_their_exit_code(
     def fail(_args: object) -> int:
         raise errors.BackendError("pack 00ff could not be read", retryable=True)
 
-    monkeypatch.setattr(cli, "_cmd_stats", fail)
+    monkeypatch.setattr(commands, "cmd_stats", fail)
     code, _, err = run("-r", repo_dir, "stats")
     assert code == errors.BackendError.exit_code == 7
     assert err == "statebag: error: pack 00ff could not be read\n"

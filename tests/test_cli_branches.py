@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 import statebag
-from statebag import Repository, cli, errors
+from statebag import Repository, errors
+from statebag.cli.graph import graph_rows, graph_text
 from statebag.results import CommitResult, ManifestInfo, ResetResult
 
 from .clihelp import Run
@@ -436,7 +437,7 @@ def info(name: str, chain: str, seq: int, parents: list[str]) -> ManifestInfo:
 
 def graph_of(infos: list[ManifestInfo]) -> list[str]:
     """The graph part of each line of ``log --graph``."""
-    return [graph for graph, _ in cli._graph(infos)]
+    return [graph for graph, _ in graph_rows(infos)]
 
 
 def test_graph_drawing_rules() -> None:
@@ -459,7 +460,7 @@ def test_graph_drawing_rules() -> None:
         "|/_/",  # the lanes waiting for the fork point join there
         "*",
     ]
-    lines = cli._graph_text(infos)
+    lines = graph_text(infos)
     assert lines[0] == "*      999999999999  main  seq 5  2030-01-02 03:04:05"
     assert lines[1] == "|\\ \\"
     assert lines[2] == "| | *  555555555555  c     seq 4  2030-01-02 03:04:05"
@@ -521,12 +522,12 @@ def test_graph_cut_by_limit_is_the_top_of_the_whole_graph() -> None:
     ]
     whole = graph_of(infos)
     for count in range(1, len(infos)):
-        top = [graph for graph, _ in cli._graph(infos[:count], cut=True)]
+        top = [graph for graph, _ in graph_rows(infos[:count], cut=True)]
         assert top == whole[: len(top)], count
         assert sum("*" in line for line in top) == count
     # Cut below the octopus merge: its three lanes stay open, and the first parent's lane
     # is still the first (a branch's version is not drawn in it).
-    assert [graph for graph, _ in cli._graph(infos[:5], cut=True)] == [
+    assert [graph for graph, _ in graph_rows(infos[:5], cut=True)] == [
         "*",
         "|\\",
         "| *",

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 import statebag
-from statebag import Repository, cli, errors
+from statebag import Repository, errors
+from statebag.cli.parser import duration
 from statebag.packs import pack_key
 from statebag.results import AuditReport, GCReport
 
@@ -211,7 +212,7 @@ def test_gc_chain_without_a_rule_is_a_usage_error(run: Run, tmp_path: Path) -> N
     ],
 )
 def test_durations(text: str, seconds: float) -> None:
-    assert cli._duration(text) == seconds
+    assert duration(text) == seconds
 
 
 def test_gc_needs_an_existing_repository(run: Run, tmp_path: Path) -> None:
