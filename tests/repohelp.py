@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from statebag import Repository, dag
 
+from . import internals
+
 # Every scalar a state may hold, at the edges of what the codec carries.
 scalars = (
     st.none()
@@ -57,12 +59,12 @@ def recount(repo: Repository) -> tuple[Counter[bytes], set[bytes]]:
     node graph (each node counted once however many versions share it) plus one per manifest
     on its root.
     """
-    meta = repo._meta
+    meta = internals.meta(repo)
     counts: Counter[bytes] = Counter()
     reached: set[bytes] = set()
     frontier: list[tuple[bytes, str]] = []
     for key, _ in meta.scan("manifest/"):
-        manifest = repo._manifest(bytes.fromhex(key[len("manifest/") :]))
+        manifest = internals.manifest(repo, key[len("manifest/") :])
         counts[manifest.root] += 1
         frontier.append((manifest.root, "fields"))
     while frontier:
@@ -72,7 +74,7 @@ def recount(repo: Repository) -> tuple[Counter[bytes], set[bytes]]:
         reached.add(node_id)
         if kind == "chunk":
             continue
-        data = repo._read_nodes([node_id])[node_id]
+        data = internals.reader(repo).read([node_id])[node_id]
         if kind == "fields":
             level, rows = dag.parse_fields_node(data, node_id=node_id.hex())
             if level:
@@ -96,7 +98,7 @@ def stored_counts(repo: Repository) -> Counter[bytes]:
     return Counter(
         {
             bytes.fromhex(key[len("ref/") :]): value
-            for key, value in repo._meta.counters("ref/")
+            for key, value in internals.meta(repo).counters("ref/")
             if value
         }
     )

@@ -25,6 +25,7 @@ import pytest
 import statebag
 from statebag import ConflictError
 
+from . import internals
 from .repohelp import recount, same, stored_counts
 
 BRANCHES = 16
@@ -137,7 +138,7 @@ def merge_and_check(
     counts, reached = recount(repo)
     assert stored_counts(repo) == counts
     assert repo.stats().nodes == len(reached)
-    assert list(repo._meta.scan("pending/")) == []
+    assert list(internals.meta(repo).scan("pending/")) == []
 
 
 @pytest.fixture(params=["memory", "local"])

@@ -21,6 +21,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import statebag
 
+from . import internals
+
 CHAINS = ("a", "b", "c", "a/x")
 FIELDS = ("f", "g", "h")
 # Values long enough to be stored as nodes (inline_max is 64 below) and shared across
@@ -165,9 +167,9 @@ class BranchMachine(RuleBasedStateMachine):
         assert report.manifests_deleted == len(doomed)
         for version in doomed:
             del self.states[version]
-        assert {k[len("manifest/") :] for k, _ in self.repo._meta.scan("manifest/")} == set(
-            self.states
-        )
+        assert {
+            k[len("manifest/") :] for k, _ in internals.meta(self.repo).scan("manifest/")
+        } == set(self.states)
 
     # -- invariants ---------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from statebag import Repository, errors
 from statebag.cli.graph import graph_rows, graph_text
 from statebag.results import CommitResult, ManifestInfo, ResetResult
 
+from . import internals
 from .clihelp import Run
 
 COMMIT_KEYS = set(CommitResult.__struct_fields__)
@@ -34,9 +35,9 @@ def open_repo(path: Path) -> Repository:
 def snapshot(repo: Repository) -> tuple[list[Any], list[Any], list[str]]:
     """Every metadata key and counter, and every stored object: what a write would change."""
     return (
-        list(repo._meta.scan("")),
-        list(repo._meta.counters("")),
-        sorted(repo._objects.list("")),
+        list(internals.meta(repo).scan("")),
+        list(internals.meta(repo).counters("")),
+        sorted(internals.objects(repo).list("")),
     )
 
 
@@ -81,7 +82,7 @@ def test_fork_starts_a_chain_at_the_head_without_writing_data(run: Run, path: Pa
     with open_repo(path) as repo:
         head = repo.head("main")
         manifests = repo.stats().manifests
-        objects = sorted(repo._objects.list(""))
+        objects = sorted(internals.objects(repo).list(""))
 
     result = run.json("-r", str(path), "fork", "main", "exec/branch-0", "--json")
 
@@ -89,7 +90,7 @@ def test_fork_starts_a_chain_at_the_head_without_writing_data(run: Run, path: Pa
     with open_repo(path) as repo:
         assert repo.head("exec/branch-0") == head and repo.head("main") == head
         assert repo.stats().manifests == manifests  # no version written...
-        assert sorted(repo._objects.list("")) == objects  # ...and no data copied
+        assert sorted(internals.objects(repo).list("")) == objects  # ...and no data copied
         assert repo.load_latest("exec/branch-0") == BASE
         saved = repo.save("exec/branch-0", {**BASE, "notes": []})
         assert saved.parents == [head] and saved.seq == 2

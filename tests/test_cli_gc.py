@@ -17,6 +17,7 @@ from statebag.cli.parser import duration
 from statebag.packs import pack_key
 from statebag.results import AuditReport, GCReport
 
+from . import internals
 from .clihelp import Run
 
 GC_KEYS = set(GCReport.__struct_fields__)
@@ -45,9 +46,9 @@ def make_repo(path: Path, chains: dict[str, int], *, grace: int | None = 0) -> d
 def snapshot(repo: Repository) -> tuple[list[Any], list[Any], list[str]]:
     """Every metadata key and counter, and every stored object: what a write would change."""
     return (
-        list(repo._meta.scan("")),
-        list(repo._meta.counters("")),
-        sorted(repo._objects.list("")),
+        list(internals.meta(repo).scan("")),
+        list(internals.meta(repo).counters("")),
+        sorted(internals.objects(repo).list("")),
     )
 
 
@@ -58,7 +59,7 @@ def fields(out: str) -> dict[str, str]:
 
 
 def root_of(repo: Repository, manifest_id: str) -> str:
-    return repo._manifest(bytes.fromhex(manifest_id)).root.hex()
+    return internals.manifest(repo, manifest_id).root.hex()
 
 
 # -- gc -----------------------------------------------------------------------------------------
@@ -258,7 +259,7 @@ def test_audit_finds_a_lowered_count_and_exits_non_zero(run: Run, tmp_path: Path
     ids = make_repo(path, {"a": 2})
     with statebag.open(path) as repo:
         root = root_of(repo, ids["a"][-1])
-        repo._meta.add(f"ref/{root}", -1)
+        internals.meta(repo).add(f"ref/{root}", -1)
 
     report = run.json("-r", str(path), "audit", "--json", code=errors.IntegrityError.exit_code)
     assert report["ok"] is False and report["under_counted"] == [root]
@@ -280,7 +281,7 @@ def test_audit_lists_a_stray_pack_as_a_leak_and_repair_deletes_it(run: Run, tmp_
     make_repo(path, {"a": 2})  # grace 0: any orphan is old enough to go
     key = pack_key(bytes.fromhex(STRAY))
     with statebag.open(path) as repo:
-        repo._objects.put(key, b"junk")
+        internals.objects(repo).put(key, b"junk")
 
     report = run.json("-r", str(path), "audit", "--json")
     assert report["ok"] is True and report["orphan_packs"] == [STRAY]
@@ -291,7 +292,7 @@ def test_audit_lists_a_stray_pack_as_a_leak_and_repair_deletes_it(run: Run, tmp_
     repaired = run.json("-r", str(path), "audit", "--repair", "--json")
     assert repaired["orphan_packs"] == [STRAY] and repaired["repaired"] == 1
     with statebag.open(path) as repo:
-        assert key not in set(repo._objects.list("packs/"))
+        assert key not in set(internals.objects(repo).list("packs/"))
     clean = run.json("-r", str(path), "audit", "--json")
     assert clean["ok"] is True and clean["orphan_packs"] == []
 
@@ -303,9 +304,9 @@ def test_audit_repair_keeps_an_orphan_younger_than_the_grace_period(
     make_repo(path, {"a": 1}, grace=None)  # the default grace: 1 h
     key = pack_key(bytes.fromhex(STRAY))
     with statebag.open(path) as repo:
-        repo._objects.put(key, b"junk")
+        internals.objects(repo).put(key, b"junk")
     code, out, err = run("-r", str(path), "audit", "--repair")
     assert code == 0, err
     assert fields(out)["repaired"] == "0" and fields(out)["orphan pack"] == "1"
     with statebag.open(path) as repo:
-        assert key in set(repo._objects.list("packs/"))
+        assert key in set(internals.objects(repo).list("packs/"))

@@ -27,6 +27,8 @@ from statebag.compat import (
 )
 from statebag.hydrator import POINTER_KEY, offload_chain
 
+from . import internals
+
 _ENV = (
     "STATEBAG_REPO",
     "USE_BATCHING",
@@ -75,9 +77,9 @@ def wire(value: Any) -> Any:
 
 
 def corrupt_packs(repo: statebag.Repository) -> None:
-    for key in sorted(repo._objects.list("packs")):
-        data = repo._objects.get(key)
-        repo._objects.put(key, bytes(byte ^ 0x5A for byte in data))
+    for key in sorted(internals.objects(repo).list("packs")):
+        data = internals.objects(repo).get(key)
+        internals.objects(repo).put(key, bytes(byte ^ 0x5A for byte in data))
 
 
 def save(svs: StateVersioningService, delta: dict[str, Any], **kw: Any) -> dict[str, Any]:
@@ -130,9 +132,9 @@ def test_save_state_delta_contract(svs: StateVersioningService) -> None:
     assert first["blocks_uploaded"] >= 1
     assert len(first["block_ids"]) == first["blocks_uploaded"]
     assert len(first["s3_paths"]) == 1 and first["s3_paths"][0].startswith("packs/")
-    assert svs.repo._objects.stat(first["s3_paths"][0]) > 0
+    assert internals.objects(svs.repo).stat(first["s3_paths"][0]) > 0
     for block in first["block_ids"]:
-        assert svs.repo._meta.get(f"node/{block}") is not None
+        assert internals.meta(svs.repo).get(f"node/{block}") is not None
     # Carry-over: fields absent from the delta stay; deleted ones go.
     second = save(
         svs, {"a": 2, "d": None}, previous_manifest_id=first["manifest_id"], deleted=["c"]
@@ -235,8 +237,8 @@ def test_corrupt_or_missing_block_raises_never_partial(url: str) -> None:
     with StateVersioningService(repo=url) as fresh:
         with pytest.raises(IntegrityError):
             fresh.load_latest_state("exec-1")
-        for key in list(fresh.repo._objects.list("packs")):
-            fresh.repo._objects.delete(key)
+        for key in list(internals.objects(fresh.repo).list("packs")):
+            internals.objects(fresh.repo).delete(key)
     with StateVersioningService(repo=url) as fresh, pytest.raises(IntegrityError):
         fresh.load_latest_state("exec-1")
 
@@ -329,16 +331,16 @@ def test_use_zstd_false_stores_frames_raw(tmp_path: Path) -> None:
         assert repo.config.compression_level == 3
         raw = StateHydrator(repo=repo)  # the seed's default: use_zstd=False
         assert raw.use_zstd is False and raw.compression_level == 0
-        before = set(repo._objects.list("packs"))
+        before = set(internals.objects(repo).list("packs"))
         raw.dehydrate({"doc": text}, "o", "w", "raw")
-        raw_packs = set(repo._objects.list("packs")) - before
+        raw_packs = set(internals.objects(repo).list("packs")) - before
         packed = StateHydrator(repo=repo, use_zstd=True, compression_level=5)
         assert packed.use_zstd is True and packed.compression_level == 5
         packed.dehydrate({"doc": text + b"!"}, "o", "w", "packed")
-        zstd_packs = set(repo._objects.list("packs")) - before - raw_packs
+        zstd_packs = set(internals.objects(repo).list("packs")) - before - raw_packs
 
         def stored(keys: set[str]) -> bytes:
-            return b"".join(repo._objects.get(k) for k in keys)
+            return b"".join(internals.objects(repo).get(k) for k in keys)
 
         assert text[:4096] in stored(raw_packs)  # the chunks themselves, uncompressed
         assert text[:4096] not in stored(zstd_packs)

@@ -20,6 +20,7 @@ from statebag.keys import PendingRecord, encode_letter, encode_record
 from statebag.liveness import Liveness
 from statebag.packs import pack_key
 
+from . import internals
 from .repohelp import recount, stored_counts
 
 
@@ -48,8 +49,8 @@ def clean(report: statebag.AuditReport) -> None:
 
 
 def packs_on_disk(repo: statebag.Repository) -> int:
-    keys = list(repo._objects.list("packs/"))
-    assert repo.stats().bytes_stored == sum(repo._objects.stat(key) for key in keys)
+    keys = list(internals.objects(repo).list("packs/"))
+    assert repo.stats().bytes_stored == sum(internals.objects(repo).stat(key) for key in keys)
     return len(keys)
 
 
@@ -105,7 +106,7 @@ def test_delete_leaves_tombstone_and_refuses_heads_and_pins(repo: statebag.Repos
     repo.unpin(first)
     repo.delete(first)
     repo.delete(first)  # deleting a deleted version does nothing
-    assert repo._meta.get(f"tomb/{first}") is not None
+    assert internals.meta(repo).get(f"tomb/{first}") is not None
     with pytest.raises(NotFoundError, match="deleted"):
         repo.load(first)
     with pytest.raises(NotFoundError):
@@ -133,7 +134,7 @@ def test_gc_frees_exactly_what_deleted_versions_alone_held(repo: statebag.Reposi
         assert repo.verify(manifest_id).ok
     expected, reachable = recount(repo)
     assert stored_counts(repo) == expected
-    assert {bytes.fromhex(key[5:]) for key, _ in repo._meta.scan("node/")} == reachable
+    assert {bytes.fromhex(key[5:]) for key, _ in internals.meta(repo).scan("node/")} == reachable
     packs_on_disk(repo)
     clean(repo.audit())
     assert repo.gc(grace=0) == statebag.GCReport()  # nothing left to do
@@ -160,16 +161,16 @@ def test_dry_run_reports_what_gc_does_and_writes_nothing(repo: statebag.Reposito
     repo.delete(wide)  # leaves a pack to compact
     before = (
         repo.stats(),
-        sorted(repo._meta.scan("")),
-        sorted(repo._meta.counters("")),
-        sorted(repo._objects.list("")),
+        sorted(internals.meta(repo).scan("")),
+        sorted(internals.meta(repo).counters("")),
+        sorted(internals.objects(repo).list("")),
     )
     dry = repo.gc(keep_last=1, grace=0, dry_run=True)
     after = (
         repo.stats(),
-        sorted(repo._meta.scan("")),
-        sorted(repo._meta.counters("")),
-        sorted(repo._objects.list("")),
+        sorted(internals.meta(repo).scan("")),
+        sorted(internals.meta(repo).counters("")),
+        sorted(internals.objects(repo).list("")),
     )
     assert after == before
     assert dry.manifests_deleted == 4 and dry.packs_compacted >= 1 and dry.packs_deleted >= 1
@@ -184,16 +185,16 @@ def test_retention_keeps_heads_pins_and_holds(repo: statebag.Repository) -> None
     repo.hold(ids[1], 60)
     report = repo.gc(keep_last=2, chains=["c"], grace=0)
     assert report.manifests_deleted == 2  # ids[2], ids[3]
-    live = {key[9:] for key, _ in repo._meta.scan("manifest/")}
+    live = {key[9:] for key, _ in internals.meta(repo).scan("manifest/")}
     assert live == {ids[0], ids[1], ids[4], ids[5], *other}
     report = repo.gc(keep_last=0, grace=0)
-    live = {key[9:] for key, _ in repo._meta.scan("manifest/")}
+    live = {key[9:] for key, _ in internals.meta(repo).scan("manifest/")}
     assert live == {ids[0], ids[1], ids[5], other[-1]}  # pinned, held, and the heads
     repo.hold(ids[1], 0.01)  # a shorter hold leaves the longer one be
     time.sleep(0.02)
-    assert repo._meta.get(f"manifest/{ids[1]}") is not None
+    assert internals.meta(repo).get(f"manifest/{ids[1]}") is not None
     repo.gc(keep_last=0, grace=0)
-    assert repo._meta.get(f"manifest/{ids[1]}") is not None
+    assert internals.meta(repo).get(f"manifest/{ids[1]}") is not None
     with pytest.raises(NotFoundError):
         repo.hold("cd" * 32, 10)
     for manifest_id in (ids[0], ids[1], ids[5], other[-1]):
@@ -209,8 +210,8 @@ def test_expired_hold_no_longer_protects(repo: statebag.Repository) -> None:
     repo.hold(held, 600)
     repo.hold(expired, 0)  # until now: over at once
     assert repo.gc(keep_last=1, grace=0).manifests_deleted == 1
-    assert repo._meta.get(f"manifest/{held}") is not None
-    assert repo._meta.get(f"manifest/{expired}") is None
+    assert internals.meta(repo).get(f"manifest/{held}") is not None
+    assert internals.meta(repo).get(f"manifest/{expired}") is None
     clean(repo.audit())
 
 
@@ -234,11 +235,11 @@ def test_gc_bad_options_name_the_option(
 ) -> None:
     repo.save("c", {"a": 1})
     repo.save("c", {"a": 2})
-    before = sorted(repo._meta.scan(""))
+    before = sorted(internals.meta(repo).scan(""))
     with pytest.raises(InvalidInputError) as info:
         repo.gc(**options)
     assert info.value.path == path
-    assert sorted(repo._meta.scan("")) == before
+    assert sorted(internals.meta(repo).scan("")) == before
 
 
 def test_delete_chain_removes_everything_and_fences_saves(repo: statebag.Repository) -> None:
@@ -285,9 +286,9 @@ def test_save_whose_found_nodes_are_swept_before_commit_writes_them_again(
     old = state(rng, 3, big=200_000)
     repo.save("c", old)
     repo.delete_chain("c")  # all of `old` is garbage, not yet swept
-    from statebag import repository as repository_module
+    from statebag import writer as writer_module
 
-    real_commit = repository_module.commit
+    real_commit = writer_module.commit
     swept: list[statebag.GCReport] = []
 
     def commit_after_gc(*args: Any, **kwargs: Any) -> None:
@@ -295,9 +296,9 @@ def test_save_whose_found_nodes_are_swept_before_commit_writes_them_again(
         swept.append(repo.gc(grace=0))
         real_commit(*args, **kwargs)
 
-    monkeypatch.setattr(repository_module, "commit", commit_after_gc)
+    monkeypatch.setattr(writer_module, "commit", commit_after_gc)
     result = repo.save("d", old)
-    monkeypatch.setattr(repository_module, "commit", real_commit)
+    monkeypatch.setattr(writer_module, "commit", real_commit)
     assert swept[0].nodes_freed > 0
     assert result.nodes_written > 0  # found at lookup, then stored again when found gone
     assert repo.verify(result.manifest_id).ok
@@ -314,7 +315,7 @@ def test_identical_saves_write_distinct_packs(repo: statebag.Repository) -> None
     b = repo.save("b", {"blob": data["blob"], "x": 1})
     assert a.bytes_new_stored > 0
     assert b.nodes_written >= 1
-    assert len(list(repo._objects.list("packs/"))) == 2
+    assert len(list(internals.objects(repo).list("packs/"))) == 2
 
 
 # -- rollback of pending saves ----------------------------------------------------------------
@@ -322,26 +323,26 @@ def test_identical_saves_write_distinct_packs(repo: statebag.Repository) -> None
 
 def put_pending(repo: statebag.Repository, txn: str, *, lease_s: float) -> bytes:
     pack_id = os.urandom(32)
-    repo._objects.put(pack_key(pack_id), b"junk pack")
+    internals.objects(repo).put(pack_key(pack_id), b"junk pack")
     now = time.time_ns()
     record = PendingRecord("c", now, now + int(lease_s * 1e9), [pack_id])
-    repo._meta.put(f"pending/{txn}", encode_record(record))
+    internals.meta(repo).put(f"pending/{txn}", encode_record(record))
     return pack_id
 
 
 def test_live_writer_is_left_alone_and_gone_one_rolled_back(repo: statebag.Repository) -> None:
     txn = uuid.uuid4().hex
-    repo._liveness.acquire(txn)
+    internals.liveness(repo).acquire(txn)
     pack_id = put_pending(repo, txn, lease_s=-10)  # lease long expired, writer alive
     report = repo.gc(grace=0)
     assert report.deferred == 1
-    assert repo._meta.get(f"pending/{txn}") is not None
+    assert internals.meta(repo).get(f"pending/{txn}") is not None
     assert repo.audit().in_flight == [txn]
     assert repo.audit().orphan_packs == []  # its pack is the save's, not a leak
-    repo._liveness.release(txn)
+    internals.liveness(repo).release(txn)
     repo.gc(grace=0)  # gone: rolled back at once, whatever the lease
-    assert repo._meta.get(f"pending/{txn}") is None
-    assert pack_key(pack_id) not in set(repo._objects.list("packs/"))
+    assert internals.meta(repo).get(f"pending/{txn}") is None
+    assert pack_key(pack_id) not in set(internals.objects(repo).list("packs/"))
     clean(repo.audit())
 
 
@@ -350,30 +351,30 @@ def test_gone_writer_is_rolled_back_before_its_lease_expires(tmp_path: Path) -> 
         txn = uuid.uuid4().hex
         put_pending(repo, txn, lease_s=3600)  # no lock file: the writer is gone
         repo.gc(grace=0)
-        assert repo._meta.get(f"pending/{txn}") is None
+        assert internals.meta(repo).get(f"pending/{txn}") is None
         clean(repo.audit())
 
 
 def test_without_liveness_the_lease_decides() -> None:
     name = f"memory://{uuid.uuid4().hex}"
-    statebag.open(name).close()
-    objects, meta, _ = statebag.repository._memory_stores[name[len("memory://") :]]
+    with statebag.open(name) as opened:
+        objects, meta = internals.objects(opened), internals.meta(opened)
     repo = statebag.Repository(objects, meta, statebag.repository.Config(), liveness=Liveness())
     young, old = uuid.uuid4().hex, uuid.uuid4().hex
     put_pending(repo, young, lease_s=3600)
     put_pending(repo, old, lease_s=-1)
     assert repo.gc(grace=0).deferred == 1
-    assert repo._meta.get(f"pending/{young}") is not None
-    assert repo._meta.get(f"pending/{old}") is None
+    assert internals.meta(repo).get(f"pending/{young}") is not None
+    assert internals.meta(repo).get(f"pending/{old}") is None
 
 
 def test_dead_letters_are_drained_idempotently(repo: statebag.Repository) -> None:
     pack_id = os.urandom(32)
-    repo._objects.put(pack_key(pack_id), b"left by a failed rollback")
-    repo._meta.put("dlq/t1", encode_letter([pack_id]))
-    repo._meta.put("dlq/t2", encode_letter([os.urandom(32)]))  # its pack is gone already
+    internals.objects(repo).put(pack_key(pack_id), b"left by a failed rollback")
+    internals.meta(repo).put("dlq/t1", encode_letter([pack_id]))
+    internals.meta(repo).put("dlq/t2", encode_letter([os.urandom(32)]))  # its pack is gone already
     assert repo.gc(grace=0).dead_letters_processed == 2
-    assert list(repo._objects.list("packs/")) == []
+    assert list(internals.objects(repo).list("packs/")) == []
     assert repo.gc(grace=0).dead_letters_processed == 0
     clean(repo.audit())
 
@@ -381,9 +382,9 @@ def test_dead_letters_are_drained_idempotently(repo: statebag.Repository) -> Non
 def test_pending_entry_rolled_back_under_a_save_fails_it(
     repo: statebag.Repository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from statebag import repository as repository_module
+    from statebag import writer as writer_module
 
-    real_commit = repository_module.commit
+    real_commit = writer_module.commit
 
     def commit_after_rollback(objects: Any, meta: Any, tx: Any, **kwargs: Any) -> None:
         # As gc would once the lease expired: the entry goes, and with it the packs.
@@ -393,10 +394,10 @@ def test_pending_entry_rolled_back_under_a_save_fails_it(
             objects.delete(pack_key(pack_id))
         real_commit(objects, meta, tx, **kwargs)
 
-    monkeypatch.setattr(repository_module, "commit", commit_after_rollback)
+    monkeypatch.setattr(writer_module, "commit", commit_after_rollback)
     with pytest.raises(statebag.BackendError, match="rolled back"):
         repo.save("c", {"blob": os.urandom(20_000)})
-    monkeypatch.setattr(repository_module, "commit", real_commit)
+    monkeypatch.setattr(writer_module, "commit", real_commit)
     assert repo.head("c") is None
     clean(repo.audit())
 
@@ -410,18 +411,20 @@ def test_compaction_copies_live_nodes_and_readers_follow(repo: statebag.Reposito
     first = repo.save("c", fields).manifest_id
     half = {name: value for name, value in fields.items() if int(name[1:]) % 2}
     second = repo.save("c", {**half, "new": 1}).manifest_id
-    assert len(list(repo._objects.list("packs/"))) == 2
+    assert len(list(internals.objects(repo).list("packs/"))) == 2
     leaves = [
         e.root
-        for e in repo._fields_table(repo._manifest(bytes.fromhex(second)).root).entries.values()
+        for e in internals.reader(repo)
+        .fields_table(internals.manifest(repo, second).root)
+        .entries.values()
         if isinstance(e, statebag.dag.TreeField)
     ]
-    groups = repo._plan_ranges(leaves)  # a reader located the nodes...
+    groups = internals.reader(repo).plan_ranges(leaves)  # a reader located the nodes...
     repo.delete(first)
     report = repo.gc(grace=0)  # ...then gc moved them
     assert report.packs_compacted == 1 and report.bytes_reclaimed > 0
     for group in groups:
-        assert set(repo._read_range(group)) == {node_id for node_id, _ in group}
+        assert set(internals.reader(repo).read_range(group)) == {node_id for node_id, _ in group}
     assert repo.load(second) == dict(sorted({**half, "new": 1}.items()))
     assert repo.verify(second).ok
     packs_on_disk(repo)
@@ -434,9 +437,9 @@ def test_compaction_copies_live_nodes_and_readers_follow(repo: statebag.Reposito
 
 def test_audit_finds_a_lowered_count_and_repair_fixes_it(repo: statebag.Repository) -> None:
     first = repo.save("c", state(random.Random(11), 2))
-    root = repo._manifest(bytes.fromhex(first.manifest_id)).root.hex()
+    root = internals.manifest(repo, first.manifest_id).root.hex()
     clean(repo.audit())
-    repo._meta.add(f"ref/{root}", -1)
+    internals.meta(repo).add(f"ref/{root}", -1)
     report = repo.audit()
     assert not report.ok and report.under_counted == [root]
     assert repo.audit(repair=True).repaired == 1
@@ -445,8 +448,8 @@ def test_audit_finds_a_lowered_count_and_repair_fixes_it(repo: statebag.Reposito
 
 def test_audit_finds_a_removed_pack(repo: statebag.Repository) -> None:
     first = repo.save("c", state(random.Random(12), 2))
-    for key in list(repo._objects.list("packs/")):
-        repo._objects.delete(key)
+    for key in list(internals.objects(repo).list("packs/")):
+        internals.objects(repo).delete(key)
     report = repo.audit()
     assert not report.ok and report.missing_nodes
     assert not repo.verify(first.manifest_id).ok
@@ -458,13 +461,13 @@ def test_audit_finds_a_stray_pack_and_repair_removes_it_after_grace(tmp_path: Pa
     with statebag.open(tmp_path / "r", grace=0) as repo:
         repo.save("c", {"blob": os.urandom(10_000)})
         stray = "ab" * 32
-        repo._objects.put(f"packs/ab/{stray}", b"stray")
+        internals.objects(repo).put(f"packs/ab/{stray}", b"stray")
         report = repo.audit()
         assert report.ok and report.orphan_packs == [stray]
         assert repo.audit(repair=True).repaired == 1
         clean(repo.audit())
     with statebag.open(tmp_path / "s") as repo:  # default grace: a young orphan stays
-        repo._objects.put(f"packs/ab/{stray}", b"stray")
+        internals.objects(repo).put(f"packs/ab/{stray}", b"stray")
         repo.audit(repair=True)
         assert repo.audit().orphan_packs == [stray]
 
@@ -474,7 +477,7 @@ def test_audit_finds_a_broken_chain(repo: statebag.Repository) -> None:
     second = repo.save("c", {"a": 2}).manifest_id
     repo.delete(first)
     assert repo.audit().broken_chains == []  # a tombstoned parent is pruned, not lost
-    repo._meta.delete(f"tomb/{first}")
+    internals.meta(repo).delete(f"tomb/{first}")
     report = repo.audit()
     assert not report.ok and report.broken_chains == [second]
     # Repair records the lost parent as pruned (the loss was reported above).
@@ -486,7 +489,7 @@ def test_audit_finds_a_broken_chain(repo: statebag.Repository) -> None:
 def test_audit_finds_a_parent_deleted_by_hand(repo: statebag.Repository) -> None:
     first = repo.save("c", state(random.Random(15), 1)).manifest_id
     second = repo.save("c", state(random.Random(16), 2)).manifest_id
-    repo._meta.delete(f"manifest/{first}")  # no tombstone, its root still counted
+    internals.meta(repo).delete(f"manifest/{first}")  # no tombstone, its root still counted
     report = repo.audit()
     assert not report.ok and report.broken_chains == [second] and report.over_counted
     repo.audit(repair=True)
@@ -499,8 +502,8 @@ def test_audit_finds_a_parent_deleted_by_hand(repo: statebag.Repository) -> None
 def test_audit_finds_an_over_count_and_repair_frees_it(repo: statebag.Repository) -> None:
     first = repo.save("c", state(random.Random(13), 2))
     repo.save("c", {"other": 1})
-    root = repo._manifest(bytes.fromhex(first.manifest_id)).root.hex()
-    repo._meta.add(f"ref/{root}", 1)  # a leak: deleting the version leaves it counted
+    root = internals.manifest(repo, first.manifest_id).root.hex()
+    internals.meta(repo).add(f"ref/{root}", 1)  # a leak: deleting the version leaves it counted
     repo.delete(first.manifest_id)
     assert repo.gc(grace=0).nodes_freed == 0
     report = repo.audit()
@@ -517,7 +520,7 @@ def test_audit_finds_an_over_count_and_repair_frees_it(repo: statebag.Repository
 def test_save_hold_is_set_by_the_commit(repo: statebag.Repository) -> None:
     first = repo.save("c", {"a": 1}, hold=timedelta(minutes=5)).manifest_id
     repo.save("c", {"a": 2})
-    assert repo._meta.get(f"hold/{first}") is not None
+    assert internals.meta(repo).get(f"hold/{first}") is not None
     assert repo.gc(keep_last=1, grace=0).manifests_deleted == 0
     with pytest.raises(InvalidInputError) as info:
         repo.save("c", {"a": 3}, hold=-1)
@@ -529,8 +532,8 @@ def test_save_level_overrides_the_repository_level(repo: statebag.Repository) ->
     text = ("all work and no play " * 5000).encode()
     raw = repo.save("raw", {"doc": text}, level=0)
     packed = repo.save("zstd", {"doc": text + b"!"})
-    raw_bytes = b"".join(repo._objects.get(key) for key in raw.pack_keys)
-    packed_bytes = b"".join(repo._objects.get(key) for key in packed.pack_keys)
+    raw_bytes = b"".join(internals.objects(repo).get(key) for key in raw.pack_keys)
+    packed_bytes = b"".join(internals.objects(repo).get(key) for key in packed.pack_keys)
     assert text[:4096] in raw_bytes and text[:4096] not in packed_bytes
     assert raw.bytes_new_stored > 10 * packed.bytes_new_stored
     assert repo.load(raw.manifest_id) == {"doc": text}
@@ -543,9 +546,9 @@ def test_save_level_overrides_the_repository_level(repo: statebag.Repository) ->
 def test_commit_result_names_the_nodes_and_packs_it_wrote(repo: statebag.Repository) -> None:
     result = repo.save("c", {"blob": os.urandom(100_000)})
     assert len(result.node_ids) == result.nodes_written > 1
-    assert result.pack_keys and all(repo._objects.stat(key) for key in result.pack_keys)
+    assert result.pack_keys and all(internals.objects(repo).stat(key) for key in result.pack_keys)
     for node_id in result.node_ids:
-        assert repo._meta.get(f"node/{node_id}") is not None
+        assert internals.meta(repo).get(f"node/{node_id}") is not None
     again = repo.save("d", {"blob": repo.load(result.manifest_id)["blob"]})
     assert again.node_ids == [] and again.pack_keys == []
 
@@ -559,12 +562,12 @@ def test_compaction_merges_the_live_frames_of_several_packs(repo: statebag.Repos
         half = {name: value for name, value in fields.items() if int(name[1:]) % 2}
         keep[repo.save(f"c{index}", half).manifest_id] = half
         repo.delete(first)
-    assert len(list(repo._objects.list("packs/"))) == 10
+    assert len(list(internals.objects(repo).list("packs/"))) == 10
     report = repo.gc(grace=0)
     # The five first packs, half dead each, became one; the second versions' own packs
     # (their fields tables) are live and stay.
     assert report.packs_compacted == 5 and report.packs_deleted == 0
-    assert len(list(repo._objects.list("packs/"))) == 6
+    assert len(list(internals.objects(repo).list("packs/"))) == 6
     for manifest_id, state in keep.items():
         assert repo.load(manifest_id) == dict(sorted(state.items()))
     packs_on_disk(repo)
@@ -586,15 +589,17 @@ def test_loading_a_version_deleted_by_another_handle_is_not_found(tmp_path: Path
 def test_dry_run_asks_liveness_without_claiming(tmp_path: Path) -> None:
     with statebag.open(tmp_path / "r") as repo:
         txn = uuid.uuid4().hex
-        repo._liveness.acquire(txn)
+        internals.liveness(repo).acquire(txn)
         put_pending(repo, txn, lease_s=-1)
         assert repo.gc(grace=0, dry_run=True).deferred == 1
         assert (tmp_path / "r" / "locks" / txn).exists()  # still the writer's
-        repo._liveness.release(txn)
+        internals.liveness(repo).release(txn)
         assert repo.gc(grace=0, dry_run=True).deferred == 0
-        assert repo._meta.get(f"pending/{txn}") is not None  # a dry run rolls nothing back
+        assert (
+            internals.meta(repo).get(f"pending/{txn}") is not None
+        )  # a dry run rolls nothing back
         repo.gc(grace=0)
-        assert repo._meta.get(f"pending/{txn}") is None
+        assert internals.meta(repo).get(f"pending/{txn}") is None
 
 
 def test_delete_racing_a_delete_of_the_same_version_is_not_an_integrity_error(
@@ -603,18 +608,18 @@ def test_delete_racing_a_delete_of_the_same_version_is_not_an_integrity_error(
     with statebag.open(tmp_path / "r") as repo, statebag.open(tmp_path / "r") as other:
         first = repo.save("c", {"blob": os.urandom(20_000)}).manifest_id
         repo.save("c", {"x": 1})
-        root = repo._manifest(bytes.fromhex(first)).root.hex()
-        real_counter = repo._meta.counter
+        root = internals.manifest(repo, first).root.hex()
+        real_counter = internals.meta(repo).counter
 
         def counter_after_a_rival_delete(key: str) -> int:
             if key == f"ref/{root}":
-                monkeypatch.setattr(repo._meta, "counter", real_counter)
+                monkeypatch.setattr(internals.meta(repo), "counter", real_counter)
                 other.delete(first)  # lands between this delete's reads
             return real_counter(key)
 
-        monkeypatch.setattr(repo._meta, "counter", counter_after_a_rival_delete)
+        monkeypatch.setattr(internals.meta(repo), "counter", counter_after_a_rival_delete)
         repo.delete(first)  # sees the manifest, then its root at 0: a race, not a loss
-        assert repo._meta.get(f"tomb/{first}") is not None
+        assert internals.meta(repo).get(f"tomb/{first}") is not None
         assert repo.audit().ok
 
 
@@ -625,24 +630,24 @@ def test_save_whose_parent_is_collected_under_it_conflicts(
     with statebag.open(tmp_path / "r") as repo, statebag.open(tmp_path / "r") as rival:
         parent = repo.save("s", {"blob": os.urandom(200_000), "n": 0}).manifest_id
         if not cached:
-            repo._tables.clear()
-            repo._manifests.clear()
-            repo._cuts.clear()
-            repo._structs.clear()
-        real_leaves = repo._leaves
+            internals.reader(repo).clear_caches(structs=False)
+            internals.catalog(repo).clear_cache()
+            internals.writer(repo).clear_cuts()
+            internals.reader(repo).clear_caches(tables=False)
+        real_leaves = internals.reader(repo).leaves
 
         def leaves_after_rival(entry: Any) -> Any:
             # The save has read the head (parent); a rival moves it on, deletes the parent
             # and collects it before the save reads the parent's tree.
-            monkeypatch.setattr(repo, "_leaves", real_leaves)
+            monkeypatch.setattr(internals.reader(repo), "leaves", real_leaves)
             rival.save("s", {"other": 1})
             rival.delete(parent)
             rival.gc(grace=0)
-            repo._structs.clear()
+            internals.reader(repo).clear_caches(tables=False)
             return real_leaves(entry)
 
-        monkeypatch.setattr(repo, "_leaves", leaves_after_rival)
-        repo._cuts.clear()  # so that the save reads the parent's leaves
+        monkeypatch.setattr(internals.reader(repo), "leaves", leaves_after_rival)
+        internals.writer(repo).clear_cuts()  # so that the save reads the parent's leaves
         with pytest.raises(ConflictError, match="moved"):
             repo.save("s", {"blob": os.urandom(200_000), "n": 1})
         assert repo.audit().ok
@@ -659,7 +664,7 @@ def test_two_collectors_racing_over_the_same_garbage(tmp_path: Path) -> None:
         def read_after_the_other_collector(node_ids: Any) -> Any:
             one._collector._read_nodes = real_read
             two.gc(grace=0)  # sweeps the same nodes and deletes their packs first
-            one._structs.clear()
+            internals.reader(one).clear_caches(tables=False)
             return real_read(node_ids)
 
         one._collector._read_nodes = read_after_the_other_collector
@@ -673,17 +678,20 @@ def test_verify_all_while_versions_are_deleted(
 ) -> None:
     rng = random.Random(18)
     ids = [repo.save("c", state(rng, step)).manifest_id for step in range(3)]
-    real = repo._verify_version
+    catalog = internals.catalog(repo)
+    real = catalog.manifest
     calls: list[bytes] = []
 
-    def delete_first_then_verify(target: bytes, *args: Any) -> Any:
+    def delete_first_then_verify(target: bytes) -> Any:
+        # verify reads each version's manifest first: the first version is deleted and
+        # collected after verify listed it, before it reads it.
         if not calls:
             repo.delete(ids[0])
             repo.gc(grace=0)
         calls.append(target)
-        return real(target, *args)
+        return real(target)
 
-    monkeypatch.setattr(repo, "_verify_version", delete_first_then_verify)
+    monkeypatch.setattr(catalog, "manifest", delete_first_then_verify)
     report = repo.verify()
     assert report.ok, report.problems
     assert len(calls) == 3
@@ -700,7 +708,7 @@ def test_load_latest_follows_a_head_that_moved_and_was_collected(
         repo.save("c", {"n": 2})
         repo.delete(old)
         repo.gc(grace=0)
-        repo._manifests.clear()
+        internals.catalog(repo).clear_cache()
         return real_load(manifest_id, **options)
 
     monkeypatch.setattr(repo, "load", load_after_a_rival)

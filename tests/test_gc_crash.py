@@ -24,23 +24,25 @@ from statebag._crash import CRASH_EXIT_CODE, CRASH_POINTS
 from statebag.keys import PendingRecord, encode_record
 from statebag.packs import pack_key
 
+from . import internals
+
 SCRIPT = r"""
 import os, sys
 import statebag
-from statebag import repository as repository_module
+from statebag import writer as writer_module
 
 path, mode = sys.argv[1], sys.argv[2]
 repo = statebag.open(path)
 if mode == "save":
     repo.save("c0", {"blob": os.urandom(300_000), "n": -1})
 elif mode == "conflict":
-    real_commit = repository_module.commit
+    real_commit = writer_module.commit
     def commit_after_rival(*args, **kwargs):
-        repository_module.commit = real_commit  # the rival commits normally
+        writer_module.commit = real_commit  # the rival commits normally
         with statebag.open(path) as rival:
             rival.save("c0", {"rival": 1})
         real_commit(*args, **kwargs)
-    repository_module.commit = commit_after_rival
+    writer_module.commit = commit_after_rival
     try:
         repo.save("c0", {"blob": os.urandom(300_000)})
     except statebag.ConflictError:
@@ -95,10 +97,10 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]
             kept.pop(manifest_id, None)
         # A save whose writer died: no lock file, so gc rolls it back at once.
         pack_id = os.urandom(32)
-        repo._objects.put(pack_key(pack_id), b"a pack nothing indexes")
+        internals.objects(repo).put(pack_key(pack_id), b"a pack nothing indexes")
         now = time.time_ns()
         record = PendingRecord("c0", now, now + 3600 * 10**9, [pack_id])
-        repo._meta.put("pending/" + "d" * 32, encode_record(record))
+        internals.meta(repo).put("pending/" + "d" * 32, encode_record(record))
     return path, kept
 
 
@@ -144,9 +146,9 @@ def test_crash_loses_nothing_committed(
             report,
         )
         assert not report.in_flight, (point, report)
-        assert list(repo._meta.scan("dlq/")) == [], point
-        assert list(repo._meta.scan("zero/")) == [], point
-        for manifest_id in repo._meta.scan("manifest/"):
+        assert list(internals.meta(repo).scan("dlq/")) == [], point
+        assert list(internals.meta(repo).scan("zero/")) == [], point
+        for manifest_id in internals.meta(repo).scan("manifest/"):
             assert repo.verify(manifest_id[0][len("manifest/") :]).ok
 
 
@@ -213,8 +215,13 @@ def test_branch_operation_crash_loses_nothing_committed(
             assert len(repo.load(head)["blob"]) == 3  # collect: the target's and both branches'
         repo.gc(grace=0)
         if mode == "unreached":
-            assert all(repo._meta.get(f"manifest/{r.manifest_id}") is None for r in discarded)
+            assert all(
+                internals.meta(repo).get(f"manifest/{r.manifest_id}") is None for r in discarded
+            )
         report = repo.audit()
         assert report.ok and not report.over_counted and not report.orphan_packs, report
         assert not report.unswept and not report.in_flight, report
-        assert list(repo._meta.scan("dlq/")) == [] and list(repo._meta.scan("orphan/")) == []
+        assert (
+            list(internals.meta(repo).scan("dlq/")) == []
+            and list(internals.meta(repo).scan("orphan/")) == []
+        )

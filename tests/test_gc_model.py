@@ -20,6 +20,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import statebag
 from statebag import ConflictError
 
+from . import internals
+
 CHAINS = ("a", "b", "run/3")
 # A small pool of values, so that versions and chains share nodes: deleting one version
 # must free only what no other version still reaches, and saves revive zero-count nodes.
@@ -123,11 +125,11 @@ class GCMachine(RuleBasedStateMachine):
         for mid in expected:
             del self.live[mid]
         # grace 0: nothing a deleted version alone held survives
-        assert list(self.repo._meta.scan("zero/")) == []
+        assert list(internals.meta(self.repo).scan("zero/")) == []
 
     @invariant()
     def every_live_version_loads_and_audit_is_ok(self) -> None:
-        stored = {key[len("manifest/") :] for key, _ in self.repo._meta.scan("manifest/")}
+        stored = {key[len("manifest/") :] for key, _ in internals.meta(self.repo).scan("manifest/")}
         assert stored == set(self.live)
         for manifest_id, (_, _, state) in self.live.items():
             assert self.repo.load(manifest_id) == dict(sorted(state.items()))

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import statebag
 
+from . import internals
+
 SECONDS = float(os.environ.get("STATEBAG_RACE_SECONDS", "20"))
 
 POOL = r"""
@@ -154,7 +156,7 @@ def test_four_savers_and_a_collector_lose_nothing(tmp_path: Path) -> None:
     exec(POOL, namespace)
     make = namespace["state"]
     with statebag.open(path) as repo:
-        live = {key[len("manifest/") :] for key, _ in repo._meta.scan("manifest/")}
+        live = {key[len("manifest/") :] for key, _ in internals.meta(repo).scan("manifest/")}
         assert live
         checked = 0
         for manifest_id, blob, history, n, tag in committed:

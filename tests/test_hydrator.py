@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import statebag
+import statebag.opening
 from statebag import ConflictError, IntegrityError, InvalidInputError, NotFoundError, codec
 from statebag.hydrator import (
     POINTER_KEY,
@@ -23,6 +24,7 @@ from statebag.hydrator import (
     offload_chain,
 )
 
+from . import internals
 from .repohelp import scalars
 
 KIB = 1024
@@ -56,7 +58,7 @@ def stored_fields(repo: statebag.Repository, payload: dict[str, Any]) -> list[st
 
 
 def packs(repo: statebag.Repository) -> list[str]:
-    return sorted(repo._objects.list("packs"))
+    return sorted(internals.objects(repo).list("packs"))
 
 
 # -- the property --------------------------------------------------------------------------------
@@ -153,7 +155,7 @@ def test_round_trip_within_the_limit(case: tuple[Any, int, set[str], set[str], b
         assert exact(back, state)
         some = sorted(state)[:3]
         assert exact(h.hydrate(wire(payload), fields=some), {n: state[n] for n in some})
-    statebag.repository._memory_stores.pop(where)  # free this example's stores
+    statebag.opening.forget_memory(where)  # free this example's stores
 
 
 # -- placement -----------------------------------------------------------------------------------
@@ -429,7 +431,7 @@ def test_pointer_disagreeing_with_its_version_is_an_integrity_error(
 
 
 def _corrupt_packs(repo: statebag.Repository) -> None:
-    store = repo._objects
+    store = internals.objects(repo)
     for key in packs(repo):
         data = store.get(key)
         store.put(key, bytes(byte ^ 0x5A for byte in data))
@@ -444,7 +446,7 @@ def test_corrupt_or_missing_data_raises_never_partial() -> None:
         with pytest.raises(IntegrityError):
             Hydrator(fresh).hydrate(wire(payload))
         for key in packs(fresh):
-            fresh._objects.delete(key)
+            internals.objects(fresh).delete(key)
     with statebag.open(name) as fresh, pytest.raises(IntegrityError):
         Hydrator(fresh).hydrate(wire(payload))
 
@@ -528,7 +530,7 @@ def test_offload_versions_are_held_for_the_ttl(repo: statebag.Repository) -> Non
     started = time.time_ns()
     payload = h.dehydrate({"big": "x" * 100_000}, "run")
     manifest = payload[POINTER_KEY]["manifest"]
-    stored = repo._meta.get(f"hold/{manifest}")
+    stored = internals.meta(repo).get(f"hold/{manifest}")
     assert stored is not None
     until = int.from_bytes(stored, "little")
     assert started + 3600 * 10**9 <= until <= time.time_ns() + 3600 * 10**9
@@ -634,8 +636,8 @@ def test_retention_and_gc_keep_offloaded_data_for_the_ttl(repo: statebag.Reposit
     for payload, state in payloads:
         assert h.hydrate(json.loads(json.dumps(payload))) == state
     # The ttl runs out (the holds are set back to the past, rather than waiting an hour).
-    for key, _ in list(repo._meta.scan("hold/")):
-        repo._meta.put(key, (time.time_ns() - 1).to_bytes(8, "little"))
+    for key, _ in list(internals.meta(repo).scan("hold/")):
+        internals.meta(repo).put(key, (time.time_ns() - 1).to_bytes(8, "little"))
     report = repo.gc(keep_last=1, grace=0)
     assert report.manifests_deleted == 3
     payload, state = payloads[-1]  # the offload chain's head survives while it exists

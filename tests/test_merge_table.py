@@ -26,6 +26,7 @@ import statebag
 from statebag import ConflictError, InvalidInputError, NotFoundError, codec, dag
 from statebag.codec import _child_path
 
+from . import internals
 from .repohelp import recount, same, stored_counts
 
 MISSING = statebag.MISSING
@@ -433,7 +434,7 @@ def test_conflict_error_names_every_field_sorted_and_writes_nothing(
     branch = {"gamma": 2, "beta": 2, "quiet": 0, "solo": 5}
     _, branches, _ = build(repo, base, [target, branch])
     check_refused(repo, "t", branches, ["alpha", "beta", "gamma"], ["quiet", "solo"], "three_way")
-    assert list(repo._meta.scan("pending/")) == []
+    assert list(internals.meta(repo).scan("pending/")) == []
 
 
 # -- canonical comparison ---------------------------------------------------------------------
@@ -719,11 +720,13 @@ def test_merge_when_the_target_or_a_branch_saved_nothing(
 def fields_nodes(repo: statebag.Repository, manifest_id: str) -> set[str]:
     """The ids of the fields-table nodes of a version (not the values' trees)."""
     found: set[str] = set()
-    frontier = [repo._manifest(bytes.fromhex(manifest_id)).root]
+    frontier = [internals.manifest(repo, manifest_id).root]
     while frontier:
         node = frontier.pop()
         found.add(node.hex())
-        level, rows = dag.parse_fields_node(repo._read_nodes([node])[node], node_id=node.hex())
+        level, rows = dag.parse_fields_node(
+            internals.reader(repo).read([node])[node], node_id=node.hex()
+        )
         if level:
             frontier.extend(child for _, child, _ in rows)
     return found
@@ -746,19 +749,19 @@ def test_a_merge_writes_only_fields_table_nodes_for_fields_taken_from_a_side(
     target_save = repo.save("t", target)
     assert branch_save.nodes_written >= 16
     # Count the nodes the merge reads, with every in-memory cache of nodes emptied.
-    repo._structs.clear()
-    repo._tables.clear()
-    repo._manifests.clear()
+    internals.reader(repo).clear_caches(tables=False)
+    internals.reader(repo).clear_caches(structs=False)
+    internals.catalog(repo).clear_cache()
     reads: list[bytes] = []
-    original = repo._read_nodes
+    original = internals.reader(repo).read
 
     def counting(ids: Any, **kwargs: Any) -> Any:
         reads.extend(ids)
         return original(ids, **kwargs)
 
-    repo._read_nodes = counting  # type: ignore[method-assign]
+    internals.reader(repo).read = counting  # type: ignore[method-assign]
     result = repo.merge("t", ["b"], strategy=strategy)
-    repo._read_nodes = original  # type: ignore[method-assign]
+    internals.reader(repo).read = original  # type: ignore[method-assign]
     merged = {"big": branch["big"], "other": target["other"], "n": 1}
     check_merged(
         repo, result, "t", ["b"], [target_save.manifest_id, branch_save.manifest_id], merged
@@ -769,7 +772,7 @@ def test_a_merge_writes_only_fields_table_nodes_for_fields_taken_from_a_side(
     assert result.bytes_new_raw < 1000
     assert result.bytes_logical == sum(len(codec.encode(v)) for v in merged.values())
     # One fields table per version the merge compares (base, target, branch), no chunk.
-    tables = {repo._manifest(bytes.fromhex(i)).root for i in (base_id, *result.parents)}
+    tables = {internals.manifest(repo, i).root for i in (base_id, *result.parents)}
     assert set(reads) <= tables, len(reads)
     assert recount(repo)[0] == stored_counts(repo)
     assert repo.verify().ok and repo.audit().ok

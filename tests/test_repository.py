@@ -23,6 +23,7 @@ import statebag
 import statebag.chunking
 import statebag.commit
 import statebag.repository
+import statebag.writer
 from statebag import (
     ConfigError,
     ConflictError,
@@ -31,8 +32,10 @@ from statebag import (
     NotFoundError,
     StateBag,
 )
+from statebag.caches import Recent
 from statebag.packs import pack_key
 
+from . import internals
 from .repohelp import recount, same, scalars, stored_counts
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -148,15 +151,15 @@ def test_partial_and_lazy_loads(any_repo: statebag.Repository) -> None:
 def test_lazy_load_reads_only_the_field_asked(repo: statebag.Repository) -> None:
     state = {f"f{i}": random.Random(i).randbytes(50_000) for i in range(20)}
     result = repo.save("c", state)
-    repo._structs.clear()
+    internals.reader(repo).clear_caches(tables=False)
     reads: list[int] = []
-    original = repo._read_nodes
+    original = internals.reader(repo).read
 
     def counting(ids: Any, **kwargs: Any) -> Any:
         reads.append(len(ids))
         return original(ids, **kwargs)
 
-    repo._read_nodes = counting  # type: ignore[method-assign]
+    internals.reader(repo).read = counting  # type: ignore[method-assign]
     lazy = repo.load(result.manifest_id, lazy=True)
     before = sum(reads)
     assert lazy["f3"] == state["f3"]
@@ -190,9 +193,9 @@ def test_manifest_id_covers_parent_and_is_hex(repo: statebag.Repository) -> None
     for result in (a, b):
         assert len(result.manifest_id) == 64
         assert result.manifest_id == result.manifest_id.lower()
-        assert statebag.ContentId.of(repo._meta.get(f"manifest/{result.manifest_id}")).hex() == (
-            result.manifest_id
-        )
+        assert statebag.ContentId.of(
+            internals.meta(repo).get(f"manifest/{result.manifest_id}")
+        ).hex() == (result.manifest_id)
 
 
 def test_diff_names_fields_with_sizes(repo: statebag.Repository) -> None:
@@ -280,8 +283,8 @@ def test_values_re_cut_from_the_previous_save_get_the_same_tree_as_cut_whole(
         steps.append((messages, blob))
 
     def entries(any_repo: statebag.Repository, manifest_id: str) -> dict[str, Any]:
-        root = any_repo._manifest(bytes.fromhex(manifest_id)).root
-        return dict(any_repo._fields_table(root).entries)
+        root = internals.manifest(any_repo, manifest_id).root
+        return dict(internals.reader(any_repo).fields_table(root).entries)
 
     kept: list[int] = []
 
@@ -290,7 +293,7 @@ def test_values_re_cut_from_the_previous_save_get_the_same_tree_as_cut_whole(
         kept.append(result[2])
         return result
 
-    monkeypatch.setattr(statebag.repository, "recut", counting_recut)
+    monkeypatch.setattr(statebag.writer, "recut", counting_recut)
     for messages, blob in steps:
         state = {"messages": messages, "blob": blob}
         cached = entries(repo, repo.save("cached", state).manifest_id)
@@ -310,25 +313,33 @@ def test_the_cut_cache_keeps_one_version_of_a_value_and_can_be_turned_off(
     second = {"text": first["text"] + " and more"}
     with statebag.open(tmp_path / "cached") as repo:
         repo.save("c", first)
-        old_root = repo._fields_table(repo._manifest(bytes.fromhex(repo.head("c") or "")).root)
+        old_root = internals.reader(repo).fields_table(
+            internals.manifest(repo, repo.head("c") or "").root
+        )
         repo.save("c", second)
-        new_root = repo._fields_table(repo._manifest(bytes.fromhex(repo.head("c") or "")).root)
-        assert repo._cuts.get(old_root.entries["text"].root) is None  # replaced
-        assert repo._cuts.get(new_root.entries["text"].root) is not None
+        new_root = internals.reader(repo).fields_table(
+            internals.manifest(repo, repo.head("c") or "").root
+        )
+        assert not internals.writer(repo).cached_cut(old_root.entries["text"].root)  # replaced
+        assert internals.writer(repo).cached_cut(new_root.entries["text"].root)
     with statebag.open(tmp_path / "uncached", cache_bytes=0) as repo:
         repo.save("c", first)
-        table = repo._fields_table(repo._manifest(bytes.fromhex(repo.head("c") or "")).root)
-        assert repo._cuts.get(table.entries["text"].root) is None
+        table = internals.reader(repo).fields_table(
+            internals.manifest(repo, repo.head("c") or "").root
+        )
+        assert not internals.writer(repo).cached_cut(table.entries["text"].root)
         repo.save("c", second)
         assert repo.load_latest("c") == second
         assert (
-            repo._fields_table(repo._manifest(bytes.fromhex(repo.head("c") or "")).root).entries
+            internals.reader(repo)
+            .fields_table(internals.manifest(repo, repo.head("c") or "").root)
+            .entries
             == new_root.entries
         )
 
 
 def test_recent_cache_evicts_the_least_recently_used_by_weight() -> None:
-    recent: statebag.repository._Recent[bytes] = statebag.repository._Recent(10, weigh=len)
+    recent: Recent[bytes] = Recent(10, weigh=len)
     recent.put(b"a", b"1234")
     recent.put(b"b", b"1234")
     assert recent.get(b"a") == b"1234"  # now the most recently used
@@ -457,10 +468,10 @@ def test_racing_threads_from_one_parent(any_repo: statebag.Repository) -> None:
 def test_conflict_in_one_atomic_write_leaves_no_pack(repo: statebag.Repository) -> None:
     base = repo.save("c", {"v": 0}).manifest_id
     repo.save("c", {"v": 1})
-    before = sorted(repo._objects.list("packs"))
+    before = sorted(internals.objects(repo).list("packs"))
     # A save that read the head before the move above: simulate by forcing the old record.
-    stale = repo._meta.get("chain/c")
-    real_get = repo._meta.get
+    stale = internals.meta(repo).get("chain/c")
+    real_get = internals.meta(repo).get
 
     def stale_get(key: str) -> Any:
         return b"" if False else (stale_record if key == "chain/c" else real_get(key))
@@ -468,15 +479,15 @@ def test_conflict_in_one_atomic_write_leaves_no_pack(repo: statebag.Repository) 
     from statebag.keys import HeadRecord, encode_record
 
     stale_record = encode_record(HeadRecord(bytes.fromhex(base), 1, "old"))
-    repo._meta.get = stale_get  # type: ignore[method-assign]
+    internals.meta(repo).get = stale_get  # type: ignore[method-assign]
     try:
         with pytest.raises(ConflictError):
             repo.save("c", {"v": "new data " * 1000})
     finally:
-        repo._meta.get = real_get  # type: ignore[method-assign]
+        internals.meta(repo).get = real_get  # type: ignore[method-assign]
     assert stale is not None
-    assert sorted(repo._objects.list("packs")) == before
-    assert list(repo._meta.scan("pending/")) == []
+    assert sorted(internals.objects(repo).list("packs")) == before
+    assert list(internals.meta(repo).scan("pending/")) == []
 
 
 def test_batched_metadata_commits_and_takes_back_on_conflict() -> None:
@@ -485,7 +496,7 @@ def test_batched_metadata_commits_and_takes_back_on_conflict() -> None:
 
     name = uuid.uuid4().hex
     with statebag.open(f"memory://{name}") as repo:
-        meta = repo._meta
+        meta = internals.meta(repo)
         assert isinstance(meta, MemoryMetaStore)
         meta.max_batch = 7  # type: ignore[misc]
         state = {f"f{i}": random.Random(i).randbytes(3000) for i in range(30)}
@@ -542,22 +553,22 @@ def test_concurrent_index_of_the_same_node_is_counted_once(repo: statebag.Reposi
 def _flip_byte_in_pack(repo: statebag.Repository, node_id: bytes) -> None:
     from statebag.keys import IndexRecord
 
-    record = IndexRecord.decode(repo._meta.get(f"node/{node_id.hex()}"), node_id="x")
+    record = IndexRecord.decode(internals.meta(repo).get(f"node/{node_id.hex()}"), node_id="x")
     key = pack_key(record.pack_id)
-    data = bytearray(repo._objects.get(key))
+    data = bytearray(internals.objects(repo).get(key))
     data[record.offset + record.length // 2] ^= 0x40
-    repo._objects.put(key, bytes(data))
+    internals.objects(repo).put(key, bytes(data))
 
 
 def test_verify_and_load_catch_a_flipped_byte(any_repo: statebag.Repository) -> None:
     state = big_state()
     result = any_repo.save("c", state)
     assert any_repo.verify(result.manifest_id).ok
-    manifest = any_repo._manifest(bytes.fromhex(result.manifest_id))
-    entry = any_repo._fields_table(manifest.root).entries["blob"]
-    chunk = any_repo._leaves(entry)[0][0]
+    manifest = internals.manifest(any_repo, result.manifest_id)
+    entry = internals.reader(any_repo).fields_table(manifest.root).entries["blob"]
+    chunk = internals.reader(any_repo).leaves(entry)[0][0]
     _flip_byte_in_pack(any_repo, chunk)
-    any_repo._structs.clear()
+    internals.reader(any_repo).clear_caches(tables=False)
     report = any_repo.verify(result.manifest_id)
     assert not report.ok
     assert any(chunk.hex() in problem for problem in report.problems), report.problems
@@ -572,12 +583,12 @@ def test_verify_and_load_catch_a_flipped_byte(any_repo: statebag.Repository) -> 
 def test_verify_and_load_catch_a_deleted_pack(any_repo: statebag.Repository) -> None:
     any_repo.save("c", {"a": "a" * 100})
     result = any_repo.save("c", big_state(3))
-    first_pack = sorted(any_repo._objects.list("packs"))
+    first_pack = sorted(internals.objects(any_repo).list("packs"))
     assert first_pack
     for key in first_pack:
-        any_repo._objects.delete(key)
-    any_repo._structs.clear()
-    any_repo._tables.clear()
+        internals.objects(any_repo).delete(key)
+    internals.reader(any_repo).clear_caches(tables=False)
+    internals.reader(any_repo).clear_caches(structs=False)
     report = any_repo.verify(read_data=0.0)
     assert not report.ok and report.problems
     with pytest.raises(IntegrityError):
@@ -626,12 +637,12 @@ def test_bad_input_names_the_field_and_writes_nothing(
 ) -> None:
     any_repo.save("c", {"before": "x" * 1000})
     before = any_repo.stats()
-    packs = sorted(any_repo._objects.list(""))
+    packs = sorted(internals.objects(any_repo).list(""))
     with pytest.raises(InvalidInputError) as info:
         any_repo.save("c", {"fine": "y" * 5000, **state})
     assert info.value.path == path, info.value
     assert any_repo.stats() == before
-    assert sorted(any_repo._objects.list("")) == packs
+    assert sorted(internals.objects(any_repo).list("")) == packs
     assert len(list(any_repo.log("c"))) == 1
 
 
@@ -757,9 +768,9 @@ def test_stats_count_what_was_written(any_repo: statebag.Repository) -> None:
     assert stats.chains == 2 and stats.manifests == 2
     assert stats.bytes_logical == a.bytes_logical + b.bytes_logical
     assert stats.nodes == a.nodes_written + b.nodes_written
-    packs = list(any_repo._objects.list("packs"))
+    packs = list(internals.objects(any_repo).list("packs"))
     assert stats.packs == len(packs)
-    assert stats.bytes_stored == sum(any_repo._objects.stat(key) for key in packs)
+    assert stats.bytes_stored == sum(internals.objects(any_repo).stat(key) for key in packs)
 
 
 def test_small_save_writes_one_pack(repo: statebag.Repository) -> None:
@@ -819,7 +830,7 @@ def test_reference_counts_are_exact_over_a_history(repo: statebag.Repository) ->
 def test_a_failing_save_deletes_the_packs_it_already_shipped(tmp_path: Path) -> None:
     with statebag.open(tmp_path / "r", fsync=False, pack_size=2**20) as repo:
         repo.save("c", {"x": 1})
-        before = sorted(repo._objects.list(""))
+        before = sorted(internals.objects(repo).list(""))
         stats = repo.stats()
         rng = random.Random(0)
         state = {f"a{i}": rng.randbytes(700_000) for i in range(6)}  # several packs first
@@ -839,9 +850,9 @@ def test_a_failing_save_deletes_the_packs_it_already_shipped(tmp_path: Path) -> 
             statebag.commit.Prepare.abandon = original  # type: ignore[method-assign]
         assert shipped and shipped[0] >= 1  # packs had shipped before the bad field
         assert info.value.path == "z_bad.tags"
-        assert sorted(repo._objects.list("")) == before
+        assert sorted(internals.objects(repo).list("")) == before
         assert repo.stats() == stats
-        assert list(repo._meta.scan("pending/")) == []
+        assert list(internals.meta(repo).scan("pending/")) == []
         del state["z_bad"]
         result = repo.save("c", state)
         assert result.requests["object_puts"] >= 3  # the packs did ship early
@@ -865,7 +876,7 @@ def test_a_commit_whose_answer_was_lost_reads_back_its_own_success(
     repo: statebag.Repository,
 ) -> None:
     repo.save("c", {"v": 0})
-    meta = repo._meta
+    meta = internals.meta(repo)
     real_write = meta.write
     calls: list[int] = []
 
@@ -891,7 +902,7 @@ def test_a_commit_that_failed_without_landing_raises_and_keeps_the_head(
     repo: statebag.Repository,
 ) -> None:
     first = repo.save("c", {"v": 0}).manifest_id
-    meta = repo._meta
+    meta = internals.meta(repo)
     real_write = meta.write
 
     def fail_the_head_write(ops: Any, **options: Any) -> None:

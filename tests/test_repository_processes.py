@@ -9,6 +9,7 @@ from pathlib import Path
 
 import statebag
 
+from . import internals
 from .repohelp import recount, stored_counts
 
 # Each worker saves STEPS versions; on the shared chain it retries a lost race from the new
@@ -77,4 +78,4 @@ def test_processes_saving_to_shared_and_own_chains(tmp_path: Path) -> None:
         stats = repo.stats()
         assert stats.manifests == 6 * steps
         assert stats.nodes == len(reached)
-        assert list(repo._meta.scan("pending/")) == []
+        assert list(internals.meta(repo).scan("pending/")) == []

@@ -16,6 +16,7 @@ import pytest
 import statebag
 from statebag import ConflictError, InvalidInputError, NotFoundError
 
+from . import internals
 from .test_gc import clean, state
 
 HOUR = 3600.0
@@ -35,15 +36,15 @@ def chain_of(repo: statebag.Repository, chain: str, n: int, *, seed: int = 0) ->
 
 def age_marks(repo: statebag.Repository, seconds: float) -> int:
     """Move every "seen unreachable" mark ``seconds`` into the past (no sleeping)."""
-    marks = list(repo._meta.scan("orphan/"))
+    marks = list(internals.meta(repo).scan("orphan/"))
     for key, value in marks:
         then = int.from_bytes(value, "little") - int(seconds * 1e9)
-        repo._meta.put(key, then.to_bytes(8, "little"))
+        internals.meta(repo).put(key, then.to_bytes(8, "little"))
     return len(marks)
 
 
 def exists(repo: statebag.Repository, manifest_id: str) -> bool:
-    return repo._meta.get(f"manifest/{manifest_id}") is not None
+    return internals.meta(repo).get(f"manifest/{manifest_id}") is not None
 
 
 # -- fork ---------------------------------------------------------------------------------------
@@ -120,9 +121,9 @@ def test_a_fork_point_cannot_be_deleted_while_a_branch_heads_it(
 
     # delete_chain of a branch still at its fork point releases the fork point too.
     repo.fork(ids[0], "c")
-    assert repo._meta.counter(f"fork/{ids[0]}") == 1
+    assert internals.meta(repo).counter(f"fork/{ids[0]}") == 1
     repo.delete_chain("c")
-    assert repo._meta.counter(f"fork/{ids[0]}") == 0
+    assert internals.meta(repo).counter(f"fork/{ids[0]}") == 0
     repo.delete(ids[0])
     clean(repo.audit())
 
@@ -130,7 +131,7 @@ def test_a_fork_point_cannot_be_deleted_while_a_branch_heads_it(
 def test_audit_finds_and_repairs_a_lost_fork_count(repo: statebag.Repository) -> None:
     ids = chain_of(repo, "a", 2)
     repo.fork(ids[0], "b")
-    repo._meta.write([statebag.meta.Add(f"fork/{ids[0]}", -1)])
+    internals.meta(repo).write([statebag.meta.Add(f"fork/{ids[0]}", -1)])
     report = repo.audit()
     assert not report.ok and f"fork:{ids[0]}" in report.under_counted
     assert repo.audit(repair=True).repaired >= 1
@@ -198,16 +199,17 @@ def test_fan_in_parent_deleted_before_the_commit_is_a_conflict(
     b = chain_of(repo, "b", 3, seed=1)
     head_a = repo.head("a")
     stats = repo.stats()
-    original = repo._encode_state
+    writer = internals.writer(repo)
+    original = writer.write
 
-    def delete_then_encode(*args: Any, **kwargs: Any) -> Any:
+    def delete_then_write(plan: Any) -> Any:
         repo.delete(b[1])  # lands between the read of the parent and the commit
-        return original(*args, **kwargs)
+        return original(plan)
 
-    repo._encode_state = delete_then_encode  # type: ignore[method-assign]
+    writer.write = delete_then_write  # type: ignore[method-assign]
     with pytest.raises(ConflictError, match=f"parent version {b[1]}"):
         repo.save("a", {"big": "z" * 200_000}, merged=[b[1]])
-    repo._encode_state = original  # type: ignore[method-assign]
+    writer.write = original  # type: ignore[method-assign]
     assert repo.head("a") == head_a
     assert repo.stats().manifests == stats.manifests - 1
     report = repo.audit()
@@ -253,16 +255,17 @@ def test_reset_refuses_versions_off_the_chains_history(repo: statebag.Repository
 def test_a_save_racing_a_reset_loses_with_conflict(repo: statebag.Repository) -> None:
     ids = chain_of(repo, "a", 4)
     stats = repo.stats()
-    encode = repo._encode_state
+    writer = internals.writer(repo)
+    write = writer.write
 
-    def reset_then_encode(*args: Any, **kwargs: Any) -> Any:
+    def reset_then_write(plan: Any) -> Any:
         repo.reset("a", ids[1])  # lands while the save encodes on top of ids[3]
-        return encode(*args, **kwargs)
+        return write(plan)
 
-    repo._encode_state = reset_then_encode  # type: ignore[method-assign]
+    writer.write = reset_then_write  # type: ignore[method-assign]
     with pytest.raises(ConflictError, match="moved"):
         repo.save("a", {"big": "y" * 300_000})
-    repo._encode_state = encode  # type: ignore[method-assign]
+    writer.write = write  # type: ignore[method-assign]
     assert repo.head("a") == ids[1]
     assert repo.stats().manifests == stats.manifests
     with pytest.raises(ConflictError):
@@ -270,16 +273,16 @@ def test_a_save_racing_a_reset_loses_with_conflict(repo: statebag.Repository) ->
     assert repo.head("a") == ids[1]
 
     # The other way round: a save that lands while reset reads the log fails the reset.
-    original = repo._leave_head
+    original = internals.catalog(repo).leave_head
 
     def save_first(*args: Any) -> Any:
-        repo._leave_head = original  # type: ignore[method-assign]
+        internals.catalog(repo).leave_head = original  # type: ignore[method-assign]
         other = repo.save("a", {"raced": True}, parent=ids[1])
         saved.append(other.manifest_id)
         return original(*args)
 
     saved: list[str] = []
-    repo._leave_head = save_first  # type: ignore[method-assign]
+    internals.catalog(repo).leave_head = save_first  # type: ignore[method-assign]
     with pytest.raises(ConflictError, match="moved while it was being reset"):
         repo.reset("a", ids[0])
     assert repo.head("a") == saved[0]
@@ -392,7 +395,7 @@ def test_a_pinned_or_held_discarded_version_survives(repo: statebag.Repository) 
     assert repo.load(ids[3]) == repo.load(ids[3])
     clean(repo.audit())
     repo.unpin(ids[3])
-    repo._meta.put(f"hold/{ids[2]}", time.time_ns().to_bytes(8, "little"))
+    internals.meta(repo).put(f"hold/{ids[2]}", time.time_ns().to_bytes(8, "little"))
     assert repo.gc(grace=0).manifests_deleted == 2
     clean(repo.audit())
 
@@ -405,7 +408,7 @@ def test_forking_a_discarded_version_brings_it_back(repo: statebag.Repository) -
     age_marks(repo, 2 * HOUR)
     assert repo.gc(grace=HOUR).manifests_deleted == 1  # ids[3] only
     assert [exists(repo, i) for i in ids] == [True, True, True, False]
-    assert not list(repo._meta.scan("orphan/"))  # the marks of reached versions are gone
+    assert not list(internals.meta(repo).scan("orphan/"))  # the marks of reached versions are gone
     assert [info.manifest_id for info in repo.log("rescue")] == ids[2::-1]
     clean(repo.audit())
 
@@ -435,7 +438,7 @@ def test_gc_dry_run_reports_discarded_versions_without_deleting(
     dry = repo.gc(grace=0, dry_run=True)
     assert dry.manifests_deleted == 3
     assert all(exists(repo, i) for i in ids)
-    assert not list(repo._meta.scan("orphan/"))
+    assert not list(internals.meta(repo).scan("orphan/"))
     real = repo.gc(grace=0)
     assert real == dry
 
@@ -444,20 +447,21 @@ def test_reset_to_a_version_deleted_while_it_ran_is_refused(repo: statebag.Repos
     # Another handle's retention deletes the target after this reset found it on the log;
     # the target stays in this handle's cache, but the head must never name it.
     ids = chain_of(repo, "a", 4)
-    original = repo.log
+    catalog = internals.catalog(repo)
+    original = catalog.log
 
-    def log_then_delete(chain: str, **kwargs: Any) -> Iterator[statebag.ManifestInfo]:
-        for info in original(chain, **kwargs):
+    def log_then_delete(chain: str, head: bytes) -> Iterator[statebag.ManifestInfo]:
+        for info in original(chain, head):
             if info.manifest_id == ids[1]:
                 repo.load(ids[1])  # cached here
-                with statebag.open(repo._url) as other:
+                with statebag.open(internals.url(repo)) as other:
                     other.delete(ids[1])
             yield info
 
-    repo.log = log_then_delete  # type: ignore[method-assign]
+    catalog.log = log_then_delete  # type: ignore[method-assign]
     with pytest.raises(NotFoundError, match="deleted"):
         repo.reset("a", ids[1])
-    repo.log = original  # type: ignore[method-assign]
+    catalog.log = original  # type: ignore[method-assign]
     assert repo.head("a") == ids[3]
     repo.gc(grace=0)
     assert repo.load_latest("a") == repo.load(ids[3])
@@ -467,7 +471,7 @@ def test_reset_to_a_version_deleted_while_it_ran_is_refused(repo: statebag.Repos
 def test_fork_of_a_version_deleted_meanwhile_is_refused(repo: statebag.Repository) -> None:
     ids = chain_of(repo, "a", 3)
     repo.load(ids[0])  # cached in this handle
-    with statebag.open(repo._url) as other:
+    with statebag.open(internals.url(repo)) as other:
         other.delete(ids[0])
     with pytest.raises(NotFoundError, match="deleted"):
         repo.fork(ids[0], "b")
@@ -481,14 +485,14 @@ def test_fork_and_reset_whose_answer_is_lost_read_the_head_back(
     repo: statebag.Repository, monkeypatch: pytest.MonkeyPatch, lands: bool
 ) -> None:
     ids = chain_of(repo, "a", 3)
-    write = repo._meta.write
+    write = internals.meta(repo).write
 
     def lost_answer(ops: Any) -> None:
         if lands:
             write(ops)
         raise OSError("connection reset")
 
-    monkeypatch.setattr(repo._meta, "write", lost_answer)
+    monkeypatch.setattr(internals.meta(repo), "write", lost_answer)
     if lands:
         assert repo.fork("a", "b") == ids[2]
         assert repo.reset("a", ids[0]).head == ids[0]

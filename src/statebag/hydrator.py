@@ -76,7 +76,8 @@ from .errors import ConflictError, IntegrityError, InvalidInputError, NotFoundEr
 from .hashing import Hasher, hash_bytes
 from .ids import looks_like_id
 from .objects.counting import IOCounters
-from .repository import LazyState, Repository, check_chain, field_names, snapshot_state
+from .repository import LazyState, Repository
+from .validation import check_chain, field_names, field_path, snapshot_state
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -220,12 +221,6 @@ def _free_name(base: str, taken: Mapping[str, Any]) -> str:
         index += 1
         name = f"{base}~{index}"
     return name
-
-
-def _field_path(name: str, inner: str | None) -> str:
-    if not inner or inner == "$":
-        return name
-    return f"{name}{inner}" if inner.startswith("[") else f"{name}.{inner}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,7 +513,7 @@ class Hydrator:
                 encoded[name] = codec.encode(value)
             except InvalidInputError as exc:
                 raise InvalidInputError(
-                    f"field {name!r}: {exc}", path=_field_path(name, exc.path)
+                    f"field {name!r}: {exc}", path=field_path(name, exc.path)
                 ) from exc
         texts: dict[str, str] = {}  # JSON of every value that may go inline
         for name, value in data.items():

@@ -1,7 +1,7 @@
 """Conformance suites for the storage layers: one contract, run against every backend.
 
 Every object store and every metadata store of statebag must pass the same tests, so the
-layers above can rely on the contract and not on a backend (see ``DESIGN.md``, "Layers").
+layers above can rely on the contract and not on a backend (see docs/ARCHITECTURE.md, "Layers").
 The suites ship in the package, as ``zarr.testing`` does, so that a new backend (S3,
 DynamoDB, a wrapper) is tested by subclassing, not by copying tests.
 

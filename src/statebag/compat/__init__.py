@@ -8,7 +8,7 @@ statebag by changing their imports.
   hydrator (:mod:`statebag.hydrator`) configured the seed's way.
 - :func:`open_state_bag`, :func:`seal_state_bag`: the kernel protocol between Lambda steps.
 
-This layer is a face (DESIGN.md, "Layers"): it is the only one that reads environment
+This layer is a face (docs/ARCHITECTURE.md, "Layers"): it is the only one that reads environment
 variables (``STATEBAG_REPO``, ``USE_BATCHING``, ``USE_ZSTD``, ``ZSTD_LEVEL``, ``GC_DLQ_URL``,
 ``AN_STRICT_MODE``; ``S3_BUCKET``, ``SKELETON_S3_BUCKET`` and ``MANIFESTS_TABLE`` name the
 cloud backend, not available yet). Where the seed lost data, this API fails loudly: missing

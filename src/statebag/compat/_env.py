@@ -1,7 +1,7 @@
 """What the seed-compatible API shares: environment flags, opening the repository, chain
 names and the one content hash.
 
-This is the only place below which nothing reads the environment (DESIGN.md, "Layers"):
+This is the only place below which nothing reads the environment (docs/ARCHITECTURE.md, "Layers"):
 each flag is parsed strictly, and a value that is neither clearly on nor clearly off is a
 :class:`~statebag.errors.ConfigError` naming the variable, never a silent default.
 """
@@ -15,8 +15,9 @@ from .. import codec
 from ..errors import ConfigError, InvalidInputError
 from ..hashing import Hasher
 from ..hydrator import OFFLOAD_SUFFIX
-from ..repository import Repository, check_chain
+from ..repository import Repository
 from ..repository import open as open_repository
+from ..validation import check_chain
 
 __all__ = [
     "REPO_ENV",

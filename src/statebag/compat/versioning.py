@@ -25,7 +25,8 @@ from typing import Any
 from .. import codec, merging
 from ..errors import ConflictError, IntegrityError, InvalidInputError, NotFoundError
 from ..ids import ContentId
-from ..repository import Repository, field_names
+from ..repository import Repository
+from ..validation import field_names
 from ._env import content_hash, execution_chain, resolve_repository, workflow_chain
 
 __all__ = ["StateVersioningService"]

@@ -1,8 +1,9 @@
 """The metadata store interface: small values by key, int64 counters, atomic batches.
 
 The metadata store holds everything of statebag that is small and changes: chain heads,
-manifests, the node index, pending commits, refcounts (see ``DESIGN.md``, "Layers" and
-"Commit protocol"). It has two independent namespaces under the same kind of keys:
+manifests, the node index, pending commits, refcounts (see docs/ARCHITECTURE.md,
+"Layers", and docs/FORMAT.md, "Commit protocol"). It has two independent namespaces under
+the same kind of keys:
 
 - **values**: ``bytes`` under a ``str`` key (``b""`` is a value, distinct from absent);
 - **counters**: signed 64-bit integers under a ``str`` key. A counter that was never

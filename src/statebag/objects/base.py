@@ -1,6 +1,6 @@
 """The object store interface: bytes by key, with no knowledge of nodes, packs or manifests.
 
-An object store is the lowest data layer of statebag (see ``DESIGN.md``, "Layers"). It keeps
+An object store is the lowest data layer of statebag (see docs/ARCHITECTURE.md, "Layers"). It keeps
 opaque byte strings under short text keys and offers exactly what the layers above need and
 what every backend (memory, a local directory, S3) can do faithfully:
 
