@@ -45,11 +45,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from . import dag
-from ._crash import crash_point
-from .commit import Prepare, new_txn_id
-from .errors import ConflictError, IntegrityError, NotFoundError
-from .keys import (
+from .. import dag
+from .._crash import crash_point
+from ..commit import Prepare, new_txn_id
+from ..errors import ConflictError, IntegrityError, NotFoundError
+from ..keys import (
     IndexRecord,
     PackRecord,
     Tombstone,
@@ -62,14 +62,24 @@ from .keys import (
     version_key,
     version_prefix,
 )
-from .liveness import Liveness, Rehearsal
-from .manifests import MANIFEST_DECODER, Manifest
-from .meta import Add, Check, CheckCounter, ConditionFailed, Delete, DropCounter, MetaStore, Op, Put
-from .meta.overlay import OverlayMetaStore
-from .objects import ObjectStore
-from .objects.discarding import DiscardingObjectStore
-from .packs import PackWriter, pack_key, parse_footer
-from .results import AuditReport, GCReport
+from ..liveness import Liveness, Rehearsal
+from ..manifests import MANIFEST_DECODER, Manifest
+from ..meta import (
+    Add,
+    Check,
+    CheckCounter,
+    ConditionFailed,
+    Delete,
+    DropCounter,
+    MetaStore,
+    Op,
+    Put,
+)
+from ..meta.overlay import OverlayMetaStore
+from ..objects import ObjectStore
+from ..objects.discarding import DiscardingObjectStore
+from ..packs import PackWriter, pack_key, parse_footer
+from ..results import AuditReport, GCReport
 
 __all__ = [
     "COMPACT_BYTES",
