@@ -20,7 +20,7 @@ CRASH_POINTS = (
     "save.after_upload",  # a pack is uploaded, nothing referenced
     "save.after_commit",  # the commit transaction landed, the writer's lock is still held
     "save.after_abandon_record",  # a lost race: dead letter written, packs not yet deleted
-    # gc (gc.py)
+    # gc (gc/)
     "gc.after_rollback_record",  # a pending entry replaced by a dead letter, packs remain
     "gc.after_delete_manifest",  # one manifest deleted by retention, nothing swept
     "gc.after_sweep",  # one sweep transaction landed (index rows gone), packs untouched
@@ -28,7 +28,7 @@ CRASH_POINTS = (
     "gc.after_pack_delete",  # the dead pack's object deleted, its dead letter remains
     "gc.after_compact_upload",  # the compacted pack uploaded, the index not yet moved
     "gc.after_compact_index",  # the index moved to the new pack, the old one remains
-    # delete_chain (gc.py)
+    # delete_chain (gc/versions.py)
     "delete_chain.after_head",  # the chain's head removed, its versions not yet deleted
 )
 

@@ -65,6 +65,7 @@ __all__ = [
     "STAT_NODES",
     "STAT_PACKS",
     "TOMB",
+    "VERSION",
     "ZERO",
     "HeadRecord",
     "IndexRecord",
@@ -98,6 +99,7 @@ __all__ = [
     "tomb_key",
     "txn_of",
     "version_key",
+    "version_of",
     "version_prefix",
     "zero_key",
 ]
@@ -229,6 +231,14 @@ def id_of(key: str, prefix: str, /) -> bytes:
     if not key.startswith(prefix):
         raise ValueError(f"key {key!r} is not under {prefix!r}")
     return bytes.fromhex(key[len(prefix) :])
+
+
+def version_of(key: str, /) -> tuple[int, bytes]:
+    """The seq and the manifest id a version key names."""
+    if not key.startswith(VERSION):
+        raise ValueError(f"key {key!r} is not a version key")
+    _, _, seq, manifest_id = key.split("/")
+    return int(seq, 16), bytes.fromhex(manifest_id)
 
 
 def chain_of(key: str, /) -> str:

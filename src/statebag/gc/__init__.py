@@ -1,0 +1,151 @@
+"""Garbage collection: deletion, retention, sweep, pack reclamation, rollback, audit.
+
+Reference counts (``ref/<id>``) hold, for every node, the number of references to it from
+indexed nodes and from manifests (their roots). Every change gc makes is one conditional
+write of the metadata store, so any number of writers and collectors may run at once and a
+crash between two writes leaves at worst a leak (bytes nothing reaches), never a loss.
+
+Each part keeps its own invariant and says which in its module: :mod:`.versions` (deleting
+and pinning a version), :mod:`.retention` (which versions go), :mod:`.sweep` (freeing the
+nodes counted zero), :mod:`.packs` (deleting and compacting packs), :mod:`.rollback`
+(abandoned saves, dead letters) and :mod:`.audit`. :class:`Collector` runs them in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+
+from ..liveness import Liveness, Rehearsal
+from ..meta import MetaStore
+from ..meta.overlay import OverlayMetaStore
+from ..objects import ObjectStore
+from ..objects.discarding import DiscardingObjectStore
+from ..results import AuditReport, GCReport
+from .audit import Auditor
+from .nodes import ChildReader, NodeReader
+from .packs import COMPACT_BYTES, COMPACT_PACK_DEAD, COMPACT_REPO_DEAD, PackReclaimer
+from .retention import Retention, select_for_deletion
+from .rollback import Rollback
+from .sweep import Sweeper
+from .tally import Tally
+from .versions import ReachabilityChanged, VersionDeleter
+
+__all__ = [
+    "COMPACT_BYTES",
+    "COMPACT_PACK_DEAD",
+    "COMPACT_REPO_DEAD",
+    "Collector",
+    "NodeReader",
+    "select_for_deletion",
+]
+
+
+class Collector:
+    """GC and audit over one repository's stores. ``read_nodes`` returns verified node
+    bytes by id (through the index); ``forget`` drops a deleted version from caches."""
+
+    def __init__(
+        self,
+        objects: ObjectStore,
+        meta: MetaStore,
+        /,
+        *,
+        liveness: Liveness,
+        read_nodes: NodeReader,
+        forget: Callable[[bytes], None],
+        lease: float,
+    ) -> None:
+        self._objects = objects
+        self._meta = meta
+        self._liveness = liveness
+        self._lease = lease
+        # One reader for the sweep and the audit alike: swapping it swaps it for both.
+        self._child_reader = ChildReader(read_nodes)
+        self._versions = VersionDeleter(meta, forget=forget)
+        self._retention = Retention(meta, self._versions)
+        self._sweeper = Sweeper(meta, self._child_reader)
+        self._packs = PackReclaimer(objects, meta, liveness=liveness, lease=lease)
+        self._rollback = Rollback(objects, meta, liveness=liveness, packs=self._packs)
+        self._auditor = Auditor(objects, meta, self._child_reader)
+
+    # -- deleting versions -----------------------------------------------------------------
+
+    def delete(
+        self, manifest_id: bytes, /, *, force_pinned: bool = False, discards: int | None = None
+    ) -> bool:
+        """See :meth:`VersionDeleter.delete`."""
+        return self._versions.delete(manifest_id, force_pinned=force_pinned, discards=discards)
+
+    def delete_chain(self, chain: str, /) -> int:
+        """See :meth:`VersionDeleter.delete_chain`."""
+        return self._versions.delete_chain(chain)
+
+    def pin(self, manifest_id: bytes, /, *, pinned: bool) -> None:
+        self._versions.pin(manifest_id, pinned=pinned)
+
+    # -- gc --------------------------------------------------------------------------------
+
+    def collect(
+        self,
+        *,
+        keep_last: int | None,
+        keep_within: float | None,
+        keep_daily: int | None,
+        chains: list[str] | None,
+        grace: float,
+        dry_run: bool,
+        compact_bytes: int = COMPACT_BYTES,
+        pack_size: int = 16 << 20,
+    ) -> GCReport:
+        """One gc run. A dry run is the same run over an overlay of the metadata store and
+        an object store that discards writes: it reports what a gc would do, cascades
+        included, and writes nothing.
+
+        The sweep runs after the deletes, so that with no grace the nodes they release go
+        in the same run; the packs go last, from the dead frames the sweep counted."""
+        if dry_run:
+            rehearsal = Collector(
+                DiscardingObjectStore(self._objects),
+                OverlayMetaStore(self._meta),
+                liveness=Rehearsal(self._liveness),
+                read_nodes=self._child_reader.read_nodes,
+                forget=lambda _: None,
+                lease=self._lease,
+            )
+            return rehearsal.collect(
+                keep_last=keep_last,
+                keep_within=keep_within,
+                keep_daily=keep_daily,
+                chains=chains,
+                grace=grace,
+                dry_run=False,
+                compact_bytes=compact_bytes,
+                pack_size=pack_size,
+            )
+        tally = Tally()
+        now = time.time_ns()
+        self._rollback.drain_letters(tally)
+        self._rollback.roll_back(tally, now=now)
+        discards, unreachable = self._retention.discard_unreachable(tally, now=now, grace=grace)
+        with contextlib.suppress(ReachabilityChanged):
+            self._retention.retain(
+                tally,
+                keep_last=keep_last,
+                keep_within_ns=None if keep_within is None else int(keep_within * 1e9),
+                keep_daily=keep_daily,
+                chains=chains,
+                now=now,
+                discards=discards,
+                unreachable=unreachable,
+            )
+        self._sweeper.sweep(tally, cutoff=time.time_ns() - int(grace * 1e9))
+        self._packs.reclaim(tally, compact_bytes=compact_bytes, pack_size=pack_size)
+        return tally.report()
+
+    # -- audit -----------------------------------------------------------------------------
+
+    def audit(self, *, repair: bool, grace: float) -> AuditReport:
+        """See :class:`~statebag.gc.audit.Auditor`."""
+        return self._auditor.audit(repair=repair, grace=grace)

@@ -1,0 +1,243 @@
+"""The audit: recounting every reference and checking that everything reachable is stored.
+
+It recounts every reference from the manifests and the indexed interior nodes and compares
+with the stored counts, checks that every reachable node is indexed in a present pack and
+that every parent link resolves, and lists the packs nothing names. It reads without one
+snapshot, so it reads ``stat/epoch`` first and again last and starts over while the
+repository changed under it; a repair is one write conditional on that epoch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from ..errors import ConflictError, NotFoundError
+from ..keys import (
+    FORK,
+    HEAD,
+    LETTER,
+    MANIFEST,
+    NODE,
+    PACK,
+    PENDING,
+    REF,
+    STAT_EPOCH,
+    TOMB,
+    ZERO,
+    IndexRecord,
+    Tombstone,
+    chain_of,
+    decode_head,
+    decode_letter,
+    decode_pending,
+    encode_le64,
+    encode_record,
+    fork_key,
+    id_of,
+    pack_record_key,
+    ref_key,
+    tomb_key,
+    txn_of,
+    zero_key,
+)
+from ..manifests import MANIFEST_DECODER, Manifest
+from ..meta import Add, CheckCounter, ConditionFailed, DropCounter, MetaStore, Op, Put
+from ..objects import ObjectStore
+from ..packs import pack_key
+from ..results import AuditReport
+from .nodes import ChildReader
+from .versions import accounted_for
+
+__all__ = ["Auditor"]
+
+_AUDIT_ATTEMPTS = 8
+
+
+class Auditor:
+    """Audits one repository's stores and, when asked, repairs what can be repaired."""
+
+    def __init__(self, objects: ObjectStore, meta: MetaStore, children: ChildReader, /) -> None:
+        self._objects = objects
+        self._meta = meta
+        self._children = children
+
+    def audit(self, *, repair: bool, grace: float) -> AuditReport:
+        for _ in range(_AUDIT_ATTEMPTS):
+            result = self._audit_once(repair=repair, grace=grace)
+            if result is not None:
+                return result
+        raise ConflictError(
+            "the repository kept changing during the audit (saves or gc running); retry it"
+        )
+
+    def _audit_once(self, *, repair: bool, grace: float) -> AuditReport | None:
+        meta = self._meta
+        epoch = meta.counter(STAT_EPOCH)
+        # Packs are listed before the records are read: a pack uploaded after the listing
+        # is not seen, and one listed has its pending entry (written before the upload) or
+        # its record (written by its commit) visible below.
+        listed = {bytes.fromhex(key.rsplit("/", 1)[1]) for key in self._objects.list("packs/")}
+        pending = {txn_of(key): decode_pending(v) for key, v in meta.scan(PENDING)}
+        letters = [decode_letter(v) for _, v in meta.scan(LETTER)]
+        owned = {p for record in pending.values() for p in record.packs}
+        owned.update(p for packs in letters for p in packs)
+        pack_records = {id_of(k, PACK) for k, _ in meta.scan(PACK)}
+        heads = {chain_of(k): decode_head(v) for k, v in meta.scan(HEAD)}
+        manifests: dict[bytes, Manifest] = {
+            id_of(k, MANIFEST): MANIFEST_DECODER.decode(v) for k, v in meta.scan(MANIFEST)
+        }
+        tombs = {id_of(k, TOMB) for k, _ in meta.scan(TOMB)}
+        index: dict[bytes, IndexRecord] = {}
+        for k, v in meta.scan(NODE):
+            node_id = id_of(k, NODE)
+            index[node_id] = IndexRecord.decode(v, node_id=node_id.hex())
+        counts = {id_of(k, REF): v for k, v in meta.counters(REF)}
+        marks = {id_of(k, ZERO) for k, _ in meta.scan(ZERO)}
+        forks = {id_of(k, FORK): v for k, v in meta.counters(FORK)}
+        forks_expected: Counter[bytes] = Counter(
+            h.head
+            for chain, h in heads.items()
+            if h.head in manifests and manifests[h.head].chain != chain
+        )
+
+        expected: Counter[bytes] = Counter(m.root for m in manifests.values())
+        interior = [node_id for node_id, record in index.items() if record.interior]
+        children, unreadable = self._children.children(interior)
+        for node_children in children.values():
+            expected.update(node_children)
+
+        reachable: set[bytes] = set()
+        frontier = list({m.root for m in manifests.values()})
+        while frontier:
+            node_id = frontier.pop()
+            if node_id in reachable:
+                continue
+            reachable.add(node_id)
+            frontier.extend(children.get(node_id, ()))
+        missing = sorted(
+            node_id.hex()
+            for node_id in reachable
+            if node_id not in index or index[node_id].pack_id not in listed or node_id in unreadable
+        )
+        under = sorted(n.hex() for n, want in expected.items() if counts.get(n, 0) < want)
+        over = sorted(n.hex() for n, have in counts.items() if have > expected.get(n, 0))
+        unswept = sorted(
+            n.hex()
+            for n in index
+            if expected.get(n, 0) == 0 and counts.get(n, 0) <= expected.get(n, 0) and n not in marks
+        )
+        lost_parents = {
+            parent: manifest
+            for manifest in manifests.values()
+            for parent in manifest.parents
+            if not accounted_for(parent, live=manifests, tombstoned=tombs)
+        }
+        broken = sorted(
+            mid.hex()
+            for mid, m in manifests.items()
+            if any(not accounted_for(p, live=manifests, tombstoned=tombs) for p in m.parents)
+        )
+        broken += sorted(f"chain:{c}" for c, h in heads.items() if h.head not in manifests)
+        # A forked chain's head counts in fork/<id>, which keeps delete() off it.
+        fork_fix = {
+            manifest_id: forks_expected.get(manifest_id, 0) - forks.get(manifest_id, 0)
+            for manifest_id in {*forks, *forks_expected}
+            if forks_expected.get(manifest_id, 0) != forks.get(manifest_id, 0)
+        }
+        under += sorted(f"fork:{m.hex()}" for m, delta in fork_fix.items() if delta > 0)
+        over += sorted(f"fork:{m.hex()}" for m, delta in fork_fix.items() if delta < 0)
+        orphans = sorted(p.hex() for p in listed if p not in pack_records and p not in owned)
+        if meta.counter(STAT_EPOCH) != epoch:
+            return None
+        repaired = 0
+        if repair:
+            repaired = self._repair(
+                epoch,
+                expected=expected,
+                counts=counts,
+                index=index,
+                fix=[t for t in (*under, *over) if not t.startswith("fork:")],
+                fork_fix=fork_fix,
+                unswept=unswept,
+                orphans=orphans,
+                grace=grace,
+                lost_parents=lost_parents,
+            )
+            if repaired < 0:
+                return None
+        return AuditReport(
+            ok=not (under or missing or broken),
+            under_counted=under,
+            over_counted=over,
+            missing_nodes=missing,
+            orphan_packs=orphans,
+            broken_chains=broken,
+            in_flight=sorted(pending),
+            repaired=repaired,
+            unswept=unswept,
+            manifests=len(manifests),
+            nodes=len(index),
+        )
+
+    def _repair(
+        self,
+        epoch: int,
+        *,
+        expected: Counter[bytes],
+        counts: dict[bytes, int],
+        index: dict[bytes, IndexRecord],
+        fix: list[str],
+        fork_fix: dict[bytes, int],
+        unswept: list[str],
+        orphans: list[str],
+        grace: float,
+        lost_parents: dict[bytes, Manifest],
+    ) -> int:
+        """Fix counts and mark garbage in one write conditional on nothing having changed
+        since the audit read (``stat/epoch``); -1 if something did. Then delete orphan packs
+        older than the grace period.
+
+        A parent that is neither present nor tombstoned is lost (the audit reported it); it
+        gets a tombstone with ``time_ns`` 0 (unknown), so that the chain reads as pruned
+        there rather than broken. Nothing reachable depends on it: a version reaches its
+        own nodes, not its parent's.
+        """
+        now = time.time_ns()
+        ops: list[Op] = [CheckCounter(STAT_EPOCH, epoch)]
+        for parent, child in lost_parents.items():
+            tombstone = Tombstone(child.chain, max(child.seq - 1, 0), 0, now)
+            ops.append(Put(tomb_key(parent), encode_record(tombstone), expect=None))
+        for text in fix:
+            node_id = bytes.fromhex(text)
+            want = expected.get(node_id, 0)
+            if want == 0 and node_id not in index:
+                ops.append(DropCounter(ref_key(node_id)))
+                continue
+            ops.append(Add(ref_key(node_id), want - counts.get(node_id, 0)))
+            if want == 0:
+                ops.append(Put(zero_key(node_id), encode_le64(now)))
+        for text in unswept:
+            if text not in fix:
+                ops.append(Put(zero_key(bytes.fromhex(text)), encode_le64(now)))
+        ops.extend(Add(fork_key(manifest_id), delta) for manifest_id, delta in fork_fix.items())
+        if len(ops) > 1:
+            ops.append(Add(STAT_EPOCH, 1))
+            try:
+                self._meta.write(ops)
+            except ConditionFailed:
+                return -1
+        repaired = len(fix) + len(fork_fix) + len(unswept) + len(lost_parents)
+        cutoff = now - int(grace * 1e9)
+        for text in orphans:
+            pack_id = bytes.fromhex(text)
+            try:
+                if self._objects.modified_ns(pack_key(pack_id)) > cutoff:
+                    continue
+            except NotFoundError:
+                continue
+            if self._meta.get(pack_record_key(pack_id)) is not None:
+                continue
+            self._objects.delete(pack_key(pack_id))
+            repaired += 1
+        return repaired

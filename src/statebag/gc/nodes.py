@@ -1,0 +1,50 @@
+"""Reading interior nodes for their children: the sweep releases them, the audit counts them.
+
+Nodes are read through the repository (``NodeReader``: verified bytes by id, located through
+the index), in batches. A node may become unreadable under a reader, because another
+collector swept it and deleted its pack meanwhile: a batch that fails is read again one node
+at a time, and the nodes that still fail are returned apart for the caller to judge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from .. import dag
+from ..errors import IntegrityError
+
+__all__ = ["ChildReader", "NodeReader"]
+
+NodeReader = Callable[[Sequence[bytes]], Mapping[bytes, bytes]]
+"""Verified node bytes by node id; IntegrityError when one cannot be read."""
+
+_READ_BATCH = 256
+
+
+class ChildReader:
+    """The children of interior nodes, read with ``read_nodes``."""
+
+    def __init__(self, read_nodes: NodeReader, /) -> None:
+        # Looked up at every read (not bound once), so that a test can swap the reader of
+        # one collector for the next read.
+        self.read_nodes = read_nodes
+
+    def children(self, node_ids: Sequence[bytes], /) -> tuple[dict[bytes, list[bytes]], set[bytes]]:
+        """The children of each of ``node_ids`` (with multiplicity, in node order), and the
+        ids that could not be read."""
+        children: dict[bytes, list[bytes]] = {}
+        unreadable: set[bytes] = set()
+        for start in range(0, len(node_ids), _READ_BATCH):
+            batch = node_ids[start : start + _READ_BATCH]
+            try:
+                found = self.read_nodes(batch)
+            except IntegrityError:
+                found = {}
+                for node_id in batch:
+                    try:
+                        found.update(self.read_nodes([node_id]))
+                    except IntegrityError:
+                        unreadable.add(node_id)
+            for node_id, raw in found.items():
+                children[node_id] = dag.children_of(raw, node_id=node_id.hex())
+        return children, unreadable
