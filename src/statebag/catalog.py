@@ -47,6 +47,7 @@ from .manifests import MANIFEST_DECODER, Manifest
 from .meta import Add, Check, ConditionFailed, MetaStore, Op, Put
 from .results import ManifestInfo
 from .validation import check_chain
+from .versions import VersionDeleter
 
 __all__ = ["Catalog", "OtherParent"]
 
@@ -68,6 +69,7 @@ class Catalog:
     def __init__(self, meta: MetaStore, /) -> None:
         self._meta = meta
         self._manifests: Recent[Manifest] = Recent(_MANIFEST_CACHE)
+        self._versions = VersionDeleter(meta, forget=self.forget)
 
     # -- manifests -------------------------------------------------------------------------
 
@@ -263,6 +265,18 @@ class Catalog:
                 raise BackendError(
                     f"moving the head of chain {chain!r} failed: {exc}", retryable=True
                 ) from exc
+
+    # -- deleting and pinning --------------------------------------------------------------
+
+    def delete(self, manifest_id: bytes, /) -> None:
+        """Delete a version, leaving a tombstone (see :class:`VersionDeleter`)."""
+        self._versions.delete(manifest_id)
+
+    def delete_chain(self, chain: str, /) -> int:
+        return self._versions.delete_chain(chain)
+
+    def pin(self, manifest_id: bytes, /, *, pinned: bool) -> None:
+        self._versions.pin(manifest_id, pinned=pinned)
 
     # -- holds and totals ------------------------------------------------------------------
 

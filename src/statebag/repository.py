@@ -427,23 +427,23 @@ class Repository:
         NotFoundError if it does not exist. Deleting a deleted version does nothing.
         """
         self._check_open()
-        self._collector.delete(_parse_id(manifest_id))
+        self._catalog.delete(_parse_id(manifest_id))
 
     def delete_chain(self, chain: str, /) -> int:
         """Delete ``chain``: its head first (a save racing it gets ConflictError), then every
         version, pinned ones too; the number of versions deleted. Running it again finishes
         a run that was interrupted."""
         self._check_open()
-        return self._collector.delete_chain(check_chain(chain))
+        return self._catalog.delete_chain(check_chain(chain))
 
     def pin(self, manifest_id: str, /) -> None:
         """Keep ``manifest_id`` from retention and from :meth:`delete` until unpinned."""
         self._check_open()
-        self._collector.pin(_parse_id(manifest_id), pinned=True)
+        self._catalog.pin(_parse_id(manifest_id), pinned=True)
 
     def unpin(self, manifest_id: str, /) -> None:
         self._check_open()
-        self._collector.pin(_parse_id(manifest_id), pinned=False)
+        self._catalog.pin(_parse_id(manifest_id), pinned=False)
 
     def gc(
         self,

@@ -1,14 +1,15 @@
-"""Garbage collection: deletion, retention, sweep, pack reclamation, rollback, audit.
+"""Garbage collection: retention, sweep, pack reclamation, rollback, audit.
 
 Reference counts (``ref/<id>``) hold, for every node, the number of references to it from
 indexed nodes and from manifests (their roots). Every change gc makes is one conditional
 write of the metadata store, so any number of writers and collectors may run at once and a
 crash between two writes leaves at worst a leak (bytes nothing reaches), never a loss.
 
-Each part keeps its own invariant and says which in its module: :mod:`.versions` (deleting
-and pinning a version), :mod:`.retention` (which versions go), :mod:`.sweep` (freeing the
-nodes counted zero), :mod:`.packs` (deleting and compacting packs), :mod:`.rollback`
-(abandoned saves, dead letters) and :mod:`.audit`. :class:`Collector` runs them in order.
+Each part keeps its own invariant and says which in its module: :mod:`.retention` (which
+versions go, deleted through the catalog's :mod:`statebag.versions`), :mod:`.sweep`
+(freeing the nodes counted zero), :mod:`.packs` (deleting and compacting packs),
+:mod:`.rollback` (abandoned saves, dead letters) and :mod:`.audit`. :class:`Collector` runs
+them in order.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..meta.overlay import OverlayMetaStore
 from ..objects import ObjectStore
 from ..objects.discarding import DiscardingObjectStore
 from ..results import AuditReport, GCReport
+from ..versions import ReachabilityChanged, VersionDeleter
 from .audit import Auditor
 from .nodes import ChildReader, NodeReader
 from .packs import COMPACT_BYTES, COMPACT_PACK_DEAD, COMPACT_REPO_DEAD, PackReclaimer
@@ -30,7 +32,6 @@ from .retention import Retention, select_for_deletion
 from .rollback import Rollback
 from .sweep import Sweeper
 from .tally import Tally
-from .versions import ReachabilityChanged, VersionDeleter
 
 __all__ = [
     "COMPACT_BYTES",
@@ -69,21 +70,6 @@ class Collector:
         self._packs = PackReclaimer(objects, meta, liveness=liveness, lease=lease)
         self._rollback = Rollback(objects, meta, liveness=liveness, packs=self._packs)
         self._auditor = Auditor(objects, meta, self._child_reader)
-
-    # -- deleting versions -----------------------------------------------------------------
-
-    def delete(
-        self, manifest_id: bytes, /, *, force_pinned: bool = False, discards: int | None = None
-    ) -> bool:
-        """See :meth:`VersionDeleter.delete`."""
-        return self._versions.delete(manifest_id, force_pinned=force_pinned, discards=discards)
-
-    def delete_chain(self, chain: str, /) -> int:
-        """See :meth:`VersionDeleter.delete_chain`."""
-        return self._versions.delete_chain(chain)
-
-    def pin(self, manifest_id: bytes, /, *, pinned: bool) -> None:
-        self._versions.pin(manifest_id, pinned=pinned)
 
     # -- gc --------------------------------------------------------------------------------
 

@@ -46,8 +46,8 @@ from ..meta import Add, CheckCounter, ConditionFailed, DropCounter, MetaStore, O
 from ..objects import ObjectStore
 from ..packs import pack_key
 from ..results import AuditReport
+from ..versions import accounted_for
 from .nodes import ChildReader
-from .versions import accounted_for
 
 __all__ = ["Auditor"]
 

@@ -10,7 +10,7 @@ unreached for the grace period is deleted, unless pinned or held.
 Retention then ranks, per chain, only the versions some head reaches; each of its deletes is
 conditional on ``stat/discards`` still holding the value the reachability pass read, so a
 reset or chain deletion landing meanwhile stops retention for the run
-(:class:`~statebag.gc.versions.ReachabilityChanged`) rather than let it rank versions no
+(:class:`~statebag.versions.ReachabilityChanged`) rather than let it rank versions no
 longer reached.
 """
 
@@ -43,8 +43,8 @@ from ..keys import (
 )
 from ..manifests import MANIFEST_DECODER
 from ..meta import Check, ConditionFailed, Delete, MetaStore, Put
+from ..versions import VersionDeleter
 from .tally import Tally
-from .versions import VersionDeleter
 
 __all__ = ["Retention", "select_for_deletion"]
 

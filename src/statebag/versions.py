@@ -6,8 +6,9 @@ count reaches zero, put ``zero/<root>`` = the time, for the sweep. The write is 
 on the head record of the version's chain, so it is exclusive with a save on the chain, and
 on the root's count as read, so no concurrent delete or save is lost.
 
-Self-contained on purpose (the metadata store, the manifest cache's ``forget`` and the key
-schema): it is the part of gc that the catalog will own.
+Part of the catalog (:class:`~statebag.catalog.Catalog` deletes and pins through it), and
+used by gc's retention too; it needs only the metadata store, the manifest cache's
+``forget`` and the key schema.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Container
 
-from .._crash import crash_point
-from ..errors import ConflictError, IntegrityError, NotFoundError
-from ..keys import (
+from ._crash import crash_point
+from .errors import ConflictError, IntegrityError, NotFoundError
+from .keys import (
     STAT_BYTES_LOGICAL,
     STAT_CHAINS,
     STAT_DISCARDS,
@@ -41,8 +42,8 @@ from ..keys import (
     version_prefix,
     zero_key,
 )
-from ..manifests import MANIFEST_DECODER
-from ..meta import Add, Check, CheckCounter, ConditionFailed, Delete, MetaStore, Op, Put
+from .manifests import MANIFEST_DECODER
+from .meta import Add, Check, CheckCounter, ConditionFailed, Delete, MetaStore, Op, Put
 
 __all__ = ["ReachabilityChanged", "VersionDeleter", "accounted_for"]
 
