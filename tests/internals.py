@@ -11,6 +11,7 @@ from statebag import Repository
 from statebag.catalog import Catalog
 from statebag.dag import Entry
 from statebag.gc import Collector
+from statebag.gc.nodes import ChildReader
 from statebag.liveness import Liveness
 from statebag.manifests import Manifest
 from statebag.meta import MetaStore
@@ -42,6 +43,11 @@ def writer(repo: Repository) -> Writer:
 
 def collector(repo: Repository) -> Collector:
     return repo._collector
+
+
+def gc_reader(repo: Repository) -> ChildReader:
+    """The node reader gc's sweep and audit share (swap its ``read_nodes`` to race them)."""
+    return repo._collector._child_reader
 
 
 def liveness(repo: Repository) -> Liveness:

@@ -659,15 +659,15 @@ def test_two_collectors_racing_over_the_same_garbage(tmp_path: Path) -> None:
         ids = [one.save("c", state(rng, step, big=150_000)).manifest_id for step in range(4)]
         for manifest_id in ids[:-1]:
             one.delete(manifest_id)
-        real_read = one._collector._child_reader.read_nodes
+        real_read = internals.gc_reader(one).read_nodes
 
         def read_after_the_other_collector(node_ids: Any) -> Any:
-            one._collector._child_reader.read_nodes = real_read
+            internals.gc_reader(one).read_nodes = real_read
             two.gc(grace=0)  # sweeps the same nodes and deletes their packs first
             internals.reader(one).clear_caches(tables=False)
             return real_read(node_ids)
 
-        one._collector._child_reader.read_nodes = read_after_the_other_collector
+        internals.gc_reader(one).read_nodes = read_after_the_other_collector
         one.gc(grace=0)  # finds its reads gone: leaves them, does not fail
         clean(one.audit())
         assert one.verify(ids[-1]).ok
