@@ -211,7 +211,14 @@ class LocalObjectStore(ObjectStore):
     def _walk(self, directory: str, rel: str, prefix: str) -> Iterator[str]:
         try:
             with os.scandir(directory) as it:
-                entries = [(entry.name, entry.is_dir()) for entry in it]
+                # Objects are regular files (get and stat say so too); a FIFO or socket
+                # dropped here would block a read or fail it. Linked directories are not
+                # followed, so a link back up cannot make the walk endless.
+                entries = [
+                    (entry.name, entry.is_dir(follow_symlinks=False))
+                    for entry in it
+                    if entry.is_file() or entry.is_dir(follow_symlinks=False)
+                ]
         except (FileNotFoundError, NotADirectoryError):
             return  # nothing under this prefix, or it vanished while we walked
         except OSError as exc:
