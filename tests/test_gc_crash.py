@@ -1,9 +1,9 @@
 """Crash suite: a process dies at every named crash point of save, gc and delete_chain.
 
-For each point a subprocess runs the operation with ``STATEBAG_CRASH_AT`` set and must end
-there (exit code ``CRASH_EXIT_CODE``). The repository is then reopened: every version
-committed before still loads and verifies, and after ``gc(grace=0)`` the audit is ok with
-no leak, nothing in flight and no dead letter left.
+For each point a subprocess armed through ``statebag.testing.run_until_crash`` runs the
+operation and must end there (exit code ``CRASH_EXIT_CODE``). The repository is then
+reopened: every version committed before still loads and verifies, and after
+``gc(grace=0)`` the audit is ok with no leak, nothing in flight and no dead letter left.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,9 +18,9 @@ from typing import Any
 import pytest
 
 import statebag
-from statebag._crash import CRASH_EXIT_CODE, CRASH_POINTS
 from statebag.keys import PendingRecord, encode_record
 from statebag.packs import pack_key
+from statebag.testing import CRASH_EXIT_CODE, CRASH_POINTS, run_until_crash
 
 from . import internals
 
@@ -118,14 +116,7 @@ def test_crash_loses_nothing_committed(
     source, kept = base
     path = tmp_path / "repo"
     shutil.copytree(source, path)
-    env = {**os.environ, "STATEBAG_CRASH_AT": point}
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(path), mode_of(point)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_until_crash(SCRIPT, point, str(path), mode_of(point))
     assert done.returncode == CRASH_EXIT_CODE, (point, done.stderr)
 
     with statebag.open(path) as repo:
@@ -195,14 +186,7 @@ def test_branch_operation_crash_loses_nothing_committed(
             for chain in repo.chains()
             for info in repo.log(chain, graph=True)
         }
-    env = {**os.environ, "STATEBAG_CRASH_AT": point}
-    done = subprocess.run(
-        [sys.executable, "-c", BRANCH_SCRIPT, str(path), mode],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_until_crash(BRANCH_SCRIPT, point, str(path), mode)
     assert done.returncode == CRASH_EXIT_CODE, (point, done.stderr)
     with statebag.open(path) as repo:
         for manifest_id, data in reached.items():

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import statebag
 import statebag.opening
 from statebag import ConflictError, IntegrityError, InvalidInputError, NotFoundError, codec
+from statebag.compat import StateHydrator
 from statebag.hydrator import (
     POINTER_KEY,
     HydratedState,
@@ -409,6 +410,27 @@ def test_unknown_version_is_not_found(repo: statebag.Repository) -> None:
         h.hydrate(payload)
     with pytest.raises(NotFoundError):
         h.hydrate(payload, fields=["a"])
+
+
+def test_pointer_to_another_chain_is_refused(repo: statebag.Repository) -> None:
+    """A payload is input: an id of any version but an offload version reads nothing."""
+    secret = repo.save("secret", {"password": "hunter2", "pad": "x" * 100_000}).manifest_id
+    repo.fork("secret", "exec~offload")  # a chain with the suffix whose head is not its own
+    h = Hydrator(repo)
+    legit = h.dehydrate({"big": "b" * 100_000, "small": 1}, "exec")
+    assert h.hydrate(wire(legit))["big"] == "b" * 100_000
+    before = repo.io_counters()
+    for body in ({"cold": ["password"]}, {"folded": "password"}):
+        payload = {POINTER_KEY: {"v": 1, "manifest": secret, **body}}
+        for kwargs in ({}, {"fields": ["password"]}, {"lazy": True}):
+            with pytest.raises(InvalidInputError) as info:
+                h.hydrate(payload, **kwargs)  # type: ignore[arg-type]
+            assert info.value.path == f"{POINTER_KEY}.manifest"
+            assert secret in str(info.value) and "secret" not in str(info.value)
+    assert repo.io_counters() == before
+    compat = StateHydrator(repo=repo)
+    with pytest.raises(InvalidInputError):
+        compat.hydrate({POINTER_KEY: {"v": 1, "manifest": secret, "cold": ["password"]}})
 
 
 def test_pointer_disagreeing_with_its_version_is_an_integrity_error(

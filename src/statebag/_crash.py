@@ -1,16 +1,17 @@
 """Named crash points: the test-only fault-injection hook.
 
-A test runs a save or a gc in a subprocess with ``STATEBAG_CRASH_AT=<name>``; when the
-process reaches that point it ends at once (``os._exit``: no ``finally``, no flush, no lock
-release but the kernel's), as a power cut or a kill would end it there. The variable is read
-once, at import; without it every crash point is a dict-free comparison with None.
+A test arms one point through :mod:`statebag.testing` (``arm_crash_point`` in a process it
+started, or ``run_until_crash``, which starts one); when the process reaches that point it
+ends at once (``os._exit``: no ``finally``, no flush, no lock release but the kernel's), as
+a power cut or a kill would end it there. Nothing here reads the environment: normal use
+cannot arm a point, and an unarmed point is one comparison with None.
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["CRASH_EXIT_CODE", "CRASH_POINTS", "crash_point"]
+__all__ = ["CRASH_EXIT_CODE", "CRASH_POINTS", "arm", "crash_point"]
 
 CRASH_EXIT_CODE = 86
 
@@ -32,12 +33,17 @@ CRASH_POINTS = (
     "delete_chain.after_head",  # the chain's head removed, its versions not yet deleted
 )
 
-_AT = os.environ.get("STATEBAG_CRASH_AT") or None
-if _AT is not None and _AT not in CRASH_POINTS:
-    raise RuntimeError(f"STATEBAG_CRASH_AT={_AT!r} is not a crash point: {CRASH_POINTS}")
+_armed: str | None = None
+
+
+def arm(name: str | None, /) -> None:
+    """End this process at crash point ``name`` (None: at none). The caller has checked
+    that ``name`` is one of :data:`CRASH_POINTS`."""
+    global _armed
+    _armed = name
 
 
 def crash_point(name: str, /) -> None:
-    """End the process here if the test asked for it."""
-    if name == _AT:
+    """End the process here if a test armed this point."""
+    if name == _armed:
         os._exit(CRASH_EXIT_CODE)

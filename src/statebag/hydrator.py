@@ -48,6 +48,14 @@ payload without the reserved key is a state with nothing offloaded. Hydrate read
 reserved key only, never guesses from values, and refuses a malformed pointer with an
 ``InvalidInputError`` whose ``path`` names the bad part.
 
+Trust. A payload is input, and may come from someone who can write workflow inputs but
+not read the repository: hydrate follows a pointer only to a version of an offload chain
+(``x + "~offload"``, what dehydrate writes under), checked against the chain the version's
+manifest records, so an id of any other chain's version is an ``InvalidInputError`` and
+reads nothing of it. Offload versions themselves are not told apart by who wrote them:
+anyone who may write a chain ending in ``~offload`` writes data hydrate will follow, so
+keep that suffix for hydrators.
+
 Size. ``len(json.dumps(payload).encode())`` (the default separators and ``ensure_ascii``) is
 at most ``limit``, always; the hydrator computes it exactly before it writes anything.
 
@@ -335,6 +343,26 @@ def _split_payload(payload: object) -> tuple[dict[str, Any], _Pointer | None]:
     if pointer.body is not None:
         _check_disjoint(pointer.body, inline)
     return inline, pointer
+
+
+def _is_offload_chain(chain: str, /) -> bool:
+    """Whether ``chain`` is one a hydrator stores under: ``offload_chain(x)`` for some x."""
+    return chain.endswith(OFFLOAD_SUFFIX) and len(chain) > len(OFFLOAD_SUFFIX)
+
+
+def _check_followable(repo: Repository, pointer: _Pointer) -> None:
+    """Refuse a pointer to any version but an offload version: payloads come from workflow
+    inputs a user may write, and an id alone must not read another chain's state.
+
+    InvalidInputError (naming neither the version's chain nor anything of it) for a version
+    of another chain; NotFoundError for a missing version."""
+    if not _is_offload_chain(repo.info(pointer.manifest).chain):
+        path = f"{POINTER_KEY}.manifest"
+        raise InvalidInputError(
+            f"{path} names version {pointer.manifest}, which no hydrator stored: a payload "
+            f"may only point to versions of offload chains (chain + {OFFLOAD_SUFFIX!r})",
+            path=path,
+        )
 
 
 def _check_disjoint(body: _Body, inline: Mapping[str, Any]) -> None:
@@ -757,13 +785,17 @@ class Hydrator:
 
         Offloaded fields are read with one repository load (its reads run in parallel); a
         folded pointer costs one more small read when ``fields`` or ``lazy`` is given.
-        A malformed payload raises InvalidInputError naming the bad part; a missing version
-        NotFoundError; missing or corrupt stored data IntegrityError. Never a partial state.
+        A malformed payload, or one pointing to a version that is not an offload version
+        (of a chain ``offload_chain(x)``), raises InvalidInputError naming the bad part; a
+        missing version NotFoundError; missing or corrupt stored data IntegrityError. Never
+        a partial state.
         """
         started = time.perf_counter()
         before = self._repo.io_counters()
         inline, pointer = _split_payload(payload)
         wanted = None if fields is None else frozenset(field_names(fields, field="fields"))
+        if pointer is not None:
+            _check_followable(self._repo, pointer)
         if lazy:
             result: dict[str, Any] | HydratedState = HydratedState(
                 self._repo, inline, pointer, wanted

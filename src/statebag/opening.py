@@ -2,31 +2,42 @@
 the location and hands out its stores and its liveness.
 
 - a bare path or ``file:///abs/path``: the embedded default, packs under ``<path>/objects/``
-  and metadata in ``<path>/meta.sqlite`` (SQLite, WAL), liveness by ``flock``;
+  and metadata in ``<path>/meta.sqlite`` (SQLite, WAL), liveness by ``flock``; read-only
+  when the directory or ``meta.sqlite`` cannot be written (see :func:`_read_only`);
 - ``memory://name``: in this process only; every open of the same name shares the stores.
 
 A new backend is one :func:`register_scheme` call with an opener returning a
 :class:`Location`; :func:`open` itself does not change.
+
+An open that fails leaves nothing behind: options are checked before a new location is
+made, and :meth:`Location.abandon` removes what the opener made when a later step fails.
+An open never creates a repository over packs that no metadata describes: that is a
+repository whose metadata was lost, and a new, empty one would hide its data.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlparse
 
-from .config import load_or_create_config
+from .config import check_config, load_or_create_config
 from .errors import ConfigError, InvalidInputError, NotFoundError
+from .keys import CONFIG
 from .liveness import FileLiveness, Liveness, ProcessLiveness
 from .meta import MetaStore
 from .meta.memory import MemoryMetaStore
 from .meta.sqlite import SQLiteMetaStore
 from .objects import ObjectStore
-from .objects.local import LocalObjectStore
+from .objects.local import TEMP_DIR, LocalObjectStore
 from .objects.memory import MemoryObjectStore
+from .packs import PACKS_PREFIX, pack_id_of
 from .validation import check_handle_options
 
 if TYPE_CHECKING:
@@ -46,6 +57,10 @@ class Location(Protocol):
 
     def liveness(self) -> Liveness: ...
 
+    def abandon(self) -> None:
+        """The open failed: remove what the opener made for it (nothing, when the location
+        existed before). Called after the stores this open opened are closed."""
+
 
 # An opener takes the URL as given and ``create``; NotFoundError when nothing is there and
 # ``create`` is False, ConfigError when the location cannot hold a repository.
@@ -60,28 +75,153 @@ def register_scheme(scheme: str, opener: Opener, /) -> None:
     _openers[scheme] = opener
 
 
+_META_FILE = "meta.sqlite"
+# What SQLite keeps beside its database file while it is open (or after a crash).
+_META_SIDE_FILES = ("-wal", "-shm", "-journal")
+_OBJECTS_DIR = "objects"
+_LOCKS_DIR = "locks"
+
+
+class _Made:
+    """What one open created at a new local location, for :meth:`_LocalLocation.abandon`:
+    directories in the order made, and whether it claimed the metadata file."""
+
+    def __init__(self) -> None:
+        self.directories: list[Path] = []
+        self.meta_file: Path | None = None
+
+
 class _LocalLocation:
-    def __init__(self, path: Path) -> None:
+    """A repository directory. ``made`` is given when this open creates the repository (what
+    it made so far); ``read_only`` opens the stores so that nothing is ever written."""
+
+    def __init__(self, path: Path, *, read_only: bool = False, made: _Made | None = None) -> None:
         self.path = path
+        self.read_only = read_only
+        self._made = made
 
     def open_meta(self, *, fsync: bool) -> MetaStore:
-        return SQLiteMetaStore(self.path / "meta.sqlite", synchronous="FULL" if fsync else "NORMAL")
+        return SQLiteMetaStore(
+            self.path / _META_FILE,
+            synchronous="FULL" if fsync else "NORMAL",
+            read_only=self.read_only,
+        )
 
     def open_objects(self, *, fsync: bool) -> ObjectStore:
-        return LocalObjectStore(self.path / "objects", fsync=fsync)
+        self._note_new(self.path / _OBJECTS_DIR)
+        return LocalObjectStore(self.path / _OBJECTS_DIR, fsync=fsync, read_only=self.read_only)
 
     def liveness(self) -> Liveness:
-        return FileLiveness(self.path / "locks")
+        if self.read_only:
+            # Nothing can save here, so no writer holds a lock; and taking one would write.
+            return Liveness()
+        self._note_new(self.path / _LOCKS_DIR)
+        return FileLiveness(self.path / _LOCKS_DIR)
+
+    def abandon(self) -> None:
+        made, self._made = self._made, None
+        if made is None:
+            return
+        if made.meta_file is not None:
+            for suffix in ("", *_META_SIDE_FILES):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{made.meta_file}{suffix}")
+        # Directories only while empty: a process that opened the same new location
+        # meanwhile may have put something there.
+        for directory in reversed(made.directories):
+            if directory == self.path / _OBJECTS_DIR:
+                with contextlib.suppress(OSError):
+                    os.rmdir(directory / TEMP_DIR)
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+
+    def _note_new(self, directory: Path) -> None:
+        if self._made is not None and not directory.exists():
+            self._made.directories.append(directory)
 
 
 def _open_local_path(path: Path, create: bool) -> Location:
-    if not (path / "meta.sqlite").exists():
-        if not create:
-            raise NotFoundError(f"no repository at {path} (create=False)")
-        if path.exists() and not path.is_dir():
-            raise ConfigError(f"{path} exists and is not a directory")
-        path.mkdir(parents=True, exist_ok=True)
-    return _LocalLocation(path)
+    # Absolute, so that the metadata path never starts with "file:" (which SQLite could
+    # take for a URI) whatever the directory is called.
+    path = Path(os.path.abspath(path))
+    meta_path = path / _META_FILE
+    try:
+        info = os.stat(meta_path)
+    except (FileNotFoundError, NotADirectoryError):
+        info = None
+    except OSError as exc:
+        raise ConfigError(f"cannot open a repository at {path}: {exc.strerror}") from exc
+    if info is not None:
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{meta_path} is not a file: {path} holds no statebag repository")
+        return _LocalLocation(path, read_only=_read_only(path, meta_path))
+    if not create:
+        # Not "no repository" when only the metadata is gone: creating one would not help.
+        _refuse_unknown_packs(LocalObjectStore(path / _OBJECTS_DIR, read_only=True), str(path))
+        raise NotFoundError(f"no repository at {path} (create=False)")
+    return _LocalLocation(path, made=_make_local(path))
+
+
+def _read_only(*paths: Path) -> bool:
+    """Whether a repository at these paths (its directory, its metadata file) is to be
+    opened read-only: a read-only mount, a path this process may not write, or one that no
+    one may (no write bit at all). The last counts even for root, whom permissions do not
+    stop: a repository made read-only on purpose is not written to by anyone."""
+    for path in paths:
+        try:
+            if hasattr(os, "statvfs") and os.statvfs(path).f_flag & os.ST_RDONLY:
+                return True
+            if not os.stat(path).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+                return True
+        except OSError as exc:
+            raise ConfigError(f"cannot open a repository at {path}: {exc.strerror}") from exc
+        if not os.access(path, os.W_OK):
+            return True
+    return False
+
+
+def _make_local(path: Path) -> _Made:
+    """Make the directories a new repository at ``path`` needs and claim its metadata file;
+    what was made (nothing on failure)."""
+    existing = path
+    missing: list[Path] = []
+    while True:
+        try:
+            info = os.stat(existing)
+            break
+        except (FileNotFoundError, NotADirectoryError):
+            missing.append(existing)
+            existing = existing.parent
+        except OSError as exc:
+            raise ConfigError(f"cannot create a repository at {path}: {exc.strerror}") from exc
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(
+            f"cannot create a repository at {path}: {existing} exists and is not a directory"
+        )
+    if _read_only(existing):
+        raise ConfigError(f"cannot create a repository at {path}: {existing} is read-only")
+    made = _Made()
+    try:
+        for directory in reversed(missing):
+            try:
+                os.mkdir(directory)
+            except FileExistsError:
+                if not directory.is_dir():
+                    raise
+                continue  # another process is making the same path
+            made.directories.append(directory)
+        try:
+            # Exclusive, so that only the process that made the file ever removes it.
+            os.close(os.open(path / _META_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            made.meta_file = path / _META_FILE
+        except FileExistsError:
+            pass  # another process is creating the repository; open() finds its config
+    except OSError as exc:
+        _LocalLocation(path, made=made).abandon()
+        where = exc.filename if exc.filename is not None else path
+        reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
+        raise ConfigError(f"cannot create a repository at {path}: {where}: {reason}") from exc
+    return made
 
 
 def _open_file_url(text: str, create: bool) -> Location:
@@ -91,43 +231,66 @@ def _open_file_url(text: str, create: bool) -> Location:
             f"a file URL names a local path (file:///abs/path), not host {parsed.netloc!r}",
             path="url",
         )
+    if not text[len("file:") :].startswith("//"):
+        raise ConfigError(
+            f"{text!r} is not a file URL: one names an absolute path, file:///abs/path; "
+            f"give a relative path as it is, without 'file:'"
+        )
     return _open_local_path(Path(unquote(parsed.path)), create)
 
 
-class _MemoryLocation:
+class _MemoryStores:
     """Closing a memory store keeps its contents: the next open of the name finds them."""
 
-    def __init__(
-        self, objects: MemoryObjectStore, meta: MemoryMetaStore, liveness: ProcessLiveness
-    ) -> None:
-        self._objects = objects
-        self._meta = meta
-        self._liveness = liveness
+    def __init__(self) -> None:
+        self.objects = MemoryObjectStore()
+        self.meta = MemoryMetaStore()
+        self.liveness = ProcessLiveness()
+
+
+class _MemoryLocation:
+    """One open of ``memory://name``; ``new`` when this open made the stores."""
+
+    def __init__(self, name: str, stores: _MemoryStores, *, new: bool) -> None:
+        self._name = name
+        self._stores = stores
+        self._new = new
 
     def open_meta(self, *, fsync: bool) -> MetaStore:
-        return self._meta
+        return self._stores.meta
 
     def open_objects(self, *, fsync: bool) -> ObjectStore:
-        return self._objects
+        return self._stores.objects
 
     def liveness(self) -> Liveness:
-        return self._liveness
+        return self._stores.liveness
+
+    def abandon(self) -> None:
+        with _memory_lock:
+            # Unless another open of the name has made a repository in them meanwhile.
+            if (
+                self._new
+                and self._stores.meta.get(CONFIG) is None
+                and _memory_locations.get(self._name) is self._stores
+            ):
+                del _memory_locations[self._name]
+            self._new = False
 
 
-_memory_locations: dict[str, _MemoryLocation] = {}
+_memory_locations: dict[str, _MemoryStores] = {}
 _memory_lock = threading.Lock()
 
 
 def _open_memory(text: str, create: bool) -> Location:
     name = text[len("memory://") :]
     with _memory_lock:
-        location = _memory_locations.get(name)
-        if location is None:
-            if not create:
-                raise NotFoundError(f"no repository at {text} (create=False)")
-            location = _MemoryLocation(MemoryObjectStore(), MemoryMetaStore(), ProcessLiveness())
-            _memory_locations[name] = location
-        return location
+        stores = _memory_locations.get(name)
+        if stores is not None:
+            return _MemoryLocation(name, stores, new=False)
+        if not create:
+            raise NotFoundError(f"no repository at {text} (create=False)")
+        stores = _memory_locations[name] = _MemoryStores()
+        return _MemoryLocation(name, stores, new=True)
 
 
 def forget_memory(name: str, /) -> bool:
@@ -146,7 +309,11 @@ def _locate(url: str | os.PathLike[str], *, create: bool) -> Location:
     text = os.fspath(url)
     if not isinstance(text, str) or not text:
         raise InvalidInputError("url must be a non-empty path or URL", path="url")
-    scheme = text.split("://", 1)[0] if "://" in text else ""
+    if "://" in text:
+        scheme = text.split("://", 1)[0]
+    else:
+        # "file:relative" is a malformed file URL, not a directory of that name.
+        scheme = "file" if text.startswith("file:") else ""
     opener = _openers.get(scheme)
     if opener is None:
         supported = ", ".join(f"{name}://" for name in sorted(_openers) if name)
@@ -199,24 +366,54 @@ def open(
     }
     given = {name: value for name, value in options.items() if value is not None}
     check_handle_options(threads=threads, cache_bytes=cache_bytes)
-    location = _locate(url, create=create)
-    meta = location.open_meta(fsync=True)
     try:
+        location = _locate(url, create=False)
+    except NotFoundError:
+        if not create:
+            raise
+        check_config(given)  # bad options are refused before anything is made
+        location = _locate(url, create=True)
+    meta: MetaStore | None = None
+    objects: ObjectStore | None = None
+    try:
+        meta = location.open_meta(fsync=True)
+        if meta.get(CONFIG) is None:
+            _refuse_unknown_packs(location.open_objects(fsync=False), str(url))
         config = load_or_create_config(meta, given, create=create, where=str(url))
         if not config.fsync:
             # Created without fsync: metadata commits need not wait for the disk either.
             meta.close()
             meta = location.open_meta(fsync=False)
         objects = location.open_objects(fsync=config.fsync)
+        return Repository(
+            objects,
+            meta,
+            config,
+            threads=threads,
+            url=str(url),
+            cache_bytes=cache_bytes,
+            liveness=location.liveness(),
+        )
     except BaseException:
-        meta.close()
+        for store in (objects, meta):
+            if store is not None:
+                store.close()
+        location.abandon()
         raise
-    return Repository(
-        objects,
-        meta,
-        config,
-        threads=threads,
-        url=str(url),
-        cache_bytes=cache_bytes,
-        liveness=location.liveness(),
-    )
+
+
+def _refuse_unknown_packs(objects: ObjectStore, where: str) -> None:
+    """ConfigError if ``objects``, the object store of a location without a configuration,
+    holds packs: its metadata was lost, and a repository made over them would hide their
+    data (and its audit would take them for orphans). Closes ``objects``."""
+    try:
+        found = next((k for k in objects.list(PACKS_PREFIX) if pack_id_of(k) is not None), None)
+    finally:
+        objects.close()
+    if found is not None:
+        raise ConfigError(
+            f"{where} holds packs (such as {found}) but no repository metadata: the "
+            f"metadata was lost or emptied, and a new repository here would hide that data. "
+            f"Restore the metadata from a backup, or recover it from the packs with "
+            f"`statebag -r {where} rebuild`"
+        )

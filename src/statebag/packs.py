@@ -18,6 +18,7 @@ and re-indexed on its own (by an audit, or a repair after metadata loss).
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import NamedTuple
 
@@ -27,10 +28,12 @@ from .hashing import hash_bytes
 
 __all__ = [
     "FOOTER_ENTRY_SIZE",
+    "PACKS_PREFIX",
     "PACK_MAGIC",
     "TRAILER_SIZE",
     "PackEntry",
     "PackWriter",
+    "pack_id_of",
     "pack_key",
     "parse_footer",
 ]
@@ -51,10 +54,23 @@ class PackEntry(NamedTuple):
     size: int  # uncompressed bytes
 
 
+PACKS_PREFIX = "packs/"
+# Exactly what pack_key writes: lower-case hex, in the directory of its first two digits.
+_PACK_KEY = re.compile(r"packs/([0-9a-f]{2})/(\1[0-9a-f]{62})")
+
+
 def pack_key(pack_id: bytes, /) -> str:
     """The object-store key of a pack."""
     text = pack_id.hex()
-    return f"packs/{text[:2]}/{text}"
+    return f"{PACKS_PREFIX}{text[:2]}/{text}"
+
+
+def pack_id_of(key: str, /) -> bytes | None:
+    """The id of the pack stored under ``key``, or None for any other key under ``packs/``
+    (a file someone dropped there, a tool's temporary copy): such a key is no pack, and
+    nothing statebag does may read, count or delete it as one."""
+    match = _PACK_KEY.fullmatch(key)
+    return None if match is None else bytes.fromhex(match.group(2))
 
 
 class PackWriter:

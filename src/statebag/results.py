@@ -137,15 +137,20 @@ class AuditReport(msgspec.Struct, frozen=True, kw_only=True):
     Danger (``ok`` is False): ``under_counted`` (a stored count below the references found:
     the node could be freed while reachable; ``fork:<id>`` for a fork count below the
     chains whose head is that version), ``missing_nodes`` (reachable but not indexed,
-    or its pack is gone) and ``broken_chains`` (the id of a manifest whose parent is neither
-    present nor tombstoned, or ``chain:<name>`` for a head naming a missing manifest).
+    or its pack is gone), ``broken_chains`` (the id of a manifest whose parent is neither
+    present nor tombstoned, or ``chain:<name>`` for a head naming a missing manifest) and
+    ``metadata_lost`` (why the metadata looks lost or emptied: it has no configuration, or
+    no version and no tombstone, while the object store holds packs no save in flight
+    accounts for; they may hold the only copy of every version, so ``repair`` changes
+    nothing).
 
     Leaks (``ok`` stays True): ``over_counted`` nodes, ``orphan_packs`` (stored packs that
     no record, pending save or dead letter names) and ``unswept`` (zero-count nodes with no
     mark, which gc would never find). ``in_flight`` lists the txn ids of saves in progress,
-    whose packs are theirs, not leaks. ``repaired`` counts the fixes ``repair=True`` made
-    (counts, marks, orphan packs deleted, lost parents tombstoned); the lists are what the
-    audit found before them.
+    whose packs are theirs, not leaks. ``stray_objects`` lists the keys under ``packs/`` that
+    name no pack (files put there by hand or by other tools): skipped, never deleted.
+    ``repaired`` counts the fixes ``repair=True`` made (counts, marks, orphan packs deleted,
+    lost parents tombstoned); the lists are what the audit found before them.
     """
 
     ok: bool
@@ -159,3 +164,5 @@ class AuditReport(msgspec.Struct, frozen=True, kw_only=True):
     unswept: list[str] = msgspec.field(default_factory=list)
     manifests: int = 0
     nodes: int = 0
+    stray_objects: list[str] = msgspec.field(default_factory=list)
+    metadata_lost: list[str] = msgspec.field(default_factory=list)

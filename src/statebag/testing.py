@@ -34,18 +34,29 @@ few MiB of objects or a few thousand metadata keys. Batches are split to honour
 Decided semantics the suites pin down: ``ObjectStore.list`` takes a plain string prefix
 (``"a/b"`` lists ``a/bc/d`` too); metadata keys sort by code point; ``b""`` is a value,
 distinct from absent; ``Add`` leaves its counter existing even at 0.
+
+Crash points (docs/FORMAT.md, "Crash points") are armed here and nowhere else:
+:func:`arm_crash_point` in a process a test started itself, :func:`run_until_crash` to run a
+script in a new interpreter that ends at the point. The variable ``STATEBAG_CRASH_AT``
+(:data:`CRASH_ENV`) is read only by :func:`arm_crash_point_from_environment`, which that
+helper's interpreter calls; statebag itself never reads it.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import pytest
 
+from . import _crash
+from ._crash import CRASH_EXIT_CODE, CRASH_POINTS
 from .errors import ConflictError, InvalidInputError, NotFoundError
 from .meta.base import (
     INT64_MAX,
@@ -62,7 +73,17 @@ from .meta.base import (
 )
 from .objects.base import ObjectStore
 
-__all__ = ["MetaStoreConformance", "ObjectStoreConformance", "run_threads"]
+__all__ = [
+    "CRASH_ENV",
+    "CRASH_EXIT_CODE",
+    "CRASH_POINTS",
+    "MetaStoreConformance",
+    "ObjectStoreConformance",
+    "arm_crash_point",
+    "arm_crash_point_from_environment",
+    "run_threads",
+    "run_until_crash",
+]
 
 _T = TypeVar("_T")
 _THREADS = 8
@@ -89,6 +110,74 @@ def run_threads(count: int, target: Callable[[int], _T], /, *, timeout: float = 
     if errors:
         raise errors[0]
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Crash points
+# ---------------------------------------------------------------------------------------------
+
+CRASH_ENV = "STATEBAG_CRASH_AT"
+
+# What the interpreter of run_until_crash runs: arm, then run the script as __main__ with
+# sys.argv as if it had been started with its own arguments.
+_CRASH_BOOTSTRAP = """\
+import sys
+import statebag.testing
+
+statebag.testing.arm_crash_point_from_environment()
+script = sys.argv.pop(1)
+exec(compile(script, "<crash script>", "exec"), {"__name__": "__main__"})
+"""
+
+
+def _crash_point_name(name: str, path: str) -> str:
+    if name not in CRASH_POINTS:
+        raise InvalidInputError(
+            f"{name!r} is not a crash point; the points are {', '.join(CRASH_POINTS)}",
+            path=path,
+        )
+    return name
+
+
+def arm_crash_point(name: str | None, /) -> None:
+    """End this process with exit code :data:`CRASH_EXIT_CODE` when it reaches the crash
+    point ``name`` (one of :data:`CRASH_POINTS`); None disarms. Only for a process a test
+    runs to be killed: the end is ``os._exit``, with no cleanup at all."""
+    _crash.arm(None if name is None else _crash_point_name(name, "name"))
+
+
+def arm_crash_point_from_environment() -> str | None:
+    """Arm the crash point that ``STATEBAG_CRASH_AT`` names, and return it (None, arming
+    nothing, when the variable is unset or empty). The explicit opt-in of a process started
+    to crash: importing statebag never reads the variable."""
+    name = os.environ.get(CRASH_ENV) or None
+    if name is not None:
+        arm_crash_point(name)
+    return name
+
+
+def run_until_crash(
+    script: str,
+    point: str,
+    /,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run the Python code ``script`` (with ``sys.argv[1:] == args``) in a new interpreter
+    armed to end at crash point ``point``, and return how it ended: ``returncode`` is
+    :data:`CRASH_EXIT_CODE` when it reached the point. ``env`` (default: this process's)
+    gets ``STATEBAG_CRASH_AT`` added; stdout and stderr are captured as text."""
+    point = _crash_point_name(point, "point")
+    child_env = {**(os.environ if env is None else env), CRASH_ENV: point}
+    return subprocess.run(
+        [sys.executable, "-c", _CRASH_BOOTSTRAP, script, *args],
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _data(size: int, seed: int = 0) -> bytes:

@@ -357,14 +357,17 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
-# What an audit lists, in the order printed: (AuditReport field, label, danger).
-_AUDIT_FINDINGS = (
+# What an audit lists, in the order printed: (AuditReport field, label, danger); danger
+# None is neither a danger nor a leak, only worth showing.
+_AUDIT_FINDINGS: tuple[tuple[str, str, bool | None], ...] = (
+    ("metadata_lost", "metadata lost", True),
     ("under_counted", "under-counted", True),
     ("missing_nodes", "missing", True),
     ("broken_chains", "broken chain", True),
     ("over_counted", "over-counted", False),
     ("unswept", "unswept", False),
     ("orphan_packs", "orphan pack", False),
+    ("stray_objects", "stray file", None),
 )
 _AUDIT_SHOWN = 20  # ids listed per finding in the human output; --json lists them all
 
@@ -384,7 +387,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _print_audit(report: AuditReport, *, repair: bool) -> None:
-    leaks = sum(len(getattr(report, name)) for name, _, bad in _AUDIT_FINDINGS if not bad)
+    leaks = sum(len(getattr(report, name)) for name, _, bad in _AUDIT_FINDINGS if bad is False)
     if not report.ok:
         result = "DANGER"
     elif leaks:

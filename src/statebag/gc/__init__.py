@@ -18,6 +18,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
+from ..errors import ConfigError
 from ..liveness import Liveness, Rehearsal
 from ..meta import MetaStore
 from ..meta.overlay import OverlayMetaStore
@@ -26,6 +27,7 @@ from ..objects.discarding import DiscardingObjectStore
 from ..results import AuditReport, GCReport
 from ..versions import ReachabilityChanged, VersionDeleter
 from .audit import Auditor
+from .lost import lost_metadata
 from .nodes import ChildReader, NodeReader
 from .packs import COMPACT_BYTES, COMPACT_PACK_DEAD, COMPACT_REPO_DEAD, PackReclaimer
 from .retention import Retention, select_for_deletion
@@ -90,7 +92,16 @@ class Collector:
         included, and writes nothing.
 
         The sweep runs after the deletes, so that with no grace the nodes they release go
-        in the same run; the packs go last, from the dead frames the sweep counted."""
+        in the same run; the packs go last, from the dead frames the sweep counted.
+
+        ConfigError, before anything is done, when the metadata looks lost (see
+        :mod:`.lost`): its records would no longer say what the packs hold."""
+        lost = lost_metadata(self._meta, self._objects)
+        if lost is not None:
+            raise ConfigError(
+                f"{lost} ({self._meta!r}); gc deletes nothing until the metadata is back: "
+                "restore it from a backup, or recover it from the packs with `statebag rebuild`"
+            )
         if dry_run:
             rehearsal = Collector(
                 DiscardingObjectStore(self._objects),

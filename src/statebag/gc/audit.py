@@ -2,9 +2,14 @@
 
 It recounts every reference from the manifests and the indexed interior nodes and compares
 with the stored counts, checks that every reachable node is indexed in a present pack and
-that every parent link resolves, and lists the packs nothing names. It reads without one
+that every parent link resolves, and lists the packs nothing names and the files under
+``packs/`` that are no packs at all (skipped, never read or deleted). It reads without one
 snapshot, so it reads ``stat/epoch`` first and again last and starts over while the
 repository changed under it; a repair is one write conditional on that epoch.
+
+A repair deletes orphan packs only when no reachable node is missing and no parent is lost,
+since either may be in one of them; while the metadata looks lost (:mod:`.lost`) every pack
+is an orphan and the repair changes nothing at all.
 """
 
 from __future__ import annotations
@@ -44,9 +49,10 @@ from ..keys import (
 from ..manifests import MANIFEST_DECODER, Manifest
 from ..meta import Add, CheckCounter, ConditionFailed, DropCounter, MetaStore, Op, Put
 from ..objects import ObjectStore
-from ..packs import pack_key
+from ..packs import PACKS_PREFIX, pack_id_of, pack_key
 from ..results import AuditReport
 from ..versions import accounted_for
+from .lost import lost_metadata
 from .nodes import ChildReader
 
 __all__ = ["Auditor"]
@@ -77,7 +83,14 @@ class Auditor:
         # Packs are listed before the records are read: a pack uploaded after the listing
         # is not seen, and one listed has its pending entry (written before the upload) or
         # its record (written by its commit) visible below.
-        listed = {bytes.fromhex(key.rsplit("/", 1)[1]) for key in self._objects.list("packs/")}
+        listed: set[bytes] = set()
+        strays: list[str] = []
+        for key in self._objects.list(PACKS_PREFIX):
+            pack_id = pack_id_of(key)
+            if pack_id is None:
+                strays.append(key)
+            else:
+                listed.add(pack_id)
         pending = {txn_of(key): decode_pending(v) for key, v in meta.scan(PENDING)}
         letters = [decode_letter(v) for _, v in meta.scan(LETTER)]
         owned = {p for record in pending.values() for p in record.packs}
@@ -148,10 +161,13 @@ class Auditor:
         under += sorted(f"fork:{m.hex()}" for m, delta in fork_fix.items() if delta > 0)
         over += sorted(f"fork:{m.hex()}" for m, delta in fork_fix.items() if delta < 0)
         orphans = sorted(p.hex() for p in listed if p not in pack_records and p not in owned)
+        lost = lost_metadata(meta, self._objects)
         if meta.counter(STAT_EPOCH) != epoch:
             return None
         repaired = 0
-        if repair:
+        # With the metadata lost, its counts and marks describe nothing: writing them would
+        # mark every node of the packs as garbage.
+        if repair and lost is None:
             repaired = self._repair(
                 epoch,
                 expected=expected,
@@ -160,14 +176,15 @@ class Auditor:
                 fix=[t for t in (*under, *over) if not t.startswith("fork:")],
                 fork_fix=fork_fix,
                 unswept=unswept,
-                orphans=orphans,
+                # A missing node or a lost parent manifest may be in an orphan pack.
+                orphans=[] if missing or broken else orphans,
                 grace=grace,
                 lost_parents=lost_parents,
             )
             if repaired < 0:
                 return None
         return AuditReport(
-            ok=not (under or missing or broken),
+            ok=not (under or missing or broken or lost),
             under_counted=under,
             over_counted=over,
             missing_nodes=missing,
@@ -178,6 +195,8 @@ class Auditor:
             unswept=unswept,
             manifests=len(manifests),
             nodes=len(index),
+            stray_objects=strays,
+            metadata_lost=[] if lost is None else [lost],
         )
 
     def _repair(

@@ -20,6 +20,13 @@ its own connection (sqlite3 connections must not be shared between concurrent th
 the thread ends. After ``os.fork()`` the child opens fresh connections and leaves the
 parent's alone.
 
+Read-only. ``read_only=True`` (what :func:`statebag.open` chooses for a repository whose
+directory or database file cannot be written) never writes, creates or locks a file: with
+no write-ahead log beside the database (a store closed cleanly checkpoints and removes it)
+it opens the file ``immutable=1``, which needs neither ``-shm`` nor locks; with a log it
+opens ``mode=ro``, which reads the log through its ``-shm`` file. Every write raises
+``ConfigError`` naming the file, before SQLite is asked.
+
 Prefix scans are range queries (``key >= prefix AND key < upper_bound``), never ``LIKE``,
 so ``%`` and ``_`` in keys are plain characters and the primary key index does the work.
 Large reads and writes are batched: ``IN (...)`` lists of at most 500 parameters and
@@ -35,6 +42,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final
+from urllib.parse import quote
 
 from ..errors import BackendError, ConfigError
 from .base import (
@@ -63,6 +71,7 @@ _SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 _SQLITE_FULL = 13
+_SQLITE_CANTOPEN = 14
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID",
@@ -107,6 +116,7 @@ class SQLiteMetaStore(MetaStore):
         *,
         timeout: float = 30.0,
         synchronous: str = "FULL",
+        read_only: bool = False,
     ) -> None:
         raw = os.fspath(path)
         if not raw or raw == ":memory:" or raw.startswith("file:"):
@@ -130,14 +140,23 @@ class SQLiteMetaStore(MetaStore):
         self._conns: dict[sqlite3.Connection, weakref.finalize[Any, Any]] = {}
         self._closed = False
         self._pid = os.getpid()
-        parent = os.path.dirname(self._path)
-        try:
-            os.makedirs(parent, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot create the directory of the metadata database {self._path!r}: "
-                f"{exc.strerror}"
-            ) from exc
+        self._read_only = bool(read_only)
+        self._uri: str | None = None
+        self._logged = False  # read-only with a write-ahead log to read through
+        if self._read_only:
+            self._logged = self._has_log()
+            # immutable=1 ignores a log, so it is only right when everything is in the file.
+            mode = "mode=ro" if self._logged else "mode=ro&immutable=1"
+            self._uri = f"file:{quote(self._path)}?{mode}"
+        else:
+            parent = os.path.dirname(self._path)
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot create the directory of the metadata database {self._path!r}: "
+                    f"{exc.strerror}"
+                ) from exc
         try:
             self._init_schema(self._conn())
         except BackendError as exc:
@@ -153,12 +172,17 @@ class SQLiteMetaStore(MetaStore):
             raise
 
     def __repr__(self) -> str:
-        return f"SQLiteMetaStore({self._path!r}, synchronous={self._synchronous!r})"
+        mode = ", read_only=True" if self._read_only else ""
+        return f"SQLiteMetaStore({self._path!r}, synchronous={self._synchronous!r}{mode})"
 
     @property
     def path(self) -> str:
         """The absolute path of the database file."""
         return self._path
+
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -240,6 +264,11 @@ class SQLiteMetaStore(MetaStore):
     def _commit(
         self, plan: BatchPlan, action: str, *, durable: bool = True
     ) -> dict[str, int | None]:
+        if self._read_only:
+            raise ConfigError(
+                f"SQLite metadata store {self._path} is read-only (its directory or file "
+                f"is not writable): the {action} was refused; nothing was written"
+            )
         conn = self._conn()
         # Threads of one process queue on a Python lock rather than in SQLite's busy handler,
         # which sleeps for milliseconds at a time; other processes still meet the file lock.
@@ -376,12 +405,14 @@ class SQLiteMetaStore(MetaStore):
                 self._write_lock = threading.Lock()
         try:
             conn = sqlite3.connect(
-                self._path,
+                self._path if self._uri is None else self._uri,
                 timeout=self._timeout,
                 isolation_level=None,  # we issue BEGIN/COMMIT ourselves
                 check_same_thread=False,  # so that close() may close every thread's one
+                uri=self._uri is not None,
             )
-            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            if not self._read_only:
+                conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         except sqlite3.Error as exc:
             raise self._error(exc, "open") from exc
         slot = _Slot(conn, pid)
@@ -398,7 +429,18 @@ class SQLiteMetaStore(MetaStore):
         self._local.slot = slot
         return conn
 
+    def _has_log(self) -> bool:
+        try:
+            return os.stat(self._path + "-wal").st_size > 0
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise ConfigError(f"cannot read {self._path}-wal: {exc.strerror}") from exc
+
     def _init_schema(self, conn: sqlite3.Connection) -> None:
+        if self._read_only:
+            self._check_read_only(conn)
+            return
         try:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -424,6 +466,24 @@ class SQLiteMetaStore(MetaStore):
         except sqlite3.Error as exc:
             raise self._error(exc, "open") from exc
 
+    def _check_read_only(self, conn: sqlite3.Connection) -> None:
+        try:
+            self._check_or_create(conn)
+        except sqlite3.OperationalError as exc:
+            if _primary_code(exc) != _SQLITE_CANTOPEN or not self._logged:
+                raise self._error(exc, "open") from exc
+            raise ConfigError(
+                f"{self._path} is read-only and has a write-ahead log ({self._path}-wal) of "
+                f"commits not yet in it, which SQLite reads through {self._path}-shm, and "
+                f"that file is missing and cannot be made here: open the repository once "
+                f"where it can be written (which folds the log in), or copy the -shm file "
+                f"along with the others"
+            ) from exc
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(
+                f"{self._path} cannot be used as a statebag metadata database: {exc}"
+            ) from exc
+
     def _check_or_create(self, conn: sqlite3.Connection) -> None:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -431,6 +491,11 @@ class SQLiteMetaStore(MetaStore):
             raise ConfigError(
                 f"{self._path} belongs to another program (application_id {app_id:#x}); "
                 f"give statebag its own database file"
+            )
+        if version == 0 and self._read_only:
+            raise ConfigError(
+                f"{self._path} holds no statebag metadata, and it is read-only: there is no "
+                f"repository to read"
             )
         if version == 0:
             tables = conn.execute(

@@ -20,6 +20,9 @@ Why each operation is safe:
 ``fsync=False`` skips every fsync: much faster, still atomic against readers and crashes of
 the process, but a power cut may lose recent writes. Tests and scratch repositories use it.
 
+``read_only=True`` makes nothing and sweeps nothing on open, and refuses every write with
+``ConfigError`` naming the store: for a repository that cannot be written (or must not be).
+
 OS errors become ``BackendError`` naming the key, the action and the errno, with the
 ``OSError`` kept as ``__cause__``; a missing file on ``get`` or ``stat`` is ``NotFoundError``.
 """
@@ -81,12 +84,17 @@ if hasattr(errno, "EDQUOT"):
 class LocalObjectStore(ObjectStore):
     """Objects as files under ``root``; safe for many threads and many processes at once."""
 
-    __slots__ = ("_fsync", "_root", "_tmp")
+    __slots__ = ("_fsync", "_read_only", "_root", "_tmp")
 
-    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], *, fsync: bool = True, read_only: bool = False
+    ) -> None:
         self._root = os.path.abspath(os.fspath(root))
         self._tmp = os.path.join(self._root, TEMP_DIR)
         self._fsync = bool(fsync)
+        self._read_only = bool(read_only)
+        if self._read_only:
+            return
         try:
             os.makedirs(self._tmp, exist_ok=True)
         except OSError as exc:
@@ -96,18 +104,31 @@ class LocalObjectStore(ObjectStore):
         self._sweep_temp()
 
     def __repr__(self) -> str:
-        return f"LocalObjectStore({self._root!r}, fsync={self._fsync})"
+        mode = ", read_only=True" if self._read_only else ""
+        return f"LocalObjectStore({self._root!r}, fsync={self._fsync}{mode})"
 
     @property
     def root(self) -> str:
         """The absolute path of the store's directory."""
         return self._root
 
+    @property
+    def read_only(self) -> bool:
+        return self._read_only
+
+    def _writable(self, action: str, key: str) -> None:
+        if self._read_only:
+            raise ConfigError(
+                f"local object store {self._root} is read-only (its repository cannot be "
+                f"written): could not {action} object {key!r}; nothing was written"
+            )
+
     # -- writing ---------------------------------------------------------------------------
 
     def put(self, key: str, data: Buffer, /) -> None:
         key = check_key(key)
         data = _contiguous(check_data(data))
+        self._writable("write", key)
         try:
             tmp = self._write_temp(data)
             try:
@@ -122,6 +143,7 @@ class LocalObjectStore(ObjectStore):
     def put_if_absent(self, key: str, data: Buffer, /) -> bool:
         key = check_key(key)
         data = _contiguous(check_data(data))
+        self._writable("create", key)
         final = self._path(key)
         # Packs are content-addressed, so the common "already there" case skips all writing.
         if os.path.isfile(final):
@@ -138,6 +160,7 @@ class LocalObjectStore(ObjectStore):
 
     def delete(self, key: str, /) -> None:
         key = check_key(key)
+        self._writable("delete", key)
         path = self._path(key)
         try:
             os.unlink(path)
@@ -211,7 +234,14 @@ class LocalObjectStore(ObjectStore):
     def _walk(self, directory: str, rel: str, prefix: str) -> Iterator[str]:
         try:
             with os.scandir(directory) as it:
-                entries = [(entry.name, entry.is_dir()) for entry in it]
+                # Objects are regular files (get and stat say so too); a FIFO or socket
+                # dropped here would block a read or fail it. Linked directories are not
+                # followed, so a link back up cannot make the walk endless.
+                entries = [
+                    (entry.name, entry.is_dir(follow_symlinks=False))
+                    for entry in it
+                    if entry.is_file() or entry.is_dir(follow_symlinks=False)
+                ]
         except (FileNotFoundError, NotADirectoryError):
             return  # nothing under this prefix, or it vanished while we walked
         except OSError as exc:
