@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from . import codec, dag, merging
-from .bag import StateBag
+from .bag import StateBag, loaded_bag
 from .branches import Branches
 from .catalog import Catalog
 from .commit import DEFAULT_LEASE
@@ -292,9 +292,7 @@ class Repository:
             raise NotFoundError(f"chain {chain_or_id!r} has no version")
         state = self.load(manifest_id)
         assert isinstance(state, dict)
-        bag = StateBag(state)
-        bag.mark_saved(manifest_id)
-        return bag
+        return loaded_bag(state, manifest_id)
 
     def _fields(self, manifest_id: bytes) -> dict[str, Entry]:
         return self._reader.fields_table(self._catalog.manifest(manifest_id).root).entries
