@@ -195,6 +195,15 @@ def test_save_changed_hint_carries_other_fields_over(
     assert run.json("-r", repo_dir, "load", "c") == {"a": 2, "b": 1}
 
 
+def test_save_changed_naming_no_field_is_refused(run: Run, repo_dir: str, tmp_path: Path) -> None:
+    assert run("-r", repo_dir, "save", "c", write_json(tmp_path / "a.json", {"a": 1}))[0] == 0
+    second = write_json(tmp_path / "b.json", {"a": 2})
+    code, _, err = run("-r", repo_dir, "save", "c", second, "--changed", "aa")
+    assert code == errors.InvalidInputError.exit_code == 2
+    assert "'aa'" in err
+    assert len(run.json("-r", repo_dir, "log", "c", "--json")) == 1
+
+
 def test_load_of_missing_things_is_not_found(run: Run, repo_dir: str, tmp_path: Path) -> None:
     code, _, err = run("-r", repo_dir, "load", "no-such-chain")
     assert code == errors.NotFoundError.exit_code == 5

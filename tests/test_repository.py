@@ -375,6 +375,27 @@ def test_changed_hint_carries_unnamed_fields_over_unread(repo: statebag.Reposito
     assert repo.load(result.manifest_id) == {"a": "a" * 2000, "b": "B" * 2000}
 
 
+@pytest.mark.parametrize("parent", [True, False])
+def test_changed_naming_a_field_never_there_is_refused(
+    any_repo: statebag.Repository, parent: bool
+) -> None:
+    if parent:
+        any_repo.save("c", {"a": 1, "gone": 1})
+    before = any_repo.stats()
+    packs = sorted(internals.objects(any_repo).list(""))
+    with pytest.raises(InvalidInputError, match="'aa'") as info:
+        any_repo.save("c", {"a": 2}, changed=["a", "aa"])
+    assert info.value.path == "aa"
+    assert any_repo.stats() == before
+    assert sorted(internals.objects(any_repo).list("")) == packs
+    # A field of the new state, or one of the parent's (a deletion), is a field it can name.
+    if parent:
+        result = any_repo.save("c", {"a": 2}, changed=["a", "gone"])
+        assert any_repo.load(result.manifest_id) == {"a": 2}
+    else:
+        any_repo.save("c", {"a": 2}, changed=["a"])
+
+
 # -- StateBag ---------------------------------------------------------------------------------
 
 
