@@ -150,6 +150,14 @@ def test_help_documents_json_conventions_and_exit_codes(run: Run) -> None:
         assert line in out
 
 
+def test_audit_help_says_what_it_checks(run: Run) -> None:
+    # audit checks presence and counts; reading the data back is verify's.
+    code, out, _ = run("audit", "--help")
+    text = " ".join(out.split())
+    assert code == 0 and "indexed in a pack that exists" in text and "verify" in text
+    assert "check every reachable node" not in text
+
+
 @pytest.mark.parametrize(
     ("content", "problem"),
     [("{not json", "is not valid JSON"), ("[1, 2]", "holds a JSON list"), ("", "not valid")],
