@@ -150,6 +150,14 @@ def test_help_documents_json_conventions_and_exit_codes(run: Run) -> None:
         assert line in out
 
 
+def test_audit_help_says_what_it_checks(run: Run) -> None:
+    # audit checks presence and counts; reading the data back is verify's.
+    code, out, _ = run("audit", "--help")
+    text = " ".join(out.split())
+    assert code == 0 and "indexed in a pack that exists" in text and "verify" in text
+    assert "check every reachable node" not in text
+
+
 @pytest.mark.parametrize(
     ("content", "problem"),
     [("{not json", "is not valid JSON"), ("[1, 2]", "holds a JSON list"), ("", "not valid")],
@@ -193,6 +201,15 @@ def test_save_changed_hint_carries_other_fields_over(
     assert run("-r", repo_dir, "save", "c", second, "--changed", "a")[0] == 0
     # b was named unchanged, so the parent's value is kept: the hint is trusted.
     assert run.json("-r", repo_dir, "load", "c") == {"a": 2, "b": 1}
+
+
+def test_save_changed_naming_no_field_is_refused(run: Run, repo_dir: str, tmp_path: Path) -> None:
+    assert run("-r", repo_dir, "save", "c", write_json(tmp_path / "a.json", {"a": 1}))[0] == 0
+    second = write_json(tmp_path / "b.json", {"a": 2})
+    code, _, err = run("-r", repo_dir, "save", "c", second, "--changed", "aa")
+    assert code == errors.InvalidInputError.exit_code == 2
+    assert "'aa'" in err
+    assert len(run.json("-r", repo_dir, "log", "c", "--json")) == 1
 
 
 def test_load_of_missing_things_is_not_found(run: Run, repo_dir: str, tmp_path: Path) -> None:

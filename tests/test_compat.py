@@ -484,6 +484,25 @@ def test_seal_output_limit_counts_the_wrapper(monkeypatch: pytest.MonkeyPatch, u
     }
 
 
+def test_seal_with_an_action_too_large_for_the_limit_says_so(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("STATEBAG_REPO", url)
+    shell = {"state_data": {"bag": {}, "current_manifest_id": "0" * 64}, "next_action": ""}
+    # The longest action that leaves the smallest payload a hydrator can make (512 bytes).
+    longest = LIMIT - 512 - (len(json.dumps(shell)) - len("{}"))
+    state = {"big": "x" * 5000, "a": 1}
+    sealed = seal_state_bag(state, {}, action="a" * longest, context={"execution_id": "e"})
+    assert len(json.dumps(sealed)) <= LIMIT
+    assert open_state_bag(wire(sealed)) == state
+    for action in ("a" * (longest + 1), "a" * 300_000):
+        with pytest.raises(InvalidInputError, match="action is too large") as info:
+            seal_state_bag(state, {}, action=action, context={"execution_id": "f"})
+        assert info.value.path == "action"
+    with statebag.open(url, create=False) as repo:
+        assert list(repo.chains()) == ["e~offload"]
+
+
 def test_seal_hydrates_a_sealed_base(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     monkeypatch.setenv("STATEBAG_REPO", url)
     first = seal_state_bag({"big": "B" * 300_000}, {"a": 1}, context={"execution_id": "e"})

@@ -215,9 +215,28 @@ def test_expired_hold_no_longer_protects(repo: statebag.Repository) -> None:
     clean(repo.audit())
 
 
+@pytest.mark.parametrize("ttl", [1e300, 10**400, float("inf"), timedelta.max, 3.16e9])
+def test_a_hold_longer_than_a_century_is_refused_naming_ttl(
+    repo: statebag.Repository, ttl: Any
+) -> None:
+    held = repo.save("c", {"a": 1}).manifest_id
+    before = sorted(internals.meta(repo).scan(""))
+    with pytest.raises(InvalidInputError, match="at most 100 years") as info:
+        repo.hold(held, ttl)
+    assert info.value.path == "ttl"
+    with pytest.raises(InvalidInputError, match="at most 100 years") as info:
+        repo.save("c", {"a": 2}, hold=ttl)
+    assert info.value.path == "hold"
+    assert sorted(internals.meta(repo).scan("")) == before
+    repo.hold(held, timedelta(days=36524))  # just under the limit: held
+    assert internals.meta(repo).get(f"hold/{held}") is not None
+
+
 @pytest.mark.parametrize(
     ("options", "path"),
     [
+        ({"keep_within": 1e300}, "keep_within"),
+        ({"grace": timedelta.max}, "grace"),
         ({"keep_last": -1}, "keep_last"),
         ({"keep_last": "2"}, "keep_last"),
         ({"keep_daily": 1.5}, "keep_daily"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -30,6 +31,33 @@ def test_forcing_the_twin_selects_python_without_a_warning() -> None:
     out = _run("import statebag; print(statebag.backend)", STATEBAG_NO_EXTENSIONS="1")
     assert out.stdout.strip() == "python"
     assert "Warning" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "forced"),
+    [
+        *[("1", True), (" Yes ", True), ("on", True), ("TRUE", True)],
+        *[("0", False), ("off", False), ("no", False), ("False", False), ("", False)],
+    ],
+)
+def test_the_switch_takes_the_documented_values(value: str, forced: bool) -> None:
+    built = importlib.util.find_spec("statebag._cdc") is not None
+    out = _run("import statebag; print(statebag.backend)", STATEBAG_NO_EXTENSIONS=value)
+    assert out.stdout.strip() == ("cython" if built and not forced else "python")
+
+
+@pytest.mark.parametrize("value", ["maybe", "2", "yes please"])
+def test_any_other_value_of_the_switch_fails_naming_it(value: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "STATEBAG_NO_EXTENSIONS"}
+    failed = subprocess.run(
+        [sys.executable, "-c", "import statebag"],
+        capture_output=True,
+        text=True,
+        env={**env, "STATEBAG_NO_EXTENSIONS": value},
+        check=False,
+    )
+    assert failed.returncode != 0
+    assert f"ConfigError: STATEBAG_NO_EXTENSIONS={value!r} is not a boolean" in failed.stderr
 
 
 def test_a_missing_extension_falls_back_with_exactly_one_warning() -> None:

@@ -167,6 +167,26 @@ def test_lazy_load_reads_only_the_field_asked(repo: statebag.Repository) -> None
     assert chunk_reads <= 8, f"one 50 kB field read {chunk_reads} nodes"
 
 
+def test_a_lazy_field_of_a_version_gc_removed_is_not_found(
+    any_repo: statebag.Repository,
+) -> None:
+    rng = random.Random(8)
+    first = any_repo.save("c", {"big": rng.randbytes(20_000), "small": 1}).manifest_id
+    any_repo.save("c", {"big": rng.randbytes(20_000), "small": 2})
+    lazy = any_repo.load(first, lazy=True)
+    any_repo.delete(first)
+    any_repo.gc(grace=0)
+    with pytest.raises(NotFoundError, match=f"manifest {first} was deleted"):
+        lazy["big"]
+    # Still stored but unreadable is corruption, as it was.
+    lazy = any_repo.load_latest("c", lazy=True)
+    for key in internals.objects(any_repo).list("packs"):
+        internals.objects(any_repo).delete(key)
+    internals.reader(any_repo).clear_caches()
+    with pytest.raises(IntegrityError):
+        lazy["big"]
+
+
 def test_log_head_chains_and_info(repo: statebag.Repository) -> None:
     assert repo.head("c") is None
     assert list(repo.log("c")) == []
@@ -373,6 +393,27 @@ def test_changed_hint_carries_unnamed_fields_over_unread(repo: statebag.Reposito
     # A hint that omits a changed field keeps the parent's value: that is its contract.
     result = repo.save("c", {"a": "A" * 2000, "b": "B" * 2000}, changed=["b"])
     assert repo.load(result.manifest_id) == {"a": "a" * 2000, "b": "B" * 2000}
+
+
+@pytest.mark.parametrize("parent", [True, False])
+def test_changed_naming_a_field_never_there_is_refused(
+    any_repo: statebag.Repository, parent: bool
+) -> None:
+    if parent:
+        any_repo.save("c", {"a": 1, "gone": 1})
+    before = any_repo.stats()
+    packs = sorted(internals.objects(any_repo).list(""))
+    with pytest.raises(InvalidInputError, match="'aa'") as info:
+        any_repo.save("c", {"a": 2}, changed=["a", "aa"])
+    assert info.value.path == "aa"
+    assert any_repo.stats() == before
+    assert sorted(internals.objects(any_repo).list("")) == packs
+    # A field of the new state, or one of the parent's (a deletion), is a field it can name.
+    if parent:
+        result = any_repo.save("c", {"a": 2}, changed=["a", "gone"])
+        assert any_repo.load(result.manifest_id) == {"a": 2}
+    else:
+        any_repo.save("c", {"a": 2}, changed=["a"])
 
 
 # -- StateBag ---------------------------------------------------------------------------------
@@ -666,6 +707,44 @@ def test_bad_arguments(repo: statebag.Repository, kwargs: dict[str, Any], path: 
         repo.save(call.pop("chain"), call.pop("state"), **call)
     assert info.value.path == path
     assert repo.stats().manifests == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "what"),
+    [
+        ("a\x80b", "control"),
+        ("a\x9fb", "control"),
+        ("a\x7fb", "control"),
+        ("a\u202ab", "bidirectional formatting character .U.202A"),
+        ("invoice\u202efdp.exe", "bidirectional formatting character .U.202E"),
+        ("a\u2066b", "bidirectional"),
+        ("a\u2069b", "bidirectional"),
+    ],
+)
+def test_chain_names_refuse_c1_controls_and_bidirectional_formatting(
+    repo: statebag.Repository, name: str, what: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=what) as info:
+        repo.save(name, {"a": 1})
+    assert info.value.path == "chain"
+    with pytest.raises(InvalidInputError):
+        repo.fork("nothing-yet", name)
+    assert repo.stats().manifests == 0
+    # Their neighbours are ordinary characters.
+    for fine in ("a\xa0b", "a~b", "a\u2029b", "a\u202fb", "a\u2065b", "a\u206ab"):
+        repo.save(fine, {"a": 1})
+    assert sorted(repo.chains()) == sorted(
+        ["a\xa0b", "a~b", "a\u2029b", "a\u202fb", "a\u2065b", "a\u206ab"]
+    )
+
+
+@pytest.mark.parametrize("given", [None, 5, b"c", "bad\nname"])
+def test_load_bag_of_a_bad_argument_is_invalid_input(repo: statebag.Repository, given: Any) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        repo.load_bag(given)
+    assert info.value.path == "chain_or_id"
+    with pytest.raises(NotFoundError, match="'c' has no version"):
+        repo.load_bag("c")
 
 
 class UnreadableMapping(Mapping[str, Any]):

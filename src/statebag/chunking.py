@@ -13,12 +13,12 @@ whose boundaries depend on content only, so an edit moves at most a few boundari
 The class is the compiled ``statebag._cdc.Chunker`` when the extension is available and the
 pure-Python twin ``statebag._cdc_py.Chunker`` otherwise; both give identical results.
 ``backend`` says which one is active. ``STATEBAG_NO_EXTENSIONS=1`` forces the twin (read once,
-at import); a missing extension warns once.
+at import; ``0`` or empty does not, and any other value is a ConfigError naming it); a missing
+extension warns once.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from bisect import bisect_right
 from collections.abc import Sequence
@@ -27,17 +27,15 @@ from typing import TYPE_CHECKING, Literal
 from ._gear import byte_view
 from ._typing import Buffer
 from .errors import InvalidInputError
+from .flags import env_flag
 
 __all__ = ["Chunker", "backend", "common_prefix", "recut"]
 
 backend: Literal["cython", "python"]
 
-_FORCE_TWIN = os.environ.get("STATEBAG_NO_EXTENSIONS", "").strip().lower() in {
-    "1",
-    "true",
-    "yes",
-    "on",
-}
+# A value that is neither on nor off (see statebag.flags) fails the import, naming the
+# variable: ignoring it would run on a twin the user did not ask for, or not on the one asked.
+_FORCE_TWIN = bool(env_flag("STATEBAG_NO_EXTENSIONS"))
 
 if TYPE_CHECKING:
     from ._cdc import Chunker as Chunker

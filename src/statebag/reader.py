@@ -9,9 +9,9 @@ so a save's parent and a chain's next load need no reads. Chunks are never cache
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -266,10 +266,21 @@ class NodeReader:
 
 
 class LazyState(Mapping[str, Any]):
-    """A version's state that reads each field on first access (then keeps it)."""
+    """A version's state that reads each field on first access (then keeps it).
 
-    def __init__(self, reader: NodeReader, entries: Mapping[str, Entry]) -> None:
+    ``on_error`` raises what an IntegrityError reading a field means (the repository's
+    facade tells a version deleted since from a corrupt one).
+    """
+
+    def __init__(
+        self,
+        reader: NodeReader,
+        entries: Mapping[str, Entry],
+        *,
+        on_error: Callable[[IntegrityError], NoReturn],
+    ) -> None:
         self._reader = reader
+        self._on_error = on_error
         self._entries = dict(entries)
         self._values: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -281,7 +292,10 @@ class LazyState(Mapping[str, Any]):
         entry = self._entries.get(name)
         if entry is None:
             raise KeyError(name)
-        value = self._reader.materialize({name: entry})[name]
+        try:
+            value = self._reader.materialize({name: entry})[name]
+        except IntegrityError as exc:
+            self._on_error(exc)
         with self._lock:
             return self._values.setdefault(name, value)
 

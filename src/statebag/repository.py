@@ -20,6 +20,7 @@ shows how a save and a load flow through the parts.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -27,10 +28,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 
 from . import codec, dag, merging
-from .bag import StateBag
+from .bag import StateBag, loaded_bag
 from .branches import Branches
 from .catalog import Catalog
 from .commit import DEFAULT_LEASE
@@ -39,7 +40,7 @@ from .dag import Entry
 from .durations import as_seconds
 from .errors import IntegrityError, InvalidInputError, NotFoundError, StatebagError
 from .gc import COMPACT_BYTES, Collector
-from .ids import ContentId, looks_like_id
+from .ids import ContentId
 from .liveness import Liveness
 from .meta import MetaStore
 from .objects import ObjectStore
@@ -258,16 +259,20 @@ class Repository:
                     )
                 entries = {name: entries[name] for name in sorted(wanted)}
             if lazy:
-                return LazyState(self._reader, entries)
+                return LazyState(
+                    self._reader, entries, on_error=functools.partial(self._read_failed, raw)
+                )
             return self._reader.materialize(entries)
         except IntegrityError as exc:
-            if self._catalog.is_stored(raw):
-                raise
-            # A version deleted (and swept) by another handle while this one still had it in
-            # its cache is gone, not corrupt.
-            raise NotFoundError(
-                f"manifest {raw.hex()} was deleted while it was being read"
-            ) from exc
+            self._read_failed(raw, exc)
+
+    def _read_failed(self, raw: bytes, exc: IntegrityError) -> NoReturn:
+        """Raise what ``exc``, met reading version ``raw``, means: a version deleted (and
+        swept) meanwhile, by another handle or since a lazy state of it was returned, is
+        gone (NotFoundError), not corrupt."""
+        if self._catalog.is_stored(raw):
+            raise exc
+        raise NotFoundError(f"manifest {raw.hex()} was deleted while it was being read") from exc
 
     def load_latest(
         self, chain: str, fields: Iterable[str] | None = None, lazy: bool = False
@@ -287,14 +292,11 @@ class Repository:
 
     def load_bag(self, chain_or_id: str, /) -> StateBag:
         """A :class:`StateBag` of a version (a chain's head, or an id), ready to save from."""
-        manifest_id = chain_or_id if looks_like_id(chain_or_id) else self.head(chain_or_id)
-        if manifest_id is None:
-            raise NotFoundError(f"chain {chain_or_id!r} has no version")
+        self._check_open()
+        manifest_id = self._catalog.version(chain_or_id, field="chain_or_id").hex()
         state = self.load(manifest_id)
         assert isinstance(state, dict)
-        bag = StateBag(state)
-        bag.mark_saved(manifest_id)
-        return bag
+        return loaded_bag(state, manifest_id)
 
     def _fields(self, manifest_id: bytes) -> dict[str, Entry]:
         return self._reader.fields_table(self._catalog.manifest(manifest_id).root).entries
@@ -497,9 +499,10 @@ class Repository:
         )
 
     def audit(self, repair: bool = False) -> AuditReport:
-        """Recount every reference and check every reachable node and parent link; with
-        ``repair``, fix counts, mark unswept garbage and delete orphan packs older than the
-        grace period. ``ok`` is False when something reachable is in danger."""
+        """Recount every reference and check that every reachable node is indexed in a pack
+        that exists, and every parent link (the chunks' data is :meth:`verify`'s to check);
+        with ``repair``, fix counts, mark unswept garbage and delete orphan packs older than
+        the grace period. ``ok`` is False when something reachable is in danger."""
         self._check_open()
         if not isinstance(repair, bool):
             raise InvalidInputError(f"repair must be a bool, not {repair!r}", path="repair")

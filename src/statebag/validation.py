@@ -29,14 +29,30 @@ def check_handle_options(*, threads: object, cache_bytes: object) -> None:
         )
 
 
+# Characters a chain name must not hold: C0 and C1 controls and DEL, which terminals act on,
+# and the bidirectional embeddings, overrides and isolates, which make a name display as
+# another (U+202E shows "abc\u202efed" as "abcdef").
+_CONTROLS = frozenset(range(0x20)) | frozenset(range(0x7F, 0xA0))
+_BIDI = frozenset(range(0x202A, 0x202F)) | frozenset(range(0x2066, 0x206A))
+
+
 def check_chain(chain: object, /, *, field: str = "chain") -> str:
-    """A chain name: 1..256 characters, no control characters, not shaped like an id."""
+    """A chain name: 1..256 characters, no control or bidirectional formatting characters,
+    not shaped like an id."""
     if not isinstance(chain, str) or not chain:
         raise InvalidInputError(f"{field} must be a non-empty str, not {chain!r}", path=field)
     if len(chain) > 256:
         raise InvalidInputError(f"{field} is longer than 256 characters", path=field)
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in chain):
-        raise InvalidInputError(f"{field} {chain!r} has a control character", path=field)
+    for ch in chain:
+        code = ord(ch)
+        if code in _CONTROLS:
+            raise InvalidInputError(f"{field} {chain!r} has a control character", path=field)
+        if code in _BIDI:
+            raise InvalidInputError(
+                f"{field} {chain!r} has a bidirectional formatting character (U+{code:04X}), "
+                "which would make it display as another name",
+                path=field,
+            )
     try:
         chain.encode("utf-8")
     except UnicodeEncodeError as exc:

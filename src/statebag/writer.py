@@ -131,6 +131,21 @@ class _SaveRun:
     )
 
 
+def _check_changed(changed: set[str], data: Mapping[str, Any], base: FieldsTable | None, /) -> None:
+    """InvalidInputError naming the first field ``changed`` names that is in neither the
+    state being saved nor the parent: a typo, which would otherwise leave the field it meant
+    carried over from the parent, unchanged."""
+    unknown = sorted(
+        name for name in changed if name not in data and (base is None or name not in base.entries)
+    )
+    if unknown:
+        raise InvalidInputError(
+            f"changed names {', '.join(map(repr, unknown))}, in neither the state being saved "
+            "nor the parent version: a field that was never there cannot have changed",
+            path=unknown[0],
+        )
+
+
 class Writer:
     """Encodes, stores and commits versions; safe to share between threads."""
 
@@ -213,10 +228,12 @@ class Writer:
             except (NotFoundError, IntegrityError) as exc:
                 raise self._moved_under(chain, head_bytes, exc) from exc
             extra += self._catalog.leave_head(chain, head.head, parent_manifest)
-            if hint is None and bag is not None and bag.base == head.head.hex():
-                hint = set(bag.dirty)
-        else:
+        if hint is not None:
+            _check_changed(hint, data, base)
+        if head is None:
             hint = None  # nothing to carry over
+        elif hint is None and bag is not None and bag.base == head.head.hex():
+            hint = set(bag.dirty)
         parents = ([head.head] if head is not None else []) + [o.manifest_id for o in others]
         seqs = ([head.seq] if head is not None else []) + [other.seq for other in others]
         return self.write(

@@ -376,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit = command(
         "audit",
         commands.cmd_audit,
-        "recount every reference and check every reachable node and parent link",
+        "recount every reference and check that every reachable node is indexed in a pack "
+        "that exists, and every parent link (verify checks the data itself)",
         "Danger (exit 3): a reachable node under-counted (gc could free it) or missing, or a "
         "chain whose parent link leads nowhere. Leaks (over-counted or unswept nodes, orphan "
         "packs) are listed but exit 0. --repair fixes the counts, marks unswept nodes for gc, "

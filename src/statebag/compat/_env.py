@@ -2,8 +2,9 @@
 names and the one content hash.
 
 This is the only place below which nothing reads the environment (docs/ARCHITECTURE.md, "Layers"):
-each flag is parsed strictly, and a value that is neither clearly on nor clearly off is a
-:class:`~statebag.errors.ConfigError` naming the variable, never a silent default.
+each flag is parsed strictly (:func:`statebag.flags.env_flag`), and a value that is neither
+clearly on nor clearly off is a :class:`~statebag.errors.ConfigError` naming the variable,
+never a silent default.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from .. import codec
 from ..errors import ConfigError, InvalidInputError
+from ..flags import env_flag
 from ..hashing import Hasher
 from ..hydrator import OFFLOAD_SUFFIX
 from ..repository import Repository
@@ -30,24 +32,9 @@ __all__ = [
 ]
 
 REPO_ENV = "STATEBAG_REPO"
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 # Chains of executions leave room for the hydrator's suffix (statebag.hydrator.offload_chain).
 _PLAIN_MAX = 256 - len(OFFLOAD_SUFFIX)
 CLOUD_VARIABLES = ("S3_BUCKET", "SKELETON_S3_BUCKET", "MANIFESTS_TABLE")
-
-
-def env_flag(name: str, /) -> bool | None:
-    """The boolean environment variable ``name``; None when unset or empty."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    lowered = raw.lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ConfigError(f"{name}={raw!r} is not a boolean: set it to true or false (or 1 or 0)")
 
 
 def env_int(name: str, /, *, low: int, high: int) -> int | None:

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import InvalidInputError
-from ..hydrator import POINTER_KEY
+from ..hydrator import _MIN_LIMIT, POINTER_KEY
 from ._env import env_flag
 from .hydrator import get_hydrator
 
@@ -113,9 +113,15 @@ def seal_state_bag(
         overhead = len(json.dumps(shell)) - len("{}")
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"action must be JSON-serializable: {exc}", path="action") from exc
-    payload = hydrator.dehydrate(
-        merged, owner_id, workflow_id, execution_id, limit=hydrator.limit - overhead
-    )
+    room = hydrator.limit - overhead
+    if room < _MIN_LIMIT:
+        raise InvalidInputError(
+            f"action is too large: with it the sealed output's wrapper takes {overhead:,} of "
+            f"the {hydrator.limit:,} bytes allowed, which leaves {max(room, 0):,} for the "
+            f"state's payload, and that needs at least {_MIN_LIMIT:,}",
+            path="action",
+        )
+    payload = hydrator.dehydrate(merged, owner_id, workflow_id, execution_id, limit=room)
     pointer = payload.get(POINTER_KEY)
     current = pointer["manifest"] if isinstance(pointer, dict) else None
     return {
