@@ -79,6 +79,8 @@ FIELDS_FANOUT_MASK = 0x3F  # about 64 names per fields node
 FIELDS_MAX = 1024
 KIND_INLINE = 0
 KIND_TREE = 1
+# A fields node is [level, rows], each row an array of scalars and bins: three levels.
+_FIELDS_NESTING = 3
 
 _ENCODER = msgspec.msgpack.Encoder(order="deterministic")
 _DECODER = msgspec.msgpack.Decoder()
@@ -369,6 +371,9 @@ def parse_fields_node(data: bytes, /, *, node_id: str) -> tuple[int, list[Any]]:
     Level 0 rows are ``(name, entry)``; higher rows ``(first name, child id, field count)``.
     """
     try:
+        # Shape first, by a scan that never recurses: a crafted node nested deeper than a
+        # fields node can be must not reach msgspec's recursive decoder.
+        codec.nesting_depth(data, limit=_FIELDS_NESTING, what="the node")
         decoded = _DECODER.decode(data)
         level, rows = decoded
         if type(level) is not int or type(rows) is not list:
@@ -405,7 +410,7 @@ def parse_fields_node(data: bytes, /, *, node_id: str) -> tuple[int, list[Any]]:
                     raise ValueError("bad child row")
                 parsed.append((first, child, count))
         return level, parsed
-    except (msgspec.DecodeError, ValueError, TypeError, IndexError) as exc:
+    except (msgspec.DecodeError, IntegrityError, ValueError, TypeError, IndexError) as exc:
         raise IntegrityError(
             f"node {node_id} is not a valid fields node: {exc}", object_id=node_id
         ) from exc

@@ -63,7 +63,7 @@ from .keys import (
     version_prefix,
 )
 from .liveness import Liveness, Rehearsal
-from .manifests import MANIFEST_DECODER, Manifest
+from .manifests import Manifest, decode_manifest
 from .meta import Add, Check, CheckCounter, ConditionFailed, Delete, DropCounter, MetaStore, Op, Put
 from .meta.overlay import OverlayMetaStore
 from .objects import ObjectStore
@@ -206,7 +206,7 @@ class Collector:
                 if self._meta.get(f"tomb/{text}") is not None:
                     return False
                 raise NotFoundError(f"manifest {text} does not exist")
-            manifest = MANIFEST_DECODER.decode(stored)
+            manifest = decode_manifest(stored, manifest_id=text)
             head_bytes = self._meta.get(head_key(manifest.chain))
             if head_bytes is not None and decode_head(head_bytes).head == manifest_id:
                 raise ConflictError(
@@ -287,7 +287,10 @@ class Collector:
                 # Versions of other chains this one reached may now be reached by none.
                 Add("stat/discards", 1),
             ]
-            if stored is not None and MANIFEST_DECODER.decode(stored).chain != chain:
+            if (
+                stored is not None
+                and decode_manifest(stored, manifest_id=head.hex()).chain != chain
+            ):
                 ops.append(Add(f"fork/{head.hex()}", -1))
             try:
                 self._meta.write(ops)
@@ -521,7 +524,7 @@ class Collector:
         if not marks and (0 if seen is None else _int(seen)) == discards:
             return discards, set()
         listed = {bytes.fromhex(k[9:]): v for k, v in self._meta.scan("manifest/")}
-        manifests = {mid: MANIFEST_DECODER.decode(v) for mid, v in listed.items()}
+        manifests = {mid: decode_manifest(v, manifest_id=mid.hex()) for mid, v in listed.items()}
         frontier = [decode_head(v).head for _, v in self._meta.scan("chain/")]
         reached: set[bytes] = set()
         while frontier:
@@ -534,7 +537,7 @@ class Collector:
                 stored = self._meta.get(f"manifest/{manifest_id.hex()}")
                 if stored is None:
                     continue
-                manifest = MANIFEST_DECODER.decode(stored)
+                manifest = decode_manifest(stored, manifest_id=manifest_id.hex())
             frontier.extend(manifest.parents)
         unreachable = {mid for mid in manifests if mid not in reached}
         texts = [mid.hex() for mid in unreachable]
@@ -878,7 +881,8 @@ class Collector:
         pack_records = {bytes.fromhex(k[5:]) for k, _ in meta.scan("pack/")}
         heads = {k[6:]: decode_head(v) for k, v in meta.scan("chain/")}
         manifests: dict[bytes, Manifest] = {
-            bytes.fromhex(k[9:]): MANIFEST_DECODER.decode(v) for k, v in meta.scan("manifest/")
+            bytes.fromhex(k[9:]): decode_manifest(v, manifest_id=k[9:])
+            for k, v in meta.scan("manifest/")
         }
         tombs = {bytes.fromhex(k[5:]) for k, _ in meta.scan("tomb/")}
         index = {
