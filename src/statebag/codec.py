@@ -769,7 +769,7 @@ def decompress_batch(
             output = _decompressor().multi_decompress_to_buffer(
                 packed, decompressed_sizes=wanted, threads=1
             )
-        except zstandard.ZstdError:
+        except zstandard.ZstdError as exc:
             # Find the culprit frame by frame, for an error that names it.
             for index in packed_at:
                 frame = frames[index]
@@ -779,7 +779,12 @@ def decompress_batch(
                         "its index says",
                         object_id=bytes(expected[index]).hex(),
                     ) from None
-            raise
+            first = bytes(expected[packed_at[0]]).hex()
+            raise IntegrityError(
+                f"zstd frames of objects {first} and {len(packed_at) - 1} more do not "
+                f"decompress together, though each does alone: {exc}",
+                object_id=first,
+            ) from exc
         for position, index in enumerate(packed_at):
             results[index] = memoryview(output[position])  # type: ignore[arg-type]
     views: list[memoryview] = []

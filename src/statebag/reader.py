@@ -17,14 +17,14 @@ import msgspec
 
 from . import codec, dag
 from .caches import Recent
-from .dag import Entry, InlineField, TreeField
+from .dag import Entry, InlineField, NodeLimits, TreeField
 from .errors import IntegrityError, NotFoundError
 from .keys import IndexRecord, node_key
 from .meta import MetaStore
 from .objects import ObjectStore
 from .packs import pack_key
 
-__all__ = ["FieldsTable", "LazyState", "NodeReader"]
+__all__ = ["FieldsTable", "LazyState", "NodeReader", "check_record"]
 
 MIB = 1 << 20
 # Ranged reads of nodes in one pack merge when the gap between them is at most this.
@@ -37,26 +37,44 @@ _FIELDS_CACHE = 64
 
 
 class FieldsTable(msgspec.Struct):
-    """A version's fields, kept in memory so the next save need not read them again."""
+    """A version's fields, kept in memory so the next save need not read them again.
+
+    ``checked``: every tree entry's length is known to be what its chunks hold (a writer's
+    own table); a table read from storage holds the lengths its fields nodes claim.
+    """
 
     entries: dict[str, Entry]
     node_ids: set[bytes]
     name_hashes: dict[str, bytes]
+    checked: bool = False
 
 
 class NodeReader:
     """Reads nodes by id from the packs the index names; safe to share between threads."""
 
-    def __init__(self, objects: ObjectStore, meta: MetaStore, pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self, objects: ObjectStore, meta: MetaStore, pool: ThreadPoolExecutor, limits: NodeLimits
+    ) -> None:
         self._objects = objects
         self._meta = meta
         self._pool = pool
+        self._limits = limits
         self._structs: Recent[bytes] = Recent(_STRUCT_CACHE_BYTES, weigh=len)
         self._tables: Recent[FieldsTable] = Recent(_FIELDS_CACHE)
 
-    def read(self, ids: Sequence[bytes], /, *, cache: bool = False) -> dict[bytes, bytes]:
-        """The bytes of nodes ``ids``, verified; IntegrityError names any that cannot be read."""
-        found, pending = self.start_reads(ids)
+    @property
+    def limits(self) -> NodeLimits:
+        return self._limits
+
+    def read(
+        self, ids: Sequence[bytes], /, *, cache: bool = False, limit: int | None = None
+    ) -> dict[bytes, bytes]:
+        """The bytes of nodes ``ids``, verified; IntegrityError names any that cannot be read.
+
+        ``limit`` bounds each node's size (default: the largest node of any kind); an index
+        record that says more is refused before anything is read.
+        """
+        found, pending = self.start_reads(ids, limit=limit)
         result = {node_id: bytes(data) for node_id, data in found.items()}
         for future in set(pending.values()):
             result.update((node_id, bytes(data)) for node_id, data in future.result().items())
@@ -65,7 +83,7 @@ class NodeReader:
         return result
 
     def start_reads(
-        self, ids: Sequence[bytes], /, *, verify: bool = True
+        self, ids: Sequence[bytes], /, *, verify: bool = True, limit: int | None = None
     ) -> tuple[dict[bytes, bytes | memoryview], dict[bytes, Future[dict[bytes, memoryview]]]]:
         """Nodes found in the cache, and a future per node for the rest (shared per range).
 
@@ -83,7 +101,7 @@ class NodeReader:
         # with ranges already submitted, which cost more than the reads gained by starting
         # early (measured on the embedded backend).
         plans = [
-            self.plan_ranges(wanted[start : start + _READ_SLICE])
+            self.plan_ranges(wanted[start : start + _READ_SLICE], limit=limit)
             for start in range(0, len(wanted), _READ_SLICE)
         ]
         for plan in plans:
@@ -93,18 +111,14 @@ class NodeReader:
                     pending[node_id] = future
         return found, pending
 
-    def plan_ranges(self, wanted: list[bytes]) -> list[list[tuple[bytes, IndexRecord]]]:
-        """The pack ranges holding nodes ``wanted``, in the order the nodes were asked for."""
-        records = self._meta.get_many([node_key(node_id) for node_id in wanted])
+    def plan_ranges(
+        self, wanted: list[bytes], *, limit: int | None = None
+    ) -> list[list[tuple[bytes, IndexRecord]]]:
+        """The pack ranges holding nodes ``wanted``, in the order the nodes were asked for;
+        every index record checked (:func:`check_record`) against ``limit`` (default: the
+        largest node of any kind)."""
         by_pack: dict[bytes, list[tuple[bytes, IndexRecord]]] = {}
-        for node_id in wanted:
-            text = node_id.hex()
-            stored = records.get(node_key(node_id))
-            if stored is None:
-                raise IntegrityError(
-                    f"node {text} is referenced but not in the index", object_id=text
-                )
-            record = IndexRecord.decode(stored, node_id=text)
+        for node_id, record in self._locate(wanted, limit):
             by_pack.setdefault(record.pack_id, []).append((node_id, record))
         ranges: list[list[tuple[bytes, IndexRecord]]] = []
         for members in by_pack.values():
@@ -126,6 +140,26 @@ class NodeReader:
         ranges.sort(key=lambda group: min(position[node_id] for node_id, _ in group))
         return ranges
 
+    def _locate(
+        self, wanted: Sequence[bytes], limit: int | None
+    ) -> list[tuple[bytes, IndexRecord]]:
+        """The index record of each node of ``wanted`` (one lookup), checked against
+        ``limit`` (default: the largest node of any kind)."""
+        bound = self._limits.largest if limit is None else limit
+        records = self._meta.get_many([node_key(node_id) for node_id in wanted])
+        located = []
+        for node_id in wanted:
+            text = node_id.hex()
+            stored = records.get(node_key(node_id))
+            if stored is None:
+                raise IntegrityError(
+                    f"node {text} is referenced but not in the index", object_id=text
+                )
+            located.append(
+                (node_id, check_record(IndexRecord.decode(stored, node_id=text), text, bound))
+            )
+        return located
+
     def read_range(
         self, group: list[tuple[bytes, IndexRecord]], verify: bool = True, moved: bool = False
     ) -> dict[bytes, memoryview]:
@@ -140,7 +174,10 @@ class NodeReader:
             if not moved:
                 # gc may have compacted the pack since the index was read: read again where
                 # the index says the nodes are now.
-                again = self.plan_ranges([node_id for node_id, _ in group])
+                again = self.plan_ranges(
+                    [node_id for node_id, _ in group],
+                    limit=max(record.size for _, record in group),
+                )
                 if any(part[0][1].pack_id != pack_id for part in again):
                     result: dict[bytes, memoryview] = {}
                     for part in again:
@@ -169,9 +206,17 @@ class NodeReader:
         )
         return {node_id: data for (node_id, _), data in zip(group, datas, strict=True)}
 
-    def structs(self, ids: Sequence[bytes]) -> dict[bytes, bytes]:
+    def structs(self, ids: Sequence[bytes], /, *, limit: int | None = None) -> dict[bytes, bytes]:
         """Structural nodes, through the cache."""
-        return self.read(ids, cache=True)
+        return self.read(ids, cache=True, limit=limit)
+
+    def index_nodes(self, ids: Sequence[bytes], /) -> dict[bytes, bytes]:
+        """Index nodes, through the cache, each at most an index node's size."""
+        return self.read(ids, cache=True, limit=self._limits.index_node)
+
+    def fields_nodes(self, ids: Sequence[bytes], /) -> dict[bytes, bytes]:
+        """Fields nodes, through the cache, each at most a fields node's size."""
+        return self.read(ids, cache=True, limit=self._limits.fields_node)
 
     def clear_caches(self, *, structs: bool = True, tables: bool = True) -> None:
         """Forget cached nodes and fields tables (all reads then go to the packs)."""
@@ -192,7 +237,7 @@ class NodeReader:
 
         def fetch(ids: Sequence[bytes]) -> dict[bytes, bytes]:
             node_ids.update(ids)
-            return self.structs(ids)
+            return self.fields_nodes(ids)
 
         entries = dict(dag.iter_fields(root, fetch))
         table = FieldsTable(entries, node_ids, {})
@@ -203,58 +248,65 @@ class NodeReader:
         self._tables.put(root, table)
 
     def materialize(self, entries: Mapping[str, Entry]) -> dict[str, Any]:
+        """The values of ``entries``, by name, in name order.
+
+        Every length the trees claim is checked before a buffer of that length exists: the
+        index nodes' lengths add up to each entry's (:func:`dag.leaves_of_many`), and each
+        chunk's claimed length is the size its index record gives, which is at most a
+        chunk's (:func:`check_record`) and exactly what its frame decompresses to.
+        """
         result: dict[str, Any] = {}
-        trees: list[tuple[str, TreeField]] = []
+        trees: dict[str, TreeField] = {}
         for name, entry in entries.items():
             if type(entry) is InlineField:
                 result[name] = codec.decode(entry.encoded)
             else:
                 assert type(entry) is TreeField
-                trees.append((name, entry))
+                trees[name] = entry
         if not trees:
             return result
-        leaves = dag.leaves_of_many(
-            {name: (entry.root, entry.level) for name, entry in trees}, self.structs
+        leaves = dag.leaves_of_many(trees, self.index_nodes)
+        order = [node_id for chunks in leaves.values() for node_id, _ in chunks]
+        unique = list(dict.fromkeys(order))
+        groups = [
+            group
+            for start in range(0, len(unique), _READ_SLICE)
+            for group in self.plan_ranges(
+                unique[start : start + _READ_SLICE], limit=self._limits.chunk
+            )
+        ]
+        _check_claims(
+            leaves, {node_id: record.size for group in groups for node_id, record in group}
         )
-        # Chunks are hash-checked here, as they are copied, not on the pool: a pool thread
-        # re-taking the GIL after every hash would wait out the switch interval each time
-        # behind the decode running here, and the pool would fall behind.
-        found, pending = self.start_reads(
-            [node_id for chunks in leaves.values() for node_id, _ in chunks], verify=False
-        )
+        pending: dict[bytes, Future[dict[bytes, memoryview]]] = {}
+        for group in groups:
+            future = self._pool.submit(self.read_range, group, False)
+            for node_id, _ in group:
+                pending[node_id] = future
+        found: dict[bytes, memoryview] = {}
         # Each value is assembled (head, then chunks) in one scratch buffer reused from field
-        # to field: a fresh buffer per field would cost a page fault per 4 KiB.
+        # to field: a fresh buffer per field would cost a page fault per 4 KiB. Chunks are
+        # hash-checked here, as they are copied, not on the pool: a pool thread re-taking the
+        # GIL after every hash would wait out the switch interval each time behind the decode
+        # running here, and the pool would fall behind.
         scratch = bytearray()
         try:
-            for name, entry in trees:
+            for name, entry in trees.items():
                 total = len(entry.head) + entry.length
                 if len(scratch) < total:
                     scratch = bytearray(max(total, 2 * len(scratch)))
-                view = memoryview(scratch)
-                view[: len(entry.head)] = entry.head
-                position = len(entry.head)
-                for node_id, _ in leaves[name]:
-                    data = found.get(node_id)
-                    if data is None:
-                        found.update(pending[node_id].result())
-                        data = found[node_id]
-                    codec.check_digest(data, node_id)
-                    size = len(data)
-                    if position + size > total:
-                        break
-                    view[position : position + size] = data
-                    position += size
-                else:
-                    if position == total:
-                        result[name] = codec.decode(view[:total])
-                        view.release()
-                        continue
-                view.release()
-                raise IntegrityError(
-                    f"field {name!r}: its chunks do not add up to the {entry.length} bytes "
-                    "its entry says",
-                    object_id=entry.root.hex(),
-                )
+                with memoryview(scratch) as view:
+                    view[: len(entry.head)] = entry.head
+                    position = len(entry.head)
+                    for node_id, size in leaves[name]:
+                        data = found.get(node_id)
+                        if data is None:
+                            found.update(pending[node_id].result())
+                            data = found[node_id]
+                        codec.check_digest(data, node_id)
+                        view[position : position + size] = data
+                        position += size
+                    result[name] = codec.decode(view[:total])
         except BaseException:
             for future in pending.values():
                 future.cancel()
@@ -262,7 +314,60 @@ class NodeReader:
         return dict(sorted(result.items()))
 
     def leaves(self, entry: TreeField) -> list[tuple[bytes, int]]:
-        return dag.leaves_of(entry.root, entry.level, self.structs)
+        return dag.leaves_of(entry, self.index_nodes)
+
+    def check_lengths(self, trees: Mapping[str, TreeField]) -> None:
+        """IntegrityError naming the field unless each entry's length is what its chunks
+        hold, by the index nodes and the chunks' index records (as :meth:`materialize`
+        checks before it allocates), so that nothing is computed from a claimed length."""
+        if not trees:
+            return
+        leaves = dag.leaves_of_many(trees, self.index_nodes)
+        wanted = list(dict.fromkeys(node_id for chunks in leaves.values() for node_id, _ in chunks))
+        sizes = {
+            node_id: record.size
+            for start in range(0, len(wanted), _READ_SLICE)
+            for node_id, record in self._locate(
+                wanted[start : start + _READ_SLICE], self._limits.chunk
+            )
+        }
+        _check_claims(leaves, sizes)
+
+
+def _check_claims(
+    leaves: Mapping[str, list[tuple[bytes, int]]], sizes: Mapping[bytes, int]
+) -> None:
+    """IntegrityError unless every chunk's claimed length (by its tree) is its size."""
+    for name, chunks in leaves.items():
+        for node_id, claimed in chunks:
+            if sizes[node_id] != claimed:
+                raise IntegrityError(
+                    f"field {name!r}: chunk {node_id.hex()} holds {sizes[node_id]} bytes by "
+                    f"the index, but its tree says {claimed}",
+                    object_id=node_id.hex(),
+                )
+
+
+def check_record(record: IndexRecord, node_id: str, limit: int) -> IndexRecord:
+    """``record`` if it can describe a node of at most ``limit`` bytes, else IntegrityError.
+
+    A frame is a codec byte and at most the node's bytes (zstd is used only when smaller), so
+    ``1 <= length <= size + 1``; a range read and a decompression sized by the record are
+    then bounded by what a node of that kind can be.
+    """
+    if record.size > limit:
+        raise IntegrityError(
+            f"index record of node {node_id} says it holds {record.size} bytes, more than a "
+            f"node of its kind can in this repository ({limit})",
+            object_id=node_id,
+        )
+    if not 1 <= record.length <= record.size + 1:
+        raise IntegrityError(
+            f"index record of node {node_id} says its frame is {record.length} bytes for "
+            f"{record.size} bytes of node",
+            object_id=node_id,
+        )
+    return record
 
 
 class LazyState(Mapping[str, Any]):

@@ -337,6 +337,7 @@ class Writer:
                 run.entries,
                 {node.node_id for node in encoded.fields_nodes},
                 {name: encoded.name_hashes[name] for name in run.entries},
+                checked=True,
             ),
         )
         if plan.bag is not None:
@@ -368,17 +369,25 @@ class Writer:
         lookup: list[NewNode] = []
         lookup_bytes = 0
 
+        # Tree entries taken as stored, whose lengths count in the version's logical size:
+        # unless a writer made them, they are checked against their chunks first.
+        unchecked: dict[str, TreeField] = {}
+        base_checked = base is not None and base.checked
         for name in sorted({*plan.data, *plan.given}):
             taken = plan.given.get(name)
             if taken is not None:
                 # A merge takes this field as one side stored it: nothing to encode.
                 run.entries[name] = taken
                 packer.reused += type(taken) is TreeField
+                if type(taken) is TreeField:
+                    unchecked[name] = taken
                 continue
             old = base.entries.get(name) if base is not None else None
             if old is not None and hint is not None and name not in hint:
                 run.entries[name] = old
                 packer.reused += type(old) is TreeField
+                if type(old) is TreeField and not base_checked:
+                    unchecked[name] = old
                 continue
             t = time.perf_counter()
             encoded = _encode_field(name, plan.data[name])
@@ -402,6 +411,7 @@ class Writer:
                 lookup_bytes = 0
             packer.drain(block=False)
         self._store_new(lookup, run)
+        self._reader.check_lengths(unchecked)
 
         ordered = sorted(run.entries.items())
         name_hashes = dict(base.name_hashes) if base is not None else {}
