@@ -393,6 +393,16 @@ def test_decode_refuses_malformed_buffers() -> None:
             decode(bad)
 
 
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 300_000])
+def test_encode_parts_of_bytes_are_the_encoding_without_a_copy(size: int) -> None:
+    value = os.urandom(size)
+    head, body = codec.encode_parts(value)
+    assert head + body == encode(value)
+    assert body is value
+    for other in (bytearray(value), [value], "x" * size):
+        assert codec.encode_parts(other) == (encode(other), b"")
+
+
 def test_decode_refuses_extension_types() -> None:
     with pytest.raises(IntegrityError):
         decode(msgspec.msgpack.encode(msgspec.msgpack.Ext(5, b"x")))

@@ -61,7 +61,7 @@ def _split(value: object) -> tuple[dag.TreeField, list[dag.NewNode]]:
     encoded = codec.encode(value)
     head = dag.head_length(encoded)
     offsets, digests = statebag.Chunker().cut_and_hash(memoryview(encoded)[head:])
-    return dag.split_value(encoded, offsets, digests, head=head)
+    return dag.split_value(encoded[:head], memoryview(encoded)[head:], offsets, digests)
 
 
 @settings(max_examples=30, deadline=None)

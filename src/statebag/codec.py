@@ -64,6 +64,7 @@ __all__ = [
     "decompress",
     "decompress_batch",
     "encode",
+    "encode_parts",
     "nesting_depth",
 ]
 
@@ -142,6 +143,31 @@ def encode(value: Any, /) -> bytes:
         failure = exc
     _diagnose(value, NESTING_LIMIT)
     raise InvalidInputError(f"value at $ cannot be encoded: {failure}", path="$") from failure
+
+
+def encode_parts(value: Any, /) -> tuple[bytes, bytes]:
+    """:func:`encode`'s result as two parts that concatenate to it.
+
+    A ``bytes`` value is its encoding's body: the parts are then the bin head and the value
+    itself, not copied (bytes are immutable, so the parts stay what they were). Any other
+    value gives ``(encode(value), b"")``.
+    """
+    if type(value) is bytes:
+        return _bin_head(len(value)), value
+    return encode(value), b""
+
+
+def _bin_head(size: int) -> bytes:
+    """The head msgspec writes before ``size`` bytes: the smallest bin form that holds it."""
+    if size < 1 << 8:
+        return bytes((0xC4, size))
+    if size < 1 << 16:
+        return b"\xc5" + size.to_bytes(2, "big")
+    if size < 1 << 32:
+        return b"\xc6" + size.to_bytes(4, "big")
+    raise InvalidInputError(
+        f"bytes at $ are {size} long; MessagePack holds at most 2**32 - 1", path="$"
+    )
 
 
 def decode(data: bytes | bytearray | memoryview, /, *, limit: int = NESTING_LIMIT) -> Any:

@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from . import codec
+from ._typing import Buffer
 from .errors import IntegrityError, InvalidInputError
 from .hashing import DIGEST_SIZE, hash_bytes
 
@@ -206,31 +207,33 @@ def head_length(encoded: bytes | memoryview, /) -> int:
 
 
 def split_value(
-    encoded: bytes,
+    head: bytes,
+    body: Buffer,
     offsets: Sequence[int],
     digests: Sequence[bytes],
     /,
     *,
-    head: int,
     unless: Entry | None = None,
 ) -> tuple[TreeField, list[NewNode]]:
-    """The tree of a value whose body ``encoded[head:]`` the chunker cut at ``offsets``.
+    """The tree of a value whose encoding is ``head`` (:func:`head_length` bytes) then
+    ``body``, which the chunker cut at ``offsets``.
 
     Returns the entry and every node of the tree (chunks first, then index nodes bottom up),
-    new or not; the caller decides which it already has. When the entry equals ``unless``
-    (the value did not change), no node is listed: the caller has them all.
+    new or not; the caller decides which it already has. Chunks are views of ``body``. When
+    the entry equals ``unless`` (the value did not change), no node is listed: the caller
+    has them all.
     """
-    body = memoryview(encoded)[head:]
-    if not digests or len(offsets) != len(digests) or offsets[-1] != len(body):
+    view = memoryview(body)
+    if not digests or len(offsets) != len(digests) or offsets[-1] != view.nbytes:
         raise AssertionError("chunk offsets must cover the body")
     starts = [0, *offsets[:-1]]
     lengths = [end - start for start, end in zip(starts, offsets, strict=True)]
     root, level, index_nodes = build_index(list(digests), lengths)
-    entry = TreeField(bytes(encoded[:head]), root, len(body), level)
+    entry = TreeField(head, root, view.nbytes, level)
     if entry == unless:
         return entry, []
     nodes = [
-        NewNode(digest, body[start:end], ())
+        NewNode(digest, view[start:end], ())
         for start, end, digest in zip(starts, offsets, digests, strict=True)
     ]
     nodes.extend(index_nodes)

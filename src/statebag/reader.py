@@ -8,8 +8,10 @@ so a save's parent and a chain's next load need no reads. Chunks are never cache
 
 from __future__ import annotations
 
+import io
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -34,6 +36,11 @@ _READ_MAX = 1 * MIB
 _READ_SLICE = 512
 _STRUCT_CACHE_BYTES = 64 * MIB
 _FIELDS_CACHE = 64
+# A value's chunks are read at most about this many (uncompressed) bytes ahead of the copy
+# that assembles it, so a large value costs its own size plus this, not twice its size.
+_READ_AHEAD = 32 * MIB
+# Heads of a bin (bytes) value: its body is the value, assembled without a decode.
+_BIN_HEADS = frozenset({0xC4, 0xC5, 0xC6})
 
 
 class FieldsTable(msgspec.Struct):
@@ -278,20 +285,19 @@ class NodeReader:
         _check_claims(
             leaves, {node_id: record.size for group in groups for node_id, record in group}
         )
-        pending: dict[bytes, Future[dict[bytes, memoryview]]] = {}
-        for group in groups:
-            future = self._pool.submit(self.read_range, group, False)
-            for node_id, _ in group:
-                pending[node_id] = future
-        found: dict[bytes, memoryview] = {}
+        feed = _Feed(lambda group: self._pool.submit(self.read_range, group, False), groups, order)
         # Each value is assembled (head, then chunks) in one scratch buffer reused from field
-        # to field: a fresh buffer per field would cost a page fault per 4 KiB. Chunks are
-        # hash-checked here, as they are copied, not on the pool: a pool thread re-taking the
-        # GIL after every hash would wait out the switch interval each time behind the decode
-        # running here, and the pool would fall behind.
+        # to field: a fresh buffer per field would cost a page fault per 4 KiB. A bytes value
+        # is its body: that is assembled straight into the result instead.
         scratch = bytearray()
         try:
             for name, entry in trees.items():
+                if entry.head[0] in _BIN_HEADS:
+                    body = io.BytesIO()
+                    for node_id, _ in leaves[name]:
+                        body.write(feed.take(node_id))
+                    result[name] = body.getvalue()
+                    continue
                 total = len(entry.head) + entry.length
                 if len(scratch) < total:
                     scratch = bytearray(max(total, 2 * len(scratch)))
@@ -299,18 +305,11 @@ class NodeReader:
                     view[: len(entry.head)] = entry.head
                     position = len(entry.head)
                     for node_id, size in leaves[name]:
-                        data = found.get(node_id)
-                        if data is None:
-                            found.update(pending[node_id].result())
-                            data = found[node_id]
-                        codec.check_digest(data, node_id)
-                        view[position : position + size] = data
+                        view[position : position + size] = feed.take(node_id)
                         position += size
                     result[name] = codec.decode(view[:total])
-        except BaseException:
-            for future in pending.values():
-                future.cancel()
-            raise
+        finally:
+            feed.close()
         return dict(sorted(result.items()))
 
     def leaves(self, entry: TreeField) -> list[tuple[bytes, int]]:
@@ -368,6 +367,65 @@ def check_record(record: IndexRecord, node_id: str, limit: int) -> IndexRecord:
             object_id=node_id,
         )
     return record
+
+
+class _Feed:
+    """The chunks of a materialisation, in the order it copies them, read a window ahead.
+
+    Ranges (``groups``, in the order their first chunk is needed) are submitted to the pool
+    while the bytes submitted and not yet used up stay under ``_READ_AHEAD``, and always up
+    to the range of the chunk asked for. A chunk is dropped after its last use (``order``
+    may repeat a chunk), and a range's bytes are counted free once all its chunks are.
+    A range's chunks are hash-checked here, when it arrives, not on the pool: a pool thread
+    re-taking the GIL after every hash would wait out the switch interval each time behind
+    the copying here.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[list[tuple[bytes, IndexRecord]]], Future[dict[bytes, memoryview]]],
+        groups: list[list[tuple[bytes, IndexRecord]]],
+        order: list[bytes],
+    ) -> None:
+        self._read = read  # starts reading a range (unverified) on the pool
+        self._groups = groups
+        self._sizes = [sum(record.size for _, record in group) for group in groups]
+        self._group_of = {node_id: index for index, g in enumerate(groups) for node_id, _ in g}
+        self._uses = Counter(order)
+        self._left = [len(group) for group in groups]
+        self._futures: dict[int, Future[dict[bytes, memoryview]]] = {}
+        self._data: dict[bytes, memoryview] = {}
+        self._submitted = 0
+        self._ahead = 0
+
+    def take(self, node_id: bytes) -> memoryview:
+        index = self._group_of[node_id]
+        while self._submitted <= index or (
+            self._ahead < _READ_AHEAD and self._submitted < len(self._groups)
+        ):
+            self._futures[self._submitted] = self._read(self._groups[self._submitted])
+            self._ahead += self._sizes[self._submitted]
+            self._submitted += 1
+        data = self._data.get(node_id)
+        if data is None:
+            arrived = self._futures.pop(index).result()
+            for arrived_id, arrived_data in arrived.items():
+                codec.check_digest(arrived_data, arrived_id)
+            self._data.update(arrived)
+            data = self._data[node_id]
+        self._uses[node_id] -= 1
+        if not self._uses[node_id]:
+            del self._data[node_id]
+            self._left[index] -= 1
+            if not self._left[index]:
+                self._ahead -= self._sizes[index]
+        return data
+
+    def close(self) -> None:
+        for future in self._futures.values():
+            future.cancel()
+        self._futures.clear()
+        self._data.clear()
 
 
 class LazyState(Mapping[str, Any]):
