@@ -424,6 +424,11 @@ AGENT_DATASET = "agent"
 TARGET_AGENT_DEDUP = 60.0  # sum of logical bytes over all saves / bytes stored, >=
 TARGET_AGENT_P50 = 0.05  # p50 save (steps without an attachment edit) / median fresh save, <=
 
+# Peak memory of one large bytes value (test_bench_memory.py): its data set, and its targets.
+MEMORY_DATASET = "bytes500"
+TARGET_SAVE_PEAK = 0.5  # peak resident bytes above the baseline of a save / value bytes, <=
+TARGET_LOAD_PEAK = 1.5  # the same for a load, the result included, <=
+
 
 def _row(
     dataset: str,
@@ -460,11 +465,13 @@ def compute_ratios(
     """The ratio rows from the median times of one run (and the figures of the agent workload).
 
     See README.md for the formulas: the chunking rows per data set of the chunking, hashing
-    and compress groups, then the repository rows, then the agent-thread rows.
+    and compress groups, then the repository rows, then the agent-thread rows, then the
+    peak-memory rows.
     """
     rows = _chunking_rows(results)
     rows += _repository_rows(results)
     rows += _agent_rows((figures or {}).get(AGENT_DATASET))
+    rows += _memory_rows((figures or {}).get(MEMORY_DATASET))
     return rows
 
 
@@ -592,6 +599,23 @@ def _agent_rows(figures: dict[str, Any] | None) -> list[dict[str, Any]]:
             None,
             "<=",
         ),
+    ]
+
+
+def _memory_rows(figures: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The peak-memory rows, from the figures of the memory group."""
+    if not figures:
+        return []
+    return [
+        _row(
+            MEMORY_DATASET,
+            f"peak RSS above baseline of a {kind} / value bytes",
+            figures.get(f"{kind}_peak_ratio"),
+            target,
+            "<=",
+        )
+        for kind, target in (("save", TARGET_SAVE_PEAK), ("load", TARGET_LOAD_PEAK))
+        if f"{kind}_peak_ratio" in figures
     ]
 
 

@@ -9,6 +9,7 @@ import enum
 import math
 import os
 import random
+import re
 import struct
 import threading
 import uuid
@@ -380,10 +381,26 @@ def test_moderate_nesting_is_fine() -> None:
 
 def test_decode_refuses_malformed_buffers() -> None:
     good = encode({"a": [1, 2, "x"]})
-    for bad in (b"", good[:-1], good + b"\x00", b"\xc1", memoryview(good)[:3]):
-        with pytest.raises(IntegrityError) as info:
+    for bad, says in (
+        (b"", "ends inside a value (byte 0)"),
+        (good[:-1], "ends inside a value"),
+        (good + b"\x00", f"has bytes after its value (byte {len(good)})"),
+        (b"\xc1", "type byte the format never writes (byte 0)"),
+        (memoryview(good)[:3], "ends inside a value"),
+        (b"\x81\x01\x02", "map key that is not a str (byte 1)"),
+    ):
+        with pytest.raises(IntegrityError, match=re.escape(says)):
             decode(bad)
-        assert isinstance(info.value.__cause__, msgspec.DecodeError)
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 300_000])
+def test_encode_parts_of_bytes_are_the_encoding_without_a_copy(size: int) -> None:
+    value = os.urandom(size)
+    head, body = codec.encode_parts(value)
+    assert head + body == encode(value)
+    assert body is value
+    for other in (bytearray(value), [value], "x" * size):
+        assert codec.encode_parts(other) == (encode(other), b"")
 
 
 def test_decode_refuses_extension_types() -> None:

@@ -61,7 +61,7 @@ def _split(value: object) -> tuple[dag.TreeField, list[dag.NewNode]]:
     encoded = codec.encode(value)
     head = dag.head_length(encoded)
     offsets, digests = statebag.Chunker().cut_and_hash(memoryview(encoded)[head:])
-    return dag.split_value(encoded, offsets, digests, head=head)
+    return dag.split_value(encoded[:head], memoryview(encoded)[head:], offsets, digests)
 
 
 @settings(max_examples=30, deadline=None)
@@ -70,7 +70,7 @@ def test_value_trees_round_trip(size: int, seed: int) -> None:
     value = random_bytes(size, seed)
     entry, nodes = _split(value)
     store = _store(nodes)
-    leaves = dag.leaves_of(entry.root, entry.level, _fetcher(store))
+    leaves = dag.leaves_of(entry, _fetcher(store))
     assert dag.decode_value(entry.head, [store[node_id] for node_id, _ in leaves]) == value
     assert dag.entry_size(entry) == len(codec.encode(value))
 
@@ -83,7 +83,7 @@ def test_index_splits_into_levels_when_wide(monkeypatch: pytest.MonkeyPatch) -> 
     entry, nodes = _split(value)
     assert entry.level >= 3
     store = _store(nodes)
-    leaves = dag.leaves_of(entry.root, entry.level, _fetcher(store))
+    leaves = dag.leaves_of(entry, _fetcher(store))
     assert b"".join(store[node_id] for node_id, _ in leaves) == value
     # Every index node has 1..INDEX_MAX children and lists each child's bytes exactly.
     for node in nodes:

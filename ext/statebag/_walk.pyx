@@ -1,7 +1,15 @@
-# statebag._walk: the validation walk codec.encode runs before msgspec sees a value.
+# statebag._walk: the validation walk codec.encode runs before msgspec sees a value, and the
+# nesting scan codec.decode runs before msgspec decodes one.
 #
 # Compiler directives live in one place, setup.py: language_level=3, boundscheck=False,
 # wraparound=False, cdivision=True, initializedcheck=False, embedsignature=True.
+#
+# Two functions, each the compiled twin of a function in statebag.codec:
+#
+#   quick_check(value, max_depth)   twin of codec._quick_check   (values, before encoding)
+#   msgpack_depth(data, limit)      twin of codec._msgpack_depth (bytes, before decoding)
+#
+# ---- quick_check -----------------------------------------------------------------------------
 #
 # quick_check(value, max_depth) is the compiled twin of statebag.codec._quick_check: True when
 # msgspec may encode `value` as it is, False when msgspec would silently change something in it
@@ -46,9 +54,35 @@
 #     before anything that can run Python code, or after a Py_INCREF. The fast path
 #     allocates nothing, so not even the garbage collector runs inside it.
 
+# ---- msgpack_depth ---------------------------------------------------------------------------
+#
+# msgpack_depth(data, limit) -> (depth, error, offset) reads MessagePack bytes as one value
+# and reports how deeply its arrays and maps nest, without building anything: msgspec's
+# decoder recurses once per level, so a crafted buffer nested deeper than the Python
+# recursion limit would raise RecursionError, and deeper than the C stack (under a raised
+# limit) crash the process. The scan is what lets codec.decode refuse such a buffer first.
+#
+#   depth   the largest nesting level seen: 0 for a scalar, 1 for [] or [1], 2 for [[1]], ...;
+#   error   0 (the buffer is one well-formed value nested at most `limit` deep), or the first
+#           problem met: 1 a container at a level past `limit`, 2 the buffer ends inside a
+#           value, 3 a type byte the format never writes (0xc1, the ext families), 4 a map
+#           key that is not a str, 5 bytes after the value;
+#   offset  where the problem is (the type byte; the end for 2; the first extra byte for 5).
+#
+# Walk: one pass over the type bytes, skipping str/bin payloads and fixed-size scalars by
+# their lengths. An explicit stack holds, per open container, the number of items it still
+# owes (twice the entry count for a map, so an even count means a key comes next); a
+# container is pushed when its header is read (a level check first) and popped when it owes
+# nothing. Every item consumes at least one byte, so the loop runs at most len(data) times
+# whatever counts a crafted header claims, and the stack never holds more than limit + 1
+# frames (one for the top-level value). Lengths and counts are read as unsigned 32-bit at
+# most and compared with the bytes left before any use, so nothing reads past the buffer.
+# The loop touches only C memory: it runs without the GIL.
+
 from cpython.object cimport PyObject, PyObject_IsInstance, PyTypeObject
 from cpython.set cimport PySet_Contains
-from libc.stdlib cimport free, realloc
+from libc.stdint cimport uint8_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
 
 from enum import Enum
 
@@ -376,3 +410,188 @@ def quick_check(value, Py_ssize_t max_depth) -> bool:
 def leaf_types():
     """The exact types accepted without a look inside (for tests: must equal codec's)."""
     return _LEAVES
+
+
+# ---- msgpack_depth ---------------------------------------------------------------------------
+
+cdef enum:
+    SCAN_OK = 0
+    SCAN_TOO_DEEP = 1
+    SCAN_TRUNCATED = 2
+    SCAN_BAD_TYPE = 3
+    SCAN_KEY_NOT_STR = 4
+    SCAN_TRAILING = 5
+    # Far above any limit the codec asks for; bounds the one allocation below.
+    SCAN_LIMIT_MAX = 1 << 20
+
+# Set in a frame's count for a map. Counts stay below 2**33 (twice a 32-bit entry count), so
+# the bit never meets them, and the parity of the count is untouched by it.
+cdef uint64_t _MAP = (<uint64_t>1) << 63
+
+
+cdef struct _Scan:
+    Py_ssize_t depth
+    Py_ssize_t offset
+    int error
+
+
+cdef inline uint64_t _be(const uint8_t* p, int width) noexcept nogil:
+    cdef uint64_t value = 0
+    cdef int i
+    for i in range(width):
+        value = (value << 8) | p[i]
+    return value
+
+
+cdef inline bint _is_str(uint8_t b) noexcept nogil:
+    return 0xA0 <= b <= 0xBF or 0xD9 <= b <= 0xDB
+
+
+# Per type byte: what it starts (K_*) and a number: a fixed item's size, or the byte width of
+# a str/bin length or of a container's count (0 for the fix forms, whose count is in b & 0x0f).
+cdef enum:
+    K_FIXED = 0
+    K_SIZED = 1
+    K_ARRAY = 2
+    K_MAP = 3
+    K_BAD = 4
+
+cdef uint8_t _KIND[256]
+cdef uint8_t _ARG[256]
+
+
+cdef void _fill_tables() noexcept:
+    cdef int b
+    for b in range(256):
+        _KIND[b] = K_BAD
+        _ARG[b] = 0
+        if b <= 0x7F or b >= 0xE0 or b == 0xC0 or b == 0xC2 or b == 0xC3:
+            _KIND[b] = K_FIXED
+            _ARG[b] = 1
+        elif b <= 0x8F:
+            _KIND[b] = K_MAP
+        elif b <= 0x9F:
+            _KIND[b] = K_ARRAY
+        elif b <= 0xBF:
+            _KIND[b] = K_FIXED
+            _ARG[b] = 1 + (b & 0x1F)
+        elif b == 0xC4 or b == 0xD9:
+            _KIND[b] = K_SIZED
+            _ARG[b] = 1
+        elif b == 0xC5 or b == 0xDA:
+            _KIND[b] = K_SIZED
+            _ARG[b] = 2
+        elif b == 0xC6 or b == 0xDB:
+            _KIND[b] = K_SIZED
+            _ARG[b] = 4
+        elif b == 0xCC or b == 0xD0:
+            _KIND[b] = K_FIXED
+            _ARG[b] = 2
+        elif b == 0xCD or b == 0xD1:
+            _KIND[b] = K_FIXED
+            _ARG[b] = 3
+        elif b == 0xCA or b == 0xCE or b == 0xD2:
+            _KIND[b] = K_FIXED
+            _ARG[b] = 5
+        elif b == 0xCB or b == 0xCF or b == 0xD3:
+            _KIND[b] = K_FIXED
+            _ARG[b] = 9
+        elif b == 0xDC or b == 0xDD:
+            _KIND[b] = K_ARRAY
+            _ARG[b] = 2 if b == 0xDC else 4
+        elif b == 0xDE or b == 0xDF:
+            _KIND[b] = K_MAP
+            _ARG[b] = 2 if b == 0xDE else 4
+
+
+_fill_tables()
+
+
+cdef void _scan(const uint8_t* p, Py_ssize_t n, Py_ssize_t limit, uint64_t* owed,
+                _Scan* out) noexcept nogil:
+    """Fill `out` for the value in p[0:n]; `owed` has room for limit + 1 frames."""
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t top = 0         # owed[top]: the innermost open container (0: the top level)
+    cdef uint64_t count, size
+    cdef int width, kind
+    cdef uint8_t b
+    owed[0] = 1
+    out.depth = 0
+    out.offset = 0
+    out.error = SCAN_OK
+    while True:
+        while (owed[top] & ~_MAP) == 0:
+            top -= 1
+            if top < 0:
+                if pos != n:
+                    out.error = SCAN_TRAILING
+                    out.offset = pos
+                return
+        if pos >= n:
+            out.error = SCAN_TRUNCATED
+            out.offset = n
+            return
+        b = p[pos]
+        if (owed[top] & _MAP) and (owed[top] & 1) == 0 and not _is_str(b):
+            out.error = SCAN_KEY_NOT_STR
+            out.offset = pos
+            return
+        owed[top] -= 1
+        kind = _KIND[b]
+        width = _ARG[b]
+        if kind == K_FIXED:
+            size = width
+        elif kind == K_SIZED:
+            if n - pos < 1 + width:
+                out.error = SCAN_TRUNCATED
+                out.offset = n
+                return
+            size = 1 + width + _be(p + pos + 1, width)
+        elif kind == K_BAD:  # 0xc1, and the ext families 0xc7..0xc9 and 0xd4..0xd8
+            out.error = SCAN_BAD_TYPE
+            out.offset = pos
+            return
+        else:
+            size = 1 + width
+            if width == 0:
+                count = b & 0x0F
+            elif <uint64_t>(n - pos) < size:
+                out.error = SCAN_TRUNCATED
+                out.offset = n
+                return
+            else:
+                count = _be(p + pos + 1, width)
+            if top + 1 > limit:
+                out.error = SCAN_TOO_DEEP
+                out.offset = pos
+                return
+            top += 1
+            if top > out.depth:
+                out.depth = top
+            owed[top] = (2 * count) | _MAP if kind == K_MAP else count
+        if size > <uint64_t>(n - pos):
+            out.error = SCAN_TRUNCATED
+            out.offset = n
+            return
+        pos += <Py_ssize_t>size
+
+
+def msgpack_depth(data, Py_ssize_t limit) -> tuple:
+    """(depth, error, offset) of the MessagePack value in ``data``; the twin of
+    codec._msgpack_depth."""
+    cdef const uint8_t[::1] view = data
+    cdef Py_ssize_t n = view.shape[0]
+    cdef const uint8_t* p = &view[0] if n else NULL
+    cdef uint64_t* owed
+    cdef _Scan out
+    if not 0 <= limit <= SCAN_LIMIT_MAX:
+        raise ValueError(f"limit must be from 0 to {SCAN_LIMIT_MAX}, not {limit}")
+    owed = <uint64_t*>malloc(<size_t>(limit + 1) * sizeof(uint64_t))
+    if owed == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            _scan(p, n, limit, owed, &out)
+    finally:
+        free(owed)
+    return (out.depth, out.error, out.offset)

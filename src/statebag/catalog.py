@@ -43,7 +43,7 @@ from .keys import (
     manifest_key,
     tomb_key,
 )
-from .manifests import MANIFEST_DECODER, Manifest
+from .manifests import Manifest, decode_manifest
 from .meta import Add, Check, ConditionFailed, MetaStore, Op, Put
 from .results import ManifestInfo
 from .validation import check_chain
@@ -89,10 +89,7 @@ class Catalog:
             raise IntegrityError(
                 f"manifest {text} is corrupt: its bytes hash to another id", object_id=text
             )
-        try:
-            manifest = MANIFEST_DECODER.decode(stored)
-        except msgspec.DecodeError as exc:
-            raise IntegrityError(f"manifest {text} is malformed: {exc}", object_id=text) from exc
+        manifest = decode_manifest(stored, manifest_id=text)
         self.remember(manifest_id, manifest)
         return manifest
 
@@ -217,7 +214,7 @@ class Catalog:
                     f"merged names {manifest_id.hex()} twice", path=f"merged[{position}]"
                 )
             key, stored = self.stored_manifest(manifest_id)
-            seq = MANIFEST_DECODER.decode(stored).seq
+            seq = decode_manifest(stored, manifest_id=manifest_id.hex()).seq
             found.append(OtherParent(manifest_id, seq, Check(key, stored)))
         return found
 

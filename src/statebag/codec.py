@@ -13,6 +13,15 @@ Two layers, used one after the other when a state is turned into nodes:
    come back as lists, bytearray and memoryview as bytes, and subclasses of dict, list,
    str, int and float as the base type.
 
+   Nesting is bounded by :data:`NESTING_LIMIT` (512 levels), the same on both sides and
+   independent of the caller's stack: :func:`encode` refuses a deeper value (the walk that
+   checks types counts levels in a loop), and :func:`decode` scans the bytes' type bytes in a
+   loop before msgspec sees them, so a crafted deeper buffer is an
+   :class:`~statebag.errors.IntegrityError`, never a ``RecursionError`` or a crash. msgspec
+   itself recurses once per level; when the caller's stack has too little room left for
+   that, both sides fall back to msgspec calls on slices of the value a few levels deep each
+   (:func:`_encode_in_pieces`, :func:`_decode_in_pieces`), which give the same result.
+
 2. **Frames** (:func:`compress`, :func:`decompress`). A frame is one codec byte followed by
    the payload: :data:`CODEC_RAW` (the bytes as they are) or :data:`CODEC_ZSTD` (one zstd
    frame that declares its content size, without checksum). Compression falls back to raw
@@ -28,7 +37,6 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +56,7 @@ __all__ = [
     "CODEC_RAW",
     "CODEC_ZSTD",
     "DEFAULT_LEVEL",
+    "NESTING_LIMIT",
     "check_digest",
     "compress",
     "compress_batch",
@@ -55,6 +64,8 @@ __all__ = [
     "decompress",
     "decompress_batch",
     "encode",
+    "encode_parts",
+    "nesting_depth",
 ]
 
 CODEC_RAW = 0
@@ -65,6 +76,13 @@ _MIN_LEVEL = -7
 _MAX_LEVEL = 22
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
+
+NESTING_LIMIT = 512
+"""How deeply lists and dicts may nest in one value: ``[]`` is 1 level, ``[[]]`` 2. The same
+on save (:class:`InvalidInputError` naming the path) and on load (:class:`IntegrityError`),
+whatever the caller's stack depth and recursion limit."""
+# The scanners' own bound on a limit: it sizes one allocation.
+_SCAN_LIMIT_MAX = 1 << 20
 
 # ---------------------------------------------------------------------------------------------
 # Canonical value encoding
@@ -108,36 +126,319 @@ def encode(value: Any, /) -> bytes:
     """Encode a JSON-like value to canonical MessagePack bytes.
 
     Raises :class:`InvalidInputError` (a ``ValueError``) naming the path of the first value
-    that cannot be stored exactly.
+    that cannot be stored exactly, a container nested deeper than :data:`NESTING_LIMIT`
+    included. The result does not depend on how deep in its own stack the caller is, nor on
+    its recursion limit.
     """
-    limit = sys.getrecursionlimit()
-    failure: BaseException | None = None
-    if _quick_check_impl(value, limit):
-        try:
-            return _ENCODER.encode(value)
-        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-            # Out-of-range ints, non-str keys and lone surrogates land here; the full walk
-            # below finds where they are.
-            failure = exc
-    _diagnose(value, limit)
-    if isinstance(failure, RecursionError):
-        raise InvalidInputError(
-            f"value at $ is nested too deeply to encode (the limit is about {limit} levels, "
-            "less the depth of the calling code)",
-            path="$",
-        ) from failure
+    # The quick check counts a level only for a container holding something other than an
+    # exact leaf, so it refuses every value nested deeper than the limit, and a few at the
+    # limit (a subclassed leaf innermost): for those the full walk finds nothing to report.
+    if not _quick_check_impl(value, NESTING_LIMIT - 1):
+        _diagnose(value, NESTING_LIMIT)
+    try:
+        return _encode_nested(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        # Out-of-range ints, non-str keys and lone surrogates land here; the full walk
+        # below finds where they are.
+        failure = exc
+    _diagnose(value, NESTING_LIMIT)
     raise InvalidInputError(f"value at $ cannot be encoded: {failure}", path="$") from failure
 
 
-def decode(data: bytes | memoryview, /) -> Any:
+def encode_parts(value: Any, /) -> tuple[bytes, bytes]:
+    """:func:`encode`'s result as two parts that concatenate to it.
+
+    A ``bytes`` value is its encoding's body: the parts are then the bin head and the value
+    itself, not copied (bytes are immutable, so the parts stay what they were). Any other
+    value gives ``(encode(value), b"")``.
+    """
+    if type(value) is bytes:
+        return _bin_head(len(value)), value
+    return encode(value), b""
+
+
+def _bin_head(size: int) -> bytes:
+    """The head msgspec writes before ``size`` bytes: the smallest bin form that holds it."""
+    if size < 1 << 8:
+        return bytes((0xC4, size))
+    if size < 1 << 16:
+        return b"\xc5" + size.to_bytes(2, "big")
+    if size < 1 << 32:
+        return b"\xc6" + size.to_bytes(4, "big")
+    raise InvalidInputError(
+        f"bytes at $ are {size} long; MessagePack holds at most 2**32 - 1", path="$"
+    )
+
+
+def decode(data: bytes | bytearray | memoryview, /, *, limit: int = NESTING_LIMIT) -> Any:
     """Decode canonical MessagePack bytes; dicts iterate in sorted key order.
 
-    A malformed buffer raises :class:`IntegrityError` with the decoder's error as cause.
+    A malformed buffer, or one nested deeper than ``limit`` (a value's bound; a record that
+    holds values, such as a manifest, adds its own levels), raises :class:`IntegrityError`
+    before anything is decoded.
     """
+    nesting_depth(data, limit=limit)
     try:
-        return _DECODER.decode(data)
+        try:
+            return _DECODER.decode(data)
+        except RecursionError:
+            # Within the limit, so it is the caller's stack that is short.
+            return _in_steps(lambda step: _decode_in_pieces(data, step, limit))
     except (msgspec.DecodeError, _ExtensionFound) as exc:
+        # What the scan does not look at: UTF-8 of str, float and int forms.
         raise IntegrityError(f"malformed encoded value: {exc}") from exc
+
+
+_SCAN_ERRORS = {
+    1: "is nested more than {limit} levels deep",
+    2: "ends inside a value",
+    3: "holds a type byte the format never writes",
+    4: "has a map key that is not a str",
+    5: "has bytes after its value",
+}
+
+
+def nesting_depth(data: Buffer, /, *, limit: int = NESTING_LIMIT, what: str = "") -> int:
+    """How deeply the one MessagePack value in ``data`` nests (0 for a scalar, 1 for ``[]``).
+
+    Raises :class:`IntegrityError` (naming ``what``, e.g. "node <id>") unless ``data`` is one
+    well-formed value of the format's types, with str map keys, nested at most ``limit``
+    deep. Reads the type bytes only, in a loop: nothing recurses and nothing is allocated.
+    """
+    depth, error, offset = _msgpack_depth_impl(data, limit)
+    if error:
+        subject = what or "encoded value"
+        detail = _SCAN_ERRORS[error].format(limit=limit)
+        raise IntegrityError(f"{subject} {detail} (byte {offset})")
+    return depth
+
+
+# Per type byte: (kind, a, b). _FIXED: a value of `a` bytes; _SIZED: a str or bin whose length
+# is the next `a` bytes; _ARRAY and _MAP: a container whose entry count is `b` (fix forms,
+# a = 0) or the next `a` bytes; _BAD: never written by the format.
+_FIXED, _SIZED, _ARRAY, _MAP, _BAD = range(5)
+
+
+def _type_table() -> tuple[tuple[int, int, int], ...]:
+    table: list[tuple[int, int, int]] = []
+    for b in range(256):
+        if b <= 0x7F or b >= 0xE0 or b in (0xC0, 0xC2, 0xC3):
+            table.append((_FIXED, 1, 0))
+        elif b <= 0x8F:
+            table.append((_MAP, 0, b & 0x0F))
+        elif b <= 0x9F:
+            table.append((_ARRAY, 0, b & 0x0F))
+        elif b <= 0xBF:
+            table.append((_FIXED, 1 + (b & 0x1F), 0))
+        elif b in (0xC4, 0xD9):
+            table.append((_SIZED, 1, 0))
+        elif b in (0xC5, 0xDA):
+            table.append((_SIZED, 2, 0))
+        elif b in (0xC6, 0xDB):
+            table.append((_SIZED, 4, 0))
+        elif b in (0xCC, 0xD0):
+            table.append((_FIXED, 2, 0))
+        elif b in (0xCD, 0xD1):
+            table.append((_FIXED, 3, 0))
+        elif b in (0xCA, 0xCE, 0xD2):
+            table.append((_FIXED, 5, 0))
+        elif b in (0xCB, 0xCF, 0xD3):
+            table.append((_FIXED, 9, 0))
+        elif b in (0xDC, 0xDE):
+            table.append((_ARRAY if b == 0xDC else _MAP, 2, 0))
+        elif b in (0xDD, 0xDF):
+            table.append((_ARRAY if b == 0xDD else _MAP, 4, 0))
+        else:  # 0xc1, the ext families 0xc7..0xc9 and 0xd4..0xd8
+            table.append((_BAD, 0, 0))
+    return tuple(table)
+
+
+_TYPES = _type_table()
+_STR_TYPES = frozenset(range(0xA0, 0xC0)) | {0xD9, 0xDA, 0xDB}
+
+
+def _msgpack_depth(
+    data: Buffer, limit: int, spans: list[list[int]] | None = None, every: int = 0
+) -> tuple[int, int, int]:
+    """(depth, error, offset) of the MessagePack value in ``data``: see :func:`nesting_depth`.
+
+    This is the pure-Python twin of ``statebag._walk.msgpack_depth``, which must give the
+    same answer for every buffer and limit (its header states the algorithm): change the two
+    together. With ``spans``, also lists ``[start, end, parent]`` of every container at
+    levels ``1 + every``, ``1 + 2 * every``, ... in the order they start (``parent``: the
+    index of the nearest listed container around it, or -1), for :func:`_decode_in_pieces`.
+    """
+    if not 0 <= limit <= _SCAN_LIMIT_MAX:
+        raise ValueError(f"limit must be from 0 to {_SCAN_LIMIT_MAX}, not {limit}")
+    view = memoryview(data).cast("B") if type(data) is not bytes else data
+    n = len(view)
+    types = _TYPES
+    owed = [1]  # items each open container still owes, the top level first
+    maps = [False]
+    opened: list[int] = [-1]  # the span each open container started, or -1
+    around = [-1]  # the innermost listed span around each open container
+    depth = pos = 0
+    while True:
+        while owed and owed[-1] == 0:
+            owed.pop()
+            maps.pop()
+            around.pop()
+            started = opened.pop()
+            if started >= 0 and spans is not None:
+                spans[started][1] = pos
+        if not owed:
+            break
+        if pos >= n:
+            return depth, 2, n
+        b = view[pos]
+        if maps[-1] and not owed[-1] & 1 and b not in _STR_TYPES:
+            return depth, 4, pos
+        owed[-1] -= 1
+        kind, a, count = types[b]
+        if kind == _FIXED:
+            size = a
+        elif kind == _SIZED:
+            if n - pos < 1 + a:
+                return depth, 2, n
+            size = 1 + a + int.from_bytes(view[pos + 1 : pos + 1 + a], "big")
+        elif kind == _BAD:
+            return depth, 3, pos
+        else:
+            size = 1 + a
+            if a:
+                if n - pos < size:
+                    return depth, 2, n
+                count = int.from_bytes(view[pos + 1 : pos + 1 + a], "big")
+            level = len(owed)
+            if level > limit:
+                return depth, 1, pos
+            depth = max(depth, level)
+            owed.append(2 * count if kind == _MAP else count)
+            maps.append(kind == _MAP)
+            span = -1
+            if spans is not None and level > 1 and (level - 1) % every == 0:
+                span = len(spans)
+                spans.append([pos, -1, around[-1]])
+            opened.append(span)
+            around.append(span if span >= 0 else around[-1])
+        if size > n - pos:
+            return depth, 2, n
+        pos += size
+    if pos != n:
+        return depth, 5, pos
+    return depth, 0, 0
+
+
+# Steps of the piecewise fallbacks: levels per msgspec call, tried in turn until the caller's
+# stack has room for one (a call needs about one recursion level per nesting level).
+_STEPS = (64, 8, 1)
+
+
+def _in_steps(attempt: Callable[[int], Any]) -> Any:
+    """``attempt(step)`` with the first step the caller's stack has room for."""
+    for step in _STEPS[:-1]:
+        try:
+            return attempt(step)
+        except RecursionError:
+            continue
+    return attempt(_STEPS[-1])
+
+
+def _encode_nested(value: Any) -> bytes:
+    """msgspec's encoding of a value checked to nest at most NESTING_LIMIT deep."""
+    try:
+        return _ENCODER.encode(value)
+    except RecursionError:
+        # Within the limit, so it is the caller's stack that is short.
+        encoded: bytes = _in_steps(lambda step: _encode_in_pieces(value, step))
+        return encoded
+
+
+def _encode_in_pieces(value: Any, step: int) -> bytes:
+    """The encoding msgspec gives ``value``, built from calls that each nest at most
+    ``step`` levels: every container at levels ``1 + step``, ``1 + 2 * step``, ... is encoded
+    first and enters its parent's copy as ``msgspec.Raw``, which msgspec writes verbatim.
+
+    Containers are copied as plain dicts and lists (read the way msgspec reads them: a
+    subclass through the base type's storage), so the bytes are exactly the direct ones.
+    """
+    top: list[Any] = []
+    # Frames: (children as (key, child) pairs, the copy being built, its level, its key).
+    stack: list[tuple[Iterator[tuple[Any, Any]], Any, int, Any]] = [
+        (iter(((None, value),)), top, 0, None)
+    ]
+    while stack:
+        children, copy, level, _ = stack[-1]
+        for key, item in children:
+            if isinstance(item, dict):
+                stack.append((iter(dict.items(item)), {}, level + 1, key))
+                break
+            if isinstance(item, list):
+                stack.append((((None, x) for x in list.__iter__(item)), [], level + 1, key))
+                break
+            if type(item) is tuple:
+                stack.append((((None, x) for x in item), [], level + 1, key))
+                break
+            _put(copy, key, item)
+        else:
+            _, copy, level, key = stack.pop()
+            if stack:
+                piece = copy
+                if level > 1 and (level - 1) % step == 0:
+                    piece = msgspec.Raw(_ENCODER.encode(copy))
+                _put(stack[-1][1], key, piece)
+    return _ENCODER.encode(top[0])
+
+
+def _put(container: Any, key: Any, item: Any) -> None:
+    if type(container) is list:
+        container.append(item)
+    else:
+        container[key] = item
+
+
+# A placeholder for a decoded piece: fixext 4 of type 0 holding the piece's index. The scan
+# refused every ext type in the data, so a placeholder is the only one a piece holds.
+_PIECE = b"\xd6\x00"
+
+
+def _decode_in_pieces(data: Buffer, step: int, limit: int = NESTING_LIMIT) -> Any:
+    """What msgspec decodes from ``data`` (already scanned), from calls that each nest at most
+    ``step`` levels: the containers at levels ``1 + step``, ``1 + 2 * step``, ... are decoded
+    innermost first, and each enters its parent's bytes as a placeholder that the decoder's
+    ext hook turns into the decoded piece. Map keys are str (the scan checked), so a
+    placeholder only ever stands where a value does."""
+    spans: list[list[int]] = []
+    _msgpack_depth(data, limit, spans, step)
+    inner: list[list[int]] = [[] for _ in spans]
+    top: list[int] = []
+    for index, (_, _, parent) in enumerate(spans):
+        (inner[parent] if parent >= 0 else top).append(index)
+    pieces: list[Any] = [None] * len(spans)
+    view = memoryview(data)
+
+    def piece(_: int, ref: memoryview) -> Any:
+        return pieces[int.from_bytes(ref, "big")]
+
+    decoder = msgspec.msgpack.Decoder(ext_hook=piece)
+
+    def decode_span(start: int, end: int, children: list[int]) -> Any:
+        parts: list[Buffer] = []
+        cursor = start
+        for child in children:
+            parts += (view[cursor : spans[child][0]], _PIECE + child.to_bytes(4, "big"))
+            cursor = spans[child][1]
+        parts.append(view[cursor:end])
+        decoded = decoder.decode(b"".join(parts))
+        for child in children:
+            pieces[child] = None
+        return decoded
+
+    # Spans are listed in the order they start, so every span comes after the one around it.
+    for index in reversed(range(len(spans))):
+        start, end, _ = spans[index]
+        pieces[index] = decode_span(start, end, inner[index])
+    return decode_span(0, len(view), top)
 
 
 def _quick_check(value: object, max_depth: int) -> bool:
@@ -194,8 +495,10 @@ def _quick_check(value: object, max_depth: int) -> bool:
 # without extensions selects it after chunking has already warned. Only a build that has the
 # chunker but not the walk is left to warn about here.
 _quick_check_impl: Callable[[object, int], bool] = _quick_check
+_msgpack_depth_impl: Callable[[Buffer, int], tuple[int, int, int]] = _msgpack_depth
 if backend == "cython":
     try:
+        from ._walk import msgpack_depth as _compiled_msgpack_depth
         from ._walk import quick_check as _compiled_quick_check
     except ImportError as exc:
         warnings.warn(
@@ -207,6 +510,7 @@ if backend == "cython":
         )
     else:
         _quick_check_impl = _compiled_quick_check
+        _msgpack_depth_impl = _compiled_msgpack_depth
 
 
 def _child_path(parent: str, key: str | int) -> str:
@@ -491,7 +795,7 @@ def decompress_batch(
             output = _decompressor().multi_decompress_to_buffer(
                 packed, decompressed_sizes=wanted, threads=1
             )
-        except zstandard.ZstdError:
+        except zstandard.ZstdError as exc:
             # Find the culprit frame by frame, for an error that names it.
             for index in packed_at:
                 frame = frames[index]
@@ -501,7 +805,12 @@ def decompress_batch(
                         "its index says",
                         object_id=bytes(expected[index]).hex(),
                     ) from None
-            raise
+            first = bytes(expected[packed_at[0]]).hex()
+            raise IntegrityError(
+                f"zstd frames of objects {first} and {len(packed_at) - 1} more do not "
+                f"decompress together, though each does alone: {exc}",
+                object_id=first,
+            ) from exc
         for position, index in enumerate(packed_at):
             results[index] = memoryview(output[position])  # type: ignore[arg-type]
     views: list[memoryview] = []

@@ -36,7 +36,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 
 from . import codec
@@ -84,6 +84,8 @@ __all__ = ["DEFAULT_LEASE", "Prepare", "Transaction", "commit", "new_txn_id"]
 
 DEFAULT_LEASE = 24 * 3600.0
 _MAX_ATTEMPTS = 64
+# Packs a save has uploading (or waiting to) while it packs the next.
+_UPLOADS_AHEAD = 2
 
 
 def new_txn_id() -> str:
@@ -103,7 +105,9 @@ class Transaction:
     manifest: bytes
     bytes_logical: int
     root: bytes
-    packs: list[tuple[bytes, bytes, list[PackEntry]]]  # (pack id, data, entries)
+    # (pack id, size, entries) of every pack shipped through the Prepare: a pack's bytes are
+    # not kept once it is on its way, so a large save holds about one pack at a time.
+    packs: list[tuple[bytes, int, list[PackEntry]]]
     new_nodes: dict[bytes, NewNode]  # every node stored in the packs
     lease: float = DEFAULT_LEASE
     # Nodes of this version found already indexed, with the index record as read: the
@@ -190,13 +194,13 @@ def _commit_write(tx: Transaction, pending: bytes | None) -> _CommitWrite:
         totals.append(Add(STAT_NODES, new_count))
     if tx.packs:
         totals.append(Add(STAT_PACKS, len(tx.packs)))
-        totals.append(Add(STAT_BYTES_STORED, sum(len(data) for _, data, _ in tx.packs)))
+        totals.append(Add(STAT_BYTES_STORED, sum(size for _, size, _ in tx.packs)))
         totals.extend(
             Put(
                 pack_record_key(pack_id),
-                PackRecord(len(data), sum(entry.length for entry in entries)).encode(),
+                PackRecord(size, sum(entry.length for entry in entries)).encode(),
             )
-            for pack_id, data, entries in tx.packs
+            for pack_id, size, entries in tx.packs
         )
         # A node another save indexed first is dead space in this save's pack from the start.
         dead: dict[bytes, int] = {}
@@ -305,8 +309,13 @@ class Prepare:
         self.requests["object_puts"] += 1
         if self._submit is None or last:
             upload()
-        else:
-            self._uploads.append(self._submit(upload))
+            return
+        # A save that packs faster than it uploads would otherwise hold every pack it made
+        # (the whole value) in the pool's queue: at most _UPLOADS_AHEAD wait or run at once.
+        running = [future for future in self._uploads if not future.done()]
+        if len(running) >= _UPLOADS_AHEAD:
+            wait(running, return_when=FIRST_COMPLETED)
+        self._uploads.append(self._submit(upload))
 
     def wait(self) -> None:
         """Wait for every upload; the first failure is raised (after all have ended)."""
@@ -352,18 +361,16 @@ class Prepare:
             self._live = False
             self._liveness.release(self._txn)
 
-    def rewrite(
-        self, nodes: list[NewNode], /, *, level: int
-    ) -> tuple[bytes, bytes, list[PackEntry]]:
+    def rewrite(self, nodes: list[NewNode], /, *, level: int) -> tuple[bytes, int, list[PackEntry]]:
         """Store ``nodes`` again in one more pack (they were swept while this save ran)."""
         writer = PackWriter(self.salt)
         for node, (header, payload) in zip(
             nodes, codec.compress_batch([node.data for node in nodes], level=level), strict=True
         ):
             writer.add(node.node_id, header, payload, len(node.data))
-        pack = writer.finish()
-        self.ship(pack[0], pack[1], last=True)
-        return pack
+        pack_id, data, entries = writer.finish()
+        self.ship(pack_id, data, last=True)
+        return pack_id, len(data), entries
 
 
 def commit(
@@ -372,21 +379,12 @@ def commit(
     tx: Transaction,
     /,
     *,
-    prepared: Prepare | None = None,
+    prepared: Prepare,
 ) -> None:
     """Run the protocol for ``tx``; ConflictError when the head moved since it was read.
 
-    With ``prepared``, step 1 was done by the caller (every pack of ``tx`` shipped through
-    it); otherwise this ships the packs one after another first.
+    Step 1 was done by the caller: every pack of ``tx`` was shipped through ``prepared``.
     """
-    if prepared is None:
-        prepared = Prepare(objects, meta, txn=tx.txn, chain=tx.chain, lease=tx.lease)
-        try:
-            for pack_id, data, _ in tx.packs:
-                prepared.ship(pack_id, data)
-        except BaseException:
-            prepared.abandon()
-            raise
     try:
         prepared.wait()
     except BaseException:

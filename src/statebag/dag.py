@@ -39,16 +39,20 @@ from typing import Any, NamedTuple
 import msgspec
 
 from . import codec
+from ._typing import Buffer
 from .errors import IntegrityError, InvalidInputError
 from .hashing import DIGEST_SIZE, hash_bytes
 
 __all__ = [
     "FIELDS_FANOUT_MASK",
+    "FIELDS_NAMES_MAX",
     "INDEX_MAX",
     "INDEX_MIN",
+    "TREE_LEVEL_MAX",
     "Entry",
     "InlineField",
     "NewNode",
+    "NodeLimits",
     "TreeField",
     "build_fields",
     "build_index",
@@ -79,6 +83,19 @@ FIELDS_FANOUT_MASK = 0x3F  # about 64 names per fields node
 FIELDS_MAX = 1024
 KIND_INLINE = 0
 KIND_TREE = 1
+# The UTF-8 bytes of the names one fields node lists (field names in a level 0 node, first
+# names above) are at most this: the one part of a fields node the configuration does not
+# bound. A save that would write more is refused, so a reader can bound every node.
+FIELDS_NAMES_MAX = 4 * 1024 * 1024
+# A fields node is [level, rows], each row an array of scalars and bins: three levels.
+_FIELDS_NESTING = 3
+
+# --- trees -------------------------------------------------------------------------------------
+
+# Index levels a value's tree can have: every index node but the last of a level has at least
+# INDEX_MIN children, so a tree of level 8 would list more than 1024**7 chunks (more than
+# 2**70 bytes).
+TREE_LEVEL_MAX = 8
 
 _ENCODER = msgspec.msgpack.Encoder(order="deterministic")
 _DECODER = msgspec.msgpack.Decoder()
@@ -114,6 +131,40 @@ class NewNode(NamedTuple):
     children: tuple[bytes, ...]
 
 
+class NodeLimits(NamedTuple):
+    """The most bytes a node of each kind can hold in a repository of a configuration, so
+    that a size read from storage is checked before anything of that size is allocated.
+
+    - a chunk: the chunker's ``max_size``;
+    - an index node: tag and level, then at most ``INDEX_MAX`` entries of 40 bytes;
+    - a fields node: at most ``FIELDS_MAX`` rows, each at most its largest MessagePack form
+      without the name (an inline row holds an encoding shorter than ``inline_max``), plus
+      at most ``FIELDS_NAMES_MAX`` bytes of names.
+    """
+
+    chunk: int
+    index_node: int
+    fields_node: int
+
+    @classmethod
+    def of(cls, *, max_size: int, inline_max: int) -> NodeLimits:
+        # Row bytes besides the name: fixarray (1) + str header (5) + kind (1) and then
+        # inline: bin header (3) + E (inline_max - 1), or tree: head bin (7) + root bin (34)
+        # + length (9) + level (1). Rows of levels >= 1 (1 + 5 + 34 + 9) are smaller. The
+        # node: fixarray (1) + level (9) + rows array header (3).
+        row = max(inline_max + 9, 58)
+        return cls(
+            chunk=max_size,
+            index_node=2 + INDEX_MAX * INDEX_ENTRY_SIZE,
+            fields_node=13 + FIELDS_MAX * row + FIELDS_NAMES_MAX,
+        )
+
+    @property
+    def largest(self) -> int:
+        """The bound for a node of unknown kind."""
+        return max(self)
+
+
 def entry_size(entry: Entry, /) -> int:
     """The length of the field's canonical encoding (its logical bytes)."""
     if type(entry) is InlineField:
@@ -127,8 +178,9 @@ def entry_size(entry: Entry, /) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def head_length(encoded: bytes | memoryview, /) -> int:
-    """Length of the MessagePack head (type and length) of a str, bin, array or map."""
+def head_length_or_none(encoded: bytes | memoryview, /) -> int | None:
+    """Length of the MessagePack head (type and length) of a str, bin, array or map; None
+    for any other type byte."""
     first = encoded[0]
     if 0x80 <= first <= 0xBF:  # fixmap, fixarray, fixstr
         return 1
@@ -138,6 +190,15 @@ def head_length(encoded: bytes | memoryview, /) -> int:
         return 3
     if first in (0xDB, 0xC6, 0xDD, 0xDF):  # str32, bin32, array32, map32
         return 5
+    return None
+
+
+def head_length(encoded: bytes | memoryview, /) -> int:
+    """Length of the MessagePack head (type and length) of a str, bin, array or map."""
+    length = head_length_or_none(encoded)
+    if length is not None:
+        return length
+    first = encoded[0]
     raise InvalidInputError(
         f"a value of {len(encoded)} encoded bytes must be a str, bytes, list or dict "
         f"(MessagePack type byte 0x{first:02x})",
@@ -146,31 +207,33 @@ def head_length(encoded: bytes | memoryview, /) -> int:
 
 
 def split_value(
-    encoded: bytes,
+    head: bytes,
+    body: Buffer,
     offsets: Sequence[int],
     digests: Sequence[bytes],
     /,
     *,
-    head: int,
     unless: Entry | None = None,
 ) -> tuple[TreeField, list[NewNode]]:
-    """The tree of a value whose body ``encoded[head:]`` the chunker cut at ``offsets``.
+    """The tree of a value whose encoding is ``head`` (:func:`head_length` bytes) then
+    ``body``, which the chunker cut at ``offsets``.
 
     Returns the entry and every node of the tree (chunks first, then index nodes bottom up),
-    new or not; the caller decides which it already has. When the entry equals ``unless``
-    (the value did not change), no node is listed: the caller has them all.
+    new or not; the caller decides which it already has. Chunks are views of ``body``. When
+    the entry equals ``unless`` (the value did not change), no node is listed: the caller
+    has them all.
     """
-    body = memoryview(encoded)[head:]
-    if not digests or len(offsets) != len(digests) or offsets[-1] != len(body):
+    view = memoryview(body)
+    if not digests or len(offsets) != len(digests) or offsets[-1] != view.nbytes:
         raise AssertionError("chunk offsets must cover the body")
     starts = [0, *offsets[:-1]]
     lengths = [end - start for start, end in zip(starts, offsets, strict=True)]
     root, level, index_nodes = build_index(list(digests), lengths)
-    entry = TreeField(bytes(encoded[:head]), root, len(body), level)
+    entry = TreeField(head, root, view.nbytes, level)
     if entry == unless:
         return entry, []
     nodes = [
-        NewNode(digest, body[start:end], ())
+        NewNode(digest, view[start:end], ())
         for start, end, digest in zip(starts, offsets, digests, strict=True)
     ]
     nodes.extend(index_nodes)
@@ -226,49 +289,70 @@ def parse_index_node(data: bytes, /, *, node_id: str) -> tuple[int, list[tuple[b
 
 
 def leaves_of(
-    root: bytes, level: int, fetch: Callable[[Sequence[bytes]], Mapping[bytes, bytes]], /
+    entry: TreeField, fetch: Callable[[Sequence[bytes]], Mapping[bytes, bytes]], /
 ) -> list[tuple[bytes, int]]:
     """The (chunk id, length) list of one tree, reading index nodes through ``fetch``."""
-    return leaves_of_many({"": (root, level)}, fetch)[""]
+    return leaves_of_many({"": entry}, fetch)[""]
 
 
 def leaves_of_many(
-    trees: Mapping[str, tuple[bytes, int]],
+    trees: Mapping[str, TreeField],
     fetch: Callable[[Sequence[bytes]], Mapping[bytes, bytes]],
     /,
 ) -> dict[str, list[tuple[bytes, int]]]:
-    """The chunk lists of trees given as name -> (root, level), reading the index nodes of
-    every tree one level at a time: one ``fetch`` per level, not one per tree.
+    """The chunk lists of trees (by name), reading the index nodes of every tree one level
+    at a time: one ``fetch`` per level, not one per tree.
 
-    A level 0 tree is its root chunk, listed with length -1 (unknown here).
+    Each chunk comes with the length its parent claims for it (a level 0 tree: the entry's
+    length). Claims are checked on the way down, before anyone allocates by them: the
+    lengths an index node lists add up to what its parent (or the entry) claims for it, and
+    each is at least 1; otherwise :class:`IntegrityError` names the node. Whether each chunk
+    really holds its claimed length is for the caller to check against the index.
     """
     lists: dict[str, list[tuple[bytes, int]]] = {}
-    frontier: dict[str, list[bytes]] = {}
+    # Per tree: the nodes of the current level, each with the bytes its parent claims below it.
+    frontier: dict[str, list[tuple[bytes, int]]] = {}
     depth: dict[str, int] = {}
-    for name, (root, level) in trees.items():
-        if level == 0:
-            lists[name] = [(root, -1)]
+    for name, entry in trees.items():
+        if entry.level == 0:
+            lists[name] = [(entry.root, entry.length)]
         else:
-            frontier[name] = [root]
-            depth[name] = level
+            frontier[name] = [(entry.root, entry.length)]
+            depth[name] = entry.level
     while frontier:
-        found = fetch(list(dict.fromkeys(i for ids in frontier.values() for i in ids)))
-        next_frontier: dict[str, list[bytes]] = {}
-        for name, ids in frontier.items():
+        found = fetch(list(dict.fromkeys(i for ids in frontier.values() for i, _ in ids)))
+        next_frontier: dict[str, list[tuple[bytes, int]]] = {}
+        for name, nodes in frontier.items():
+            field = f"field {name!r}: " if name else ""
             children: list[tuple[bytes, int]] = []
-            for node_id in ids:
-                level, entries = parse_index_node(found[node_id], node_id=node_id.hex())
+            for node_id, claimed in nodes:
+                text = node_id.hex()
+                level, entries = parse_index_node(found[node_id], node_id=text)
                 if level != depth[name]:
                     raise IntegrityError(
-                        f"index node {node_id.hex()} has level {level}, expected {depth[name]}",
-                        object_id=node_id.hex(),
+                        f"{field}index node {text} has level {level}, expected {depth[name]}",
+                        object_id=text,
+                    )
+                below = 0
+                for _, length in entries:
+                    if length < 1:
+                        raise IntegrityError(
+                            f"{field}index node {text} lists a child of {length} bytes",
+                            object_id=text,
+                        )
+                    below += length
+                if below != claimed:
+                    raise IntegrityError(
+                        f"{field}index node {text} lists {below} bytes below it, but its "
+                        f"parent says {claimed}",
+                        object_id=text,
                     )
                 children.extend(entries)
             if depth[name] == 1:
                 lists[name] = children
             else:
                 depth[name] -= 1
-                next_frontier[name] = [child for child, _ in children]
+                next_frontier[name] = children
         frontier = next_frontier
     return lists
 
@@ -323,6 +407,7 @@ def build_fields(
         next_firsts: list[str] = []
         next_hashes: list[bytes] = []
         for lo, hi in groups:
+            _check_names(firsts[lo:hi])
             data = _ENCODER.encode([level, rows[lo:hi]])
             node_id = hash_bytes(data)
             refs = tuple(ref for refs in child_refs[lo:hi] for ref in refs)
@@ -343,6 +428,21 @@ def build_fields(
             next_hashes,
         )
         level += 1
+
+
+def _check_names(names: list[str]) -> None:
+    """InvalidInputError, naming the longest, if ``names`` (one node's) pass FIELDS_NAMES_MAX."""
+    # A character is at most 4 UTF-8 bytes: most nodes need no encoding to tell.
+    if 4 * sum(map(len, names)) <= FIELDS_NAMES_MAX:
+        return
+    if sum(len(name.encode("utf-8")) for name in names) <= FIELDS_NAMES_MAX:
+        return
+    longest = max(names, key=len)
+    raise InvalidInputError(
+        f"field names are too long: those stored together with {longest[:40]!r}... take more "
+        f"than {FIELDS_NAMES_MAX} bytes of UTF-8 (names are grouped about 64 to a node)",
+        path=longest,
+    )
 
 
 def _fields_groups(name_hashes: list[bytes], level: int) -> Iterator[tuple[int, int]]:
@@ -369,9 +469,12 @@ def parse_fields_node(data: bytes, /, *, node_id: str) -> tuple[int, list[Any]]:
     Level 0 rows are ``(name, entry)``; higher rows ``(first name, child id, field count)``.
     """
     try:
+        # Shape first, by a scan that never recurses: a crafted node nested deeper than a
+        # fields node can be must not reach msgspec's recursive decoder.
+        codec.nesting_depth(data, limit=_FIELDS_NESTING, what="the node")
         decoded = _DECODER.decode(data)
         level, rows = decoded
-        if type(level) is not int or type(rows) is not list:
+        if type(level) is not int or type(rows) is not list or level < 0:
             raise ValueError("not [level, rows]")
         parsed: list[Any] = []
         if level == 0:
@@ -379,7 +482,7 @@ def parse_fields_node(data: bytes, /, *, node_id: str) -> tuple[int, list[Any]]:
                 name, kind = row[0], row[1]
                 if type(name) is not str:
                     raise ValueError("name is not a str")
-                if kind == KIND_INLINE and len(row) == 3 and type(row[2]) is bytes:
+                if kind == KIND_INLINE and len(row) == 3 and type(row[2]) is bytes and row[2]:
                     parsed.append((name, InlineField(row[2])))
                 elif kind == KIND_TREE and len(row) == 6:
                     head, root, length, lvl = row[2:]
@@ -391,6 +494,7 @@ def parse_fields_node(data: bytes, /, *, node_id: str) -> tuple[int, list[Any]]:
                         and type(lvl) is int
                     ):
                         raise ValueError(f"bad tree entry for {name!r}")
+                    _check_tree(name, head, length, lvl)
                     parsed.append((name, TreeField(head, root, length, lvl)))
                 else:
                     raise ValueError(f"bad entry for {name!r}")
@@ -401,14 +505,41 @@ def parse_fields_node(data: bytes, /, *, node_id: str) -> tuple[int, list[Any]]:
                     and type(child) is bytes
                     and len(child) == DIGEST_SIZE
                     and type(count) is int
+                    and count >= 1
                 ):
                     raise ValueError("bad child row")
                 parsed.append((first, child, count))
         return level, parsed
-    except (msgspec.DecodeError, ValueError, TypeError, IndexError) as exc:
+    except (msgspec.DecodeError, IntegrityError, ValueError, TypeError, IndexError) as exc:
         raise IntegrityError(
             f"node {node_id} is not a valid fields node: {exc}", object_id=node_id
         ) from exc
+
+
+# str8/16/32, bin8/16/32: the head holds the body's length in bytes. array16/32, map16/32 and
+# the fix forms hold a count of items, each at least one byte (a map entry two).
+_SIZED_HEADS = frozenset({0xD9, 0xDA, 0xDB, 0xC4, 0xC5, 0xC6})
+
+
+def _check_tree(name: str, head: bytes, length: int, level: int) -> None:
+    """ValueError unless a tree row's numbers can describe a stored value: a head of one of
+    the forms split_value writes, and a body length that head allows (equal to a str's or
+    bin's length; at least an array's or map's item count), at a possible level."""
+    if not 0 <= level <= TREE_LEVEL_MAX:
+        raise ValueError(f"field {name!r}: tree level {level} is not within 0..{TREE_LEVEL_MAX}")
+    if not head or head_length_or_none(head) != len(head):
+        raise ValueError(f"field {name!r}: head {head.hex()} is not a str, bin, array or map head")
+    first = head[0]
+    if len(head) == 1:
+        declared = first & (0x1F if 0xA0 <= first <= 0xBF else 0x0F)
+    else:
+        declared = int.from_bytes(head[1:], "big")
+    if 0xA0 <= first <= 0xBF or first in _SIZED_HEADS:
+        fits = length == declared
+    else:
+        fits = length >= (2 * declared if first <= 0x8F or first >= 0xDE else declared)
+    if length < 1 or not fits:
+        raise ValueError(f"field {name!r}: a body of {length} bytes under head {head.hex()}")
 
 
 def children_of_fields_node(data: bytes, /, *, node_id: str) -> list[bytes]:

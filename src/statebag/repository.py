@@ -36,7 +36,7 @@ from .branches import Branches
 from .catalog import Catalog
 from .commit import DEFAULT_LEASE
 from .config import FORMAT_VERSION, Config
-from .dag import Entry
+from .dag import Entry, NodeLimits
 from .durations import as_seconds
 from .errors import IntegrityError, InvalidInputError, NotFoundError, StatebagError
 from .gc import COMPACT_BYTES, Collector
@@ -100,7 +100,12 @@ class Repository:
         self._lock = threading.Lock()
         self._closed = False
         self._catalog = Catalog(meta)
-        self._reader = NodeReader(self._objects, meta, self._pool)
+        self._reader = NodeReader(
+            self._objects,
+            meta,
+            self._pool,
+            NodeLimits.of(max_size=config.max_size, inline_max=config.inline_max),
+        )
         self._writer = Writer(
             self._objects,
             meta,

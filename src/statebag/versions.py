@@ -42,7 +42,7 @@ from .keys import (
     version_prefix,
     zero_key,
 )
-from .manifests import MANIFEST_DECODER
+from .manifests import decode_manifest
 from .meta import Add, Check, CheckCounter, ConditionFailed, Delete, MetaStore, Op, Put
 
 __all__ = ["ReachabilityChanged", "VersionDeleter", "accounted_for"]
@@ -99,7 +99,7 @@ class VersionDeleter:
                 if accounted_for(manifest_id, live=(), tombstoned=_StoredTombstones(self._meta)):
                     return False
                 raise NotFoundError(f"manifest {text} does not exist")
-            manifest = MANIFEST_DECODER.decode(stored)
+            manifest = decode_manifest(stored, manifest_id=text)
             head_bytes = self._meta.get(head_key(manifest.chain))
             if head_bytes is not None and decode_head(head_bytes).head == manifest_id:
                 raise ConflictError(
@@ -179,7 +179,10 @@ class VersionDeleter:
                 # Versions of other chains this one reached may now be reached by none.
                 Add(STAT_DISCARDS, 1),
             ]
-            if stored is not None and MANIFEST_DECODER.decode(stored).chain != chain:
+            if (
+                stored is not None
+                and decode_manifest(stored, manifest_id=head.hex()).chain != chain
+            ):
                 ops.append(Add(fork_key(head), -1))
             try:
                 self._meta.write(ops)

@@ -101,7 +101,7 @@ class _Encoded(NamedTuple):
     """What encoding a state produced, for the commit and the next save."""
 
     root: bytes
-    packs: list[tuple[bytes, bytes, list[Any]]]
+    packs: list[tuple[bytes, int, list[Any]]]
     logical: int
     fields_nodes: list[NewNode]
     name_hashes: dict[str, bytes]
@@ -354,6 +354,7 @@ class Writer:
                 run.entries,
                 {node.node_id for node in encoded.fields_nodes},
                 {name: encoded.name_hashes[name] for name in run.entries},
+                checked=True,
             ),
         )
         if plan.bag is not None:
@@ -370,7 +371,7 @@ class Writer:
             nodes_reused=encoded.reused + len(tx.reused_late),
             bytes_logical=encoded.logical,
             bytes_new_raw=sum(len(node.data) for node in written),
-            bytes_new_stored=sum(len(data) for _, data, _ in tx.packs),
+            bytes_new_stored=sum(size for _, size, _ in tx.packs),
             requests=requests,
             timings=timings,
             node_ids=[node.node_id.hex() for node in written],
@@ -385,26 +386,34 @@ class Writer:
         lookup: list[NewNode] = []
         lookup_bytes = 0
 
+        # Tree entries taken as stored, whose lengths count in the version's logical size:
+        # unless a writer made them, they are checked against their chunks first.
+        unchecked: dict[str, TreeField] = {}
+        base_checked = base is not None and base.checked
         for name in sorted({*plan.data, *plan.given}):
             taken = plan.given.get(name)
             if taken is not None:
                 # A merge takes this field as one side stored it: nothing to encode.
                 run.entries[name] = taken
                 packer.reused += type(taken) is TreeField
+                if type(taken) is TreeField:
+                    unchecked[name] = taken
                 continue
             old = base.entries.get(name) if base is not None else None
             if old is not None and hint is not None and name not in hint:
                 run.entries[name] = old
                 packer.reused += type(old) is TreeField
+                if type(old) is TreeField and not base_checked:
+                    unchecked[name] = old
                 continue
             t = time.perf_counter()
-            encoded = _encode_field(name, plan.data[name])
+            encoded, rest = _encode_field(name, plan.data[name])
             timings["encode"] += time.perf_counter() - t
-            if len(encoded) < self._config.inline_max:
-                run.entries[name] = InlineField(encoded)
+            if len(encoded) + len(rest) < self._config.inline_max:
+                run.entries[name] = InlineField(encoded + rest)
                 continue
             t = time.perf_counter()
-            entry, nodes, body_size = self._cut_value(encoded, old, run)
+            entry, nodes, body_size = self._cut_value(encoded, rest, old, run)
             timings["chunk"] += time.perf_counter() - t
             if old == entry:
                 run.entries[name] = old
@@ -419,6 +428,7 @@ class Writer:
                 lookup_bytes = 0
             packer.drain(block=False)
         self._store_new(lookup, run)
+        self._reader.check_lengths(unchecked)
 
         ordered = sorted(run.entries.items())
         name_hashes = dict(base.name_hashes) if base is not None else {}
@@ -441,13 +451,16 @@ class Writer:
         )
 
     def _cut_value(
-        self, encoded: bytes, old: Entry | None, run: _SaveRun
+        self, encoded: bytes, rest: bytes, old: Entry | None, run: _SaveRun
     ) -> tuple[Entry, list[NewNode], int]:
         """A value's tree entry and nodes (re-cut from its previous cut when cached), and
-        its body's size. The parent's nodes of the field join ``run.seen``: they need no
-        lookup to be known."""
-        head_len = dag.head_length(encoded)
-        body = memoryview(encoded)[head_len:]
+        its body's size, from its encoding as :func:`codec.encode_parts` gives it. The
+        parent's nodes of the field join ``run.seen``: they need no lookup to be known."""
+        if rest:  # a bytes value: the head, then the value itself as the body
+            head, body = encoded, memoryview(rest)
+        else:
+            head_len = dag.head_length(encoded)
+            head, body = encoded[:head_len], memoryview(encoded)[head_len:]
         threads = 2 if len(body) >= _PARALLEL_CUT_BYTES else 1
         previous = self._cuts.get(old.root) if type(old) is TreeField else None
         if previous is not None:
@@ -461,7 +474,7 @@ class Writer:
             )
         else:
             offsets, digests = self._chunker.cut_and_hash(body, threads=threads)
-        entry, nodes = dag.split_value(encoded, offsets, digests, head=head_len, unless=old)
+        entry, nodes = dag.split_value(head, body, offsets, digests, unless=old)
         if len(body) >= _RECUT_MIN_BYTES:
             self._cuts.put(
                 entry.root,
@@ -542,9 +555,9 @@ def encode_meta(meta: Mapping[str, Any] | None, /) -> msgspec.Raw | None:
         raise InvalidInputError(f"meta: {exc}", path=field_path("meta", exc.path)) from exc
 
 
-def _encode_field(name: str, value: Any) -> bytes:
+def _encode_field(name: str, value: Any) -> tuple[bytes, bytes]:
     try:
-        return codec.encode(value)
+        return codec.encode_parts(value)
     except InvalidInputError as exc:
         raise InvalidInputError(f"field {name!r}: {exc}", path=field_path(name, exc.path)) from exc
 
@@ -560,7 +573,7 @@ class _Packer:
         self._writer = PackWriter(prepare.salt)
         self._raw = 0
         self._in_flight = 0
-        self._packs: list[tuple[bytes, bytes, list[Any]]] = []
+        self._packs: list[tuple[bytes, int, list[Any]]] = []
 
     def add(self, jobs: _Jobs) -> None:
         for job in jobs:
@@ -585,12 +598,12 @@ class _Packer:
                 self._raw += len(node.data)
 
     def _ship(self, *, last: bool = False) -> None:
-        pack = self._writer.finish()
-        self._packs.append(pack)
+        pack_id, data, entries = self._writer.finish()
+        self._packs.append((pack_id, len(data), entries))
         self._writer, self._raw = PackWriter(self.prepare.salt), 0
-        self.prepare.ship(pack[0], pack[1], last=last)
+        self.prepare.ship(pack_id, data, last=last)
 
-    def finish(self) -> list[tuple[bytes, bytes, list[Any]]]:
+    def finish(self) -> list[tuple[bytes, int, list[Any]]]:
         self.drain(block=True)
         if len(self._writer):
             self._ship(last=True)

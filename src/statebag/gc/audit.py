@@ -46,7 +46,7 @@ from ..keys import (
     txn_of,
     zero_key,
 )
-from ..manifests import MANIFEST_DECODER, Manifest
+from ..manifests import Manifest, decode_manifest
 from ..meta import Add, CheckCounter, ConditionFailed, DropCounter, MetaStore, Op, Put
 from ..objects import ObjectStore
 from ..packs import PACKS_PREFIX, pack_id_of, pack_key
@@ -98,7 +98,8 @@ class Auditor:
         pack_records = {id_of(k, PACK) for k, _ in meta.scan(PACK)}
         heads = {chain_of(k): decode_head(v) for k, v in meta.scan(HEAD)}
         manifests: dict[bytes, Manifest] = {
-            id_of(k, MANIFEST): MANIFEST_DECODER.decode(v) for k, v in meta.scan(MANIFEST)
+            id_of(k, MANIFEST): decode_manifest(v, manifest_id=k[len(MANIFEST) :])
+            for k, v in meta.scan(MANIFEST)
         }
         tombs = {id_of(k, TOMB) for k, _ in meta.scan(TOMB)}
         index: dict[bytes, IndexRecord] = {}

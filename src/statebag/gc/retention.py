@@ -41,7 +41,7 @@ from ..keys import (
     version_of,
     version_prefix,
 )
-from ..manifests import MANIFEST_DECODER
+from ..manifests import decode_manifest
 from ..meta import Check, ConditionFailed, Delete, MetaStore, Put
 from ..versions import VersionDeleter
 from .tally import Tally
@@ -103,7 +103,7 @@ class Retention:
         if not marks and (0 if seen is None else decode_le64(seen)) == discards:
             return discards, set()
         listed = {id_of(k, MANIFEST): v for k, v in self._meta.scan(MANIFEST)}
-        manifests = {mid: MANIFEST_DECODER.decode(v) for mid, v in listed.items()}
+        manifests = {mid: decode_manifest(v, manifest_id=mid.hex()) for mid, v in listed.items()}
         frontier = [decode_head(v).head for _, v in self._meta.scan(HEAD)]
         reached: set[bytes] = set()
         while frontier:
@@ -116,7 +116,7 @@ class Retention:
                 stored = self._meta.get(manifest_key(manifest_id))
                 if stored is None:
                     continue
-                manifest = MANIFEST_DECODER.decode(stored)
+                manifest = decode_manifest(stored, manifest_id=manifest_id.hex())
             frontier.extend(manifest.parents)
         unreachable = {mid for mid in manifests if mid not in reached}
         ids = list(unreachable)
