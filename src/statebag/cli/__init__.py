@@ -6,7 +6,7 @@ Commands: ``init``, ``save``, ``load``, ``log``, ``diff``, ``fork``, ``merge``, 
 after the command) or, failing that, the ``STATEBAG_REPO`` environment variable; a
 ``memory://`` URL is refused, since it would not outlive the command. ``demo [DIR]`` runs a
 simulated agent workflow in DIR (or in a temporary directory it removes) and reports what
-storage cost.
+storage cost; ``bench`` compares statebag with restic, borg, casync and bup.
 
 A version is named by its id, a unique prefix of at least 8 hex characters of it, or a
 chain name (its newest version); see :meth:`statebag.Repository.resolve`.

@@ -9,11 +9,13 @@ import textwrap
 from collections.abc import Callable
 
 from .. import __version__
+from ..bench.peers import PEERS
+from ..bench.workloads import SCALES, WORKLOADS
 from ..merging import ON_CONFLICT, STRATEGIES
 
 # The handlers are looked up on their modules each time the parser is built, so one replaced
 # there (as the tests replace cmd_stats) is the one that runs.
-from . import commands, demo
+from . import bench, commands, demo
 from .shared import STATE_FORMATS
 
 REPO_ENV = "STATEBAG_REPO"
@@ -112,6 +114,20 @@ def positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
     return value
+
+
+def peer_list(text: str) -> list[str]:
+    """``--peers``: names from PEERS, comma-separated, or ``none`` (argparse type)."""
+    if text.strip() == "none":
+        return []
+    names = [name.strip() for name in text.split(",")]
+    unknown = [name for name in names if name not in PEERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(map(repr, unknown))} is not a peer: give some of "
+            f"{','.join(PEERS)}, or none"
+        )
+    return list(dict.fromkeys(names))
 
 
 def _wrap(text: str) -> str:
@@ -559,4 +575,64 @@ def build_parser() -> argparse.ArgumentParser:
     demo_command.add_argument("--json", action="store_true", help="print the figures as JSON")
     demo_command.add_argument("--quiet", action="store_true", help="no progress on stderr")
     demo_command.set_defaults(handler=demo.cmd_demo, needs_repo=False)
+    bench_command = subcommands.add_parser(
+        "bench",
+        help="measure statebag against restic, borg, casync and bup on the same states",
+        description=(
+            "Save a sequence of states with statebag (in-process, and through one `statebag "
+            "save` per step) and with each peer on PATH (one call per step, as a pipeline "
+            "shells out), each into a fresh repository, then restore the latest and the "
+            "first version, and compare. Prints one markdown table per workload on stdout; "
+            "progress goes to stderr on a terminal."
+        ),
+        epilog=_wrap(bench.EPILOG),
+        formatter_class=formatter,
+    )
+    source = bench_command.add_mutually_exclusive_group()
+    source.add_argument(
+        "--workload",
+        choices=(*WORKLOADS, "all"),
+        default=None,
+        help="built-in seeded workload (default agent; all: each in turn)",
+    )
+    source.add_argument(
+        "--states",
+        metavar="DIR",
+        help="your own states instead: one .json or .msgpack file per step, in name order",
+    )
+    bench_command.add_argument(
+        "--scale",
+        choices=SCALES,
+        default="small",
+        help="size of the built-in workloads (default small; tiny runs in seconds)",
+    )
+    bench_command.add_argument(
+        "--peers",
+        type=peer_list,
+        default=None,
+        metavar="LIST",
+        help=f"comma-separated, of {','.join(PEERS)}; none for statebag alone "
+        "(default: all of them; those not on PATH are reported as skipped)",
+    )
+    bench_command.add_argument(
+        "--json", dest="json_file", metavar="FILE", help="also write the report to FILE as JSON"
+    )
+    bench_command.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="keep the repositories in DIR/WORKLOAD/TOOL (DIR must be new or empty)",
+    )
+    bench_command.add_argument(
+        "--timeout",
+        type=duration,
+        default=bench.DEFAULT_TIMEOUT,
+        metavar="DURATION",
+        help=f"longest a single peer call may take before it is killed and the peer reported "
+        f"as failed (default {bench.DEFAULT_TIMEOUT:g} s)",
+    )
+    bench_command.add_argument(
+        "--seed", type=int, default=0, help="seed of the built-in workloads (default 0)"
+    )
+    bench_command.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    bench_command.set_defaults(handler=bench.cmd_bench, needs_repo=False)
     return parser

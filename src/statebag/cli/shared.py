@@ -166,11 +166,20 @@ def stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
 
 
+class Ticker:
+    """What a progress bar yields: ``advance()`` one step, ``describe(text)`` what runs now.
+    A disabled one does nothing."""
+
+    def __init__(self, advance: Callable[[], None], describe: Callable[[str], None]) -> None:
+        self.advance = advance
+        self.describe = describe
+
+
 @contextmanager
-def progress(enabled: bool, description: str, total: int) -> Iterator[Callable[[], None]]:
-    """A progress bar on stderr; yields the function that advances it by one."""
+def progress(enabled: bool, description: str, total: int) -> Iterator[Ticker]:
+    """A progress bar on stderr, transient: it is gone when the block ends."""
     if not enabled:
-        yield lambda: None
+        yield Ticker(lambda: None, lambda _: None)
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -183,7 +192,7 @@ def progress(enabled: bool, description: str, total: int) -> Iterator[Callable[[
         transient=True,
     ) as bar:
         task = bar.add_task(description, total=total)
-        yield lambda: bar.advance(task)
+        yield Ticker(lambda: bar.advance(task), lambda text: bar.update(task, description=text))
 
 
 @contextmanager
