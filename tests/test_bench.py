@@ -11,6 +11,7 @@ and an absent one was ``skipped``.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import shlex
@@ -29,7 +30,7 @@ import pytest
 import statebag
 from statebag import codec
 from statebag.bench.peers import PEERS
-from statebag.bench.workloads import WORKLOADS
+from statebag.bench.workloads import SCALES, WORKLOADS, builtin
 
 from .clihelp import child_env, process
 
@@ -153,6 +154,44 @@ def check_report(report: dict[str, Any], out: str, expected: dict[str, str]) -> 
             assert cells[cell].endswith(" ms")
             shown = float(cells[cell][:-3])
             assert abs(shown - 1000 * tool[key]) <= max(0.006, 0.006 * shown), (cell, tool)
+
+
+# ---------------------------------------------------------------------------------------------
+# the workloads
+# ---------------------------------------------------------------------------------------------
+
+STEPS = {
+    "agent": {"tiny": 3, "small": 40, "full": 300},
+    "churn": {"tiny": 3, "small": 10, "full": 20},
+    "chains": {"tiny": 4, "small": 64, "full": 50_000},
+}
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_every_workload_starts_at_every_scale(name: str, scale: str) -> None:
+    """The first state of each workload at each scale (the full churn's value is 256 MiB),
+    and as many steps as ``bench --help`` says."""
+    workload = builtin(name, scale)
+    assert workload.steps == STEPS[name][scale]
+    first = next(iter(workload.run()))
+    assert first.number == 1 and len(codec.encode(first.state.data)) > 1000
+    if name == "churn":
+        assert len(first.state.data["data"]) == {"tiny": 1, "small": 32, "full": 256}[scale] << 20
+
+
+def test_workloads_are_seeded_and_change_what_they_say() -> None:
+    runs = [
+        [codec.encode(step.state.data) for step in builtin("churn", "tiny").run()] for _ in "ab"
+    ]
+    assert runs[0] == runs[1] and len(set(runs[0])) == 3
+    other = [codec.encode(s.state.data) for s in builtin("churn", "tiny", seed=1).run()]
+    assert other[0] != runs[0][0]
+    sizes = [len(data) for data in runs[0]]  # encodings: the value and a few bytes of map
+    for before, after in itertools.pairwise(sizes):
+        assert abs(after - before) <= 0.01 * before + 1  # at most 1% inserted, or deleted
+    chains = [(step.chain, step.number) for step in builtin("chains", "tiny").run()]
+    assert chains == [("chain-0000", 1), ("chain-0001", 2), ("chain-0000", 3), ("chain-0001", 4)]
 
 
 # ---------------------------------------------------------------------------------------------

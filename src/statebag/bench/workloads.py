@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from blake3 import blake3
+
 from .. import codec
 from ..bag import StateBag
 from ..errors import InvalidInputError
@@ -229,7 +231,10 @@ class ByteChurn:
 
     def run(self) -> Iterator[Step]:
         rng = random.Random(self.seed)
-        bag = StateBag({"data": rng.randbytes(self.size)})
+        # random.randbytes stops short of 256 MiB (it draws one int of 8 * size bits); the
+        # BLAKE3 extended output of the seed is as random, of any length, and fast.
+        seed = b"statebag-bench-churn" + self.seed.to_bytes(8, "little", signed=True)
+        bag = StateBag({"data": blake3(seed).digest(length=self.size)})
         yield Step(self.name, 1, bag)
         for number in range(2, self.versions + 1):
             bag["data"] = self._churn(rng, bag.data["data"])

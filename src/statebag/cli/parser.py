@@ -578,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_command = subcommands.add_parser(
         "bench",
         help="measure statebag against restic, borg, casync and bup on the same states",
-        description=(
+        description=_wrap(
             "Save a sequence of states with statebag (in-process, and through one `statebag "
             "save` per step) and with each peer on PATH (one call per step, as a pipeline "
             "shells out), each into a fresh repository, then restore the latest and the "
