@@ -36,7 +36,8 @@ import pytest
 
 from conftest import SEED, Bench, Scratch, scaled
 from statebag import CommitResult, Repository, codec
-from test_bench_repository import _median_stages, _message, _scratch_value, _words
+from statebag.bench.workloads import message, scratch_value, words
+from test_bench_repository import _median_stages
 
 STATE_BYTES = 10_000_000
 BRANCHES = 16
@@ -79,13 +80,13 @@ def _build() -> Workload:
     blob_bytes = max(64 * 1024, scaled(int(STATE_BYTES * (1 - THREAD_SHARE))) // BLOBS)
     base: dict[str, Any] = {
         "settings": {"model": "bench", "temperature": 0.2, "branches": BRANCHES},
-        "scratch": _scratch_value(rng, 0),
+        "scratch": scratch_value(rng, 0),
     }
     for index in range(BRANCHES):
         messages: list[dict[str, Any]] = []
         size = 0
         while size < per_thread:
-            messages.append(_message(rng, len(messages)))
+            messages.append(message(rng, len(messages)))
             size += len(messages[-1]["text"]) + 40
         base[_thread(index)] = messages
     for index in range(BLOBS):
@@ -95,8 +96,8 @@ def _build() -> Workload:
     merged = dict(base)
     for index in range(BRANCHES):
         name = _thread(index)
-        appended = [_message(rng, len(base[name]) + k) for k in range(APPENDS)]
-        result = {"branch": index, "summary": _words(rng, 40), "score": rng.random()}
+        appended = [message(rng, len(base[name]) + k) for k in range(APPENDS)]
+        result = {"branch": index, "summary": words(rng, 40), "score": rng.random()}
         branch_states.append({**base, name: base[name] + appended, _result(index): result})
         merged[name] = base[name] + appended
         merged[_result(index)] = result

@@ -38,13 +38,8 @@ import pytest
 import statebag
 from conftest import SEED, Bench, _benchmarks_disabled, _env_number
 from statebag import GCReport, Repository
-from test_bench_repository import (
-    ATTACHMENT_MAX,
-    ATTACHMENT_MIN,
-    _agent_step,
-    _message,
-    _scratch_value,
-)
+from statebag.bench.workloads import agent_state, agent_step
+from test_bench_repository import ATTACHMENT_MAX, ATTACHMENT_MIN
 
 GC_CHAINS = 10
 GC_MANIFESTS_ENV = "STATEBAG_BENCH_GC_MANIFESTS"
@@ -86,17 +81,12 @@ def _build(path: Path, manifests: int) -> GCRepo:
     with statebag.open(path, fsync=False) as repo:
         bags = []
         for chain, rng in zip(chains, rngs, strict=True):
-            initial = {
-                "messages": [_message(rng, 0)],
-                "scratch": _scratch_value(rng, 0),
-                "attachment": rng.randbytes(rng.randint(ATTACHMENT_MIN, ATTACHMENT_MAX)),
-                "settings": {"model": "bench", "temperature": 0.2, "tools": ["search"]},
-            }
+            initial = agent_state(rng, attachment_min=ATTACHMENT_MIN, attachment_max=ATTACHMENT_MAX)
             ids.append(repo.save(chain, initial).manifest_id)
             bags.append(repo.load_bag(chain))
         for step in range(1, steps):
             for chain, rng, bag in zip(chains, rngs, bags, strict=True):
-                _agent_step(bag, rng, step)
+                agent_step(bag, rng, step, attachment_max=ATTACHMENT_MAX)
                 ids.append(repo.save(chain, bag).manifest_id)
         heads = {repo.head(chain) for chain in chains}
         stats = repo.stats()

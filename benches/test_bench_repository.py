@@ -30,7 +30,6 @@ Every round that needs a fresh repository, a reopened one or a changed state get
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import random
 import shutil
@@ -61,6 +60,8 @@ from conftest import (
     scaled,
 )
 from statebag import CommitResult, Repository, StateBag, codec, dag
+from statebag.bench.report import percentile
+from statebag.bench.workloads import agent_state, agent_step, words
 from statebag.repository import Config
 
 STATE_BYTES = 100_000_000
@@ -154,26 +155,6 @@ def _median_stages(commits: Sequence[CommitResult]) -> dict[str, float]:
     """CommitResult.timings, each stage's median over the rounds (seconds)."""
     names = list(dict.fromkeys(name for commit in commits for name in commit.timings))
     return {name: statistics.median(c.timings.get(name, 0.0) for c in commits) for name in names}
-
-
-# Words for generated texts, Zipf-weighted so that texts compress roughly like prose.
-_VOCABULARY_TEXT = """
-the of and to a in is that it for on are as with be at by this have from or one not but what
-all when we there can an your which their if do will each about how up out them then some so
-these would other into has more two like see time could no make than first been its now people
-made over did down only way find use may long little very after words called just where most
-know get through back much before go good new write our used me man too any day same right look
-think also around another came come work three must because does part even place well such here
-take why things help put years different away again off went old number agent tool call result
-user assistant message state context memory plan step observation error retry token model prompt
-response summary function argument value request
-"""
-_VOCABULARY = tuple(_VOCABULARY_TEXT.split())
-_CUM_WEIGHTS = tuple(itertools.accumulate(1.0 / (rank + 1) for rank in range(len(_VOCABULARY))))
-
-
-def _words(rng: random.Random, count: int) -> str:
-    return " ".join(rng.choices(_VOCABULARY, cum_weights=_CUM_WEIGHTS, k=count))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,7 +320,7 @@ class Change:
         records.append(
             {
                 "role": "assistant",
-                "text": _words(rng, rng.randint(50, 300)),
+                "text": words(rng, rng.randint(50, 300)),
                 "score": rng.random(),
                 "tags": ["delta", f"round-{round_}"],
             }
@@ -348,7 +329,7 @@ class Change:
         text: str = work[self.text]
         middle = len(text) // 2
         work[self.text] = (
-            f"{text[:middle]} [round {round_}: {_words(rng, 12)}] {text[middle + 80 :]}"
+            f"{text[:middle]} [round {round_}: {words(rng, 12)}] {text[middle + 80 :]}"
         )
 
 
@@ -523,59 +504,7 @@ AGENT_STEPS = max(60, round(300 * SCALE))
 AGENT_CHAIN = "thread"
 ATTACHMENT_MIN = max(64 * 1024, scaled(1 * MIB))
 ATTACHMENT_MAX = max(2 * ATTACHMENT_MIN, scaled(8 * MIB))
-REDACT_EVERY = 50  # steps 50, 100, ...
-ATTACH_EVERY, ATTACH_AT = 25, 12  # steps 12, 37, 62, ...: never a redaction step
 FRESH_EVERY = 30  # steps 30, 60, ... and the last: also saved fresh into an empty repository
-
-
-def _message(rng: random.Random, step: int) -> dict[str, Any]:
-    count = rng.randint(20, 3000)
-    return {
-        "role": ("user", "assistant", "tool")[step % 3],
-        "step": step,
-        "text": _words(rng, count),
-        "words": count,
-    }
-
-
-def _scratch_value(rng: random.Random, step: int) -> dict[str, Any]:
-    return {
-        "step": step,
-        "plan": _words(rng, rng.randint(50, 400)),
-        "todo": [_words(rng, 8) for _ in range(rng.randint(1, 8))],
-        "budget": rng.random(),
-    }
-
-
-def _edit_attachment(rng: random.Random, data: bytes) -> bytes:
-    """Overwrite a few KB somewhere, or insert some bytes (kept within the size range)."""
-    size = rng.randint(1024, 8192)
-    at = rng.randrange(len(data) - size)
-    patch = rng.randbytes(size)
-    if rng.random() < 0.5 or len(data) + size > ATTACHMENT_MAX:
-        return data[:at] + patch + data[at + size :]
-    return data[:at] + patch + data[at:]
-
-
-def _agent_step(bag: Any, rng: random.Random, step: int) -> bool:
-    """One step of an agent thread on its state: a message appended, the scratch field
-    rewritten, a message redacted every REDACT_EVERY steps and the attachment edited every
-    ATTACH_EVERY. True when the attachment was edited."""
-    messages = bag["messages"]
-    messages.append(_message(rng, step))
-    bag["scratch"] = _scratch_value(rng, step)
-    if step % REDACT_EVERY == 0:
-        messages[len(messages) // 2]["text"] = "[redacted]"
-    if step % ATTACH_EVERY == ATTACH_AT:
-        bag["attachment"] = _edit_attachment(rng, bag["attachment"])
-        return True
-    return False
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    """The nearest-rank ``q``-th percentile of ``values``."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 @dataclass
@@ -591,17 +520,12 @@ class AgentRun:
 def _simulate(scratch: Scratch) -> AgentRun:
     rng = random.Random(SEED)
     repo = scratch.new()
-    initial = {
-        "messages": [_message(rng, 0)],
-        "scratch": _scratch_value(rng, 0),
-        "attachment": rng.randbytes(rng.randint(ATTACHMENT_MIN, ATTACHMENT_MAX)),
-        "settings": {"model": "bench", "temperature": 0.2, "tools": ["search", "python"]},
-    }
+    initial = agent_state(rng, attachment_min=ATTACHMENT_MIN, attachment_max=ATTACHMENT_MAX)
     first = repo.save(AGENT_CHAIN, initial)
     bag = repo.load_bag(AGENT_CHAIN)
     run = AgentRun([first], [], set(), [], [], bag)
     for step in range(1, AGENT_STEPS + 1):
-        if _agent_step(bag, rng, step):
+        if agent_step(bag, rng, step, attachment_max=ATTACHMENT_MAX):
             run.attachment_steps.add(step)
         started = time.perf_counter()
         run.saves.append(repo.save(AGENT_CHAIN, bag))
@@ -649,9 +573,9 @@ def test_agent_thread(bench_on: Callable[[str, int], Bench], scratch: Scratch) -
         bytes_logical_sum=logical,
         bytes_stored=stored,
         dedup_ratio=logical / stored,
-        p50_s=_percentile(quiet, 50),
-        p99_s=_percentile(quiet, 99),
-        attachment_edit_p50_s=_percentile(edits, 50),
+        p50_s=percentile(quiet, 50),
+        p99_s=percentile(quiet, 99),
+        attachment_edit_p50_s=percentile(edits, 50),
         fresh_median_s=fresh,
         fresh_samples=len(run.fresh_seconds),
         final_state_bytes=final.bytes_logical,

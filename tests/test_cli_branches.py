@@ -337,8 +337,8 @@ def test_reset_bad_input_fails_clearly_and_writes_nothing(run: Run, path: Path) 
         side = repo.save("side", {"y": 2}).manifest_id
         before = snapshot(repo)
     cases = [
-        (["main", "main"], errors.InvalidInputError.exit_code, ["64 lowercase hex"]),
-        (["main", ids[1][:12]], errors.InvalidInputError.exit_code, [ids[1][:12]]),
+        (["main", ids[1][:7]], errors.InvalidInputError.exit_code, [ids[1][:7], "at least 8"]),
+        (["main", "nochain"], errors.NotFoundError.exit_code, ["'nochain'"]),
         (["main", other], errors.NotFoundError.exit_code, [other, "'main'"]),
         (["main", side], errors.NotFoundError.exit_code, [side]),  # a later branch of it
         (["ghost", ids[0]], errors.NotFoundError.exit_code, ["'ghost'"]),

@@ -20,8 +20,9 @@ from statebag.results import AuditReport, GCReport
 from . import internals
 from .clihelp import Run
 
-GC_KEYS = set(GCReport.__struct_fields__)
-AUDIT_KEYS = set(AuditReport.__struct_fields__)
+# The API's keys, plus the CLI's word for a manifest: "versions".
+GC_KEYS = {*GCReport.__struct_fields__, "versions_deleted"}
+AUDIT_KEYS = {*AuditReport.__struct_fields__, "versions"}
 STRAY = "ab" * 32  # the id of a pack no record names
 
 
@@ -74,7 +75,7 @@ def test_gc_keep_last_deletes_the_older_versions_and_reports_them(run: Run, tmp_
     report = run.json("-r", str(path), "gc", "--keep-last", "2", "--json")
 
     assert set(report) == GC_KEYS
-    assert report["manifests_deleted"] == (6 - 2) + (3 - 2)
+    assert report["manifests_deleted"] == report["versions_deleted"] == (6 - 2) + (3 - 2)
     # Each deleted version held a blob of its own (one leaf node, in a pack of its own);
     # the repository's grace is 0, so the same run frees them.
     assert report["nodes_freed"] >= 5
@@ -244,8 +245,9 @@ def test_audit_clean_repository(run: Run, tmp_path: Path) -> None:
     make_repo(path, {"a": 3, "b": 1})
     report = run.json("-r", str(path), "audit", "--json")
     assert set(report) == AUDIT_KEYS
-    assert report["ok"] is True and report["manifests"] == 4 and report["nodes"] >= 4
-    for name in AUDIT_KEYS - {"ok", "repaired", "manifests", "nodes"}:
+    assert report["ok"] is True and report["manifests"] == report["versions"] == 4
+    assert report["nodes"] >= 4
+    for name in AUDIT_KEYS - {"ok", "repaired", "manifests", "versions", "nodes"}:
         assert report[name] == [], name
     assert report["repaired"] == 0
 

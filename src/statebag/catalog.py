@@ -24,7 +24,7 @@ from .errors import (
     NotFoundError,
     StatebagError,
 )
-from .ids import ContentId, looks_like_id
+from .ids import MIN_PREFIX_LENGTH, ContentId, looks_like_hex, looks_like_id
 from .keys import (
     HEAD,
     MANIFEST,
@@ -52,6 +52,7 @@ from .versions import VersionDeleter
 __all__ = ["Catalog", "OtherParent"]
 
 _MANIFEST_CACHE = 4096
+_CANDIDATES_SHOWN = 10  # ids an ambiguous prefix's error lists
 
 
 class OtherParent(msgspec.Struct, frozen=True):
@@ -198,6 +199,47 @@ class Catalog:
             raise NotFoundError(f"chain {chain_or_id!r} has no version")
         return head
 
+    def ids_starting(self, prefix: str, /, *, limit: int) -> list[bytes]:
+        """Up to ``limit`` stored versions whose id starts with ``prefix`` (lowercase hex),
+        in id order: one scan of the manifest keys."""
+        return [id_of(key, MANIFEST) for key, _ in self._meta.scan(MANIFEST + prefix, limit=limit)]
+
+    def resolve(self, ref: str, /, *, field: str) -> bytes:
+        """A version named by its id, by a chain name (its head) or by a unique prefix of
+        at least MIN_PREFIX_LENGTH hex characters of its id. A chain of that name wins over
+        a prefix (a longer prefix or the full id still names the version); an ambiguous or
+        too short prefix is an InvalidInputError naming ``field``."""
+        if not isinstance(ref, str):
+            raise InvalidInputError(
+                f"{field} must be a manifest id, an id prefix or a chain name, not {ref!r}",
+                path=field,
+            )
+        if looks_like_id(ref):
+            return bytes.fromhex(ref)
+        head = self.head(check_chain(ref, field=field))
+        if head is not None:
+            return head
+        if not looks_like_hex(ref):
+            raise NotFoundError(f"chain {ref!r} has no version")
+        if len(ref) < MIN_PREFIX_LENGTH:
+            raise InvalidInputError(
+                f"{field} {ref!r} is no chain with a version, and too short for a version id "
+                f"prefix: give at least {MIN_PREFIX_LENGTH} hex characters of the id",
+                path=field,
+            )
+        found = self.ids_starting(ref, limit=_CANDIDATES_SHOWN + 1)
+        if not found:
+            raise NotFoundError(f"no chain is named {ref!r} and no version id starts with it")
+        if len(found) > 1:
+            shown = ", ".join(f.hex() for f in found[:_CANDIDATES_SHOWN])
+            more = " and more" if len(found) > _CANDIDATES_SHOWN else ""
+            raise InvalidInputError(
+                f"{field} {ref!r} is ambiguous: it starts the ids of {shown}{more}; "
+                "give more characters",
+                path=field,
+            )
+        return found[0]
+
     def other_parents(self, merged: Iterable[str] | None, /) -> list[OtherParent]:
         """The ``merged`` parents of a fan-in save, each read once now."""
         if merged is None:
@@ -265,9 +307,10 @@ class Catalog:
 
     # -- deleting and pinning --------------------------------------------------------------
 
-    def delete(self, manifest_id: bytes, /) -> None:
-        """Delete a version, leaving a tombstone (see :class:`VersionDeleter`)."""
-        self._versions.delete(manifest_id)
+    def delete(self, manifest_id: bytes, /) -> bool:
+        """Delete a version, leaving a tombstone (see :class:`VersionDeleter`); False when it
+        was deleted already."""
+        return self._versions.delete(manifest_id)
 
     def delete_chain(self, chain: str, /) -> int:
         return self._versions.delete_chain(chain)

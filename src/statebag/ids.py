@@ -3,7 +3,9 @@
 ``ContentId`` is a ``bytes`` subclass of exactly 32 bytes, so it hashes, compares and packs like
 the raw digest; ``str(cid)`` and ``cid.hex()`` give the canonical text form and ``cid.short()``
 a 12-character prefix for display. ``ContentId.parse`` is the one way to turn text into an id,
-and refuses anything but 64 lowercase hex characters, naming the field it was given for.
+and refuses anything but 64 lowercase hex characters, naming the field it was given for. A
+prefix of at least ``MIN_PREFIX_LENGTH`` characters names a version where it is unique
+(``Repository.resolve``).
 """
 
 from __future__ import annotations
@@ -14,11 +16,16 @@ from ._typing import Buffer
 from .errors import InvalidInputError
 from .hashing import DIGEST_SIZE, hash_bytes
 
-__all__ = ["HEX_LENGTH", "ContentId", "looks_like_id"]
+__all__ = ["HEX_LENGTH", "MIN_PREFIX_LENGTH", "ContentId", "looks_like_hex", "looks_like_id"]
 
 HEX_LENGTH = 2 * DIGEST_SIZE
 SHORT_LENGTH = 12
+# The shortest id prefix taken for a version. With n versions, another id shares a given
+# 8-character prefix with probability about n / 2**32; shorter ones collide too soon to be
+# worth typing, and an ambiguous prefix is refused, never guessed.
+MIN_PREFIX_LENGTH = 8
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
+_HEX = re.compile(r"[0-9a-f]+")
 
 
 class ContentId(bytes):
@@ -57,10 +64,15 @@ class ContentId(bytes):
         return f"ContentId('{self.hex()}')"
 
     def short(self) -> str:
-        """The first 12 hex characters, for display only (never for lookups)."""
+        """The first 12 hex characters, for display; ``Repository.resolve`` takes it back."""
         return self.hex()[:SHORT_LENGTH]
 
 
 def looks_like_id(text: str, /) -> bool:
     """True when ``text`` has the form of an id (64 lowercase hex characters)."""
     return bool(_HEX_ID.fullmatch(text))
+
+
+def looks_like_hex(text: str, /) -> bool:
+    """True when ``text`` is lowercase hex: the form of an id or of an id prefix."""
+    return bool(_HEX.fullmatch(text))

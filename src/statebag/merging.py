@@ -24,6 +24,7 @@ __all__ = [
     "ON_CONFLICT",
     "STRATEGIES",
     "Conflicts",
+    "MergeConflictError",
     "check_options",
     "deep_merge",
     "resolve",
@@ -86,21 +87,38 @@ def same(a: Any, b: Any) -> bool:
     return a is b or codec.encode(a) == codec.encode(b)
 
 
+class MergeConflictError(ConflictError):
+    """A merge with ``on_conflict="raise"`` met conflicts: ``target`` and the conflicting
+    ``paths``, so that a face (the CLI) can say what to do in its own terms."""
+
+    def __init__(self, target: str, paths: Sequence[str]) -> None:
+        self.target = target
+        self.paths = list(paths)
+        super().__init__(
+            f"{conflict_summary(target, self.paths)}. Pass on_conflict='last_wins' or a "
+            "callable(field, base, values) to resolve them, or a strategy that never "
+            "conflicts (last_wins, collect)"
+        )
+
+
+def conflict_summary(target: str, paths: Sequence[str]) -> str:
+    """What conflicted, in words every face shares."""
+    return (
+        f"merge into {target!r} conflicts on {len(paths)} field(s): {', '.join(paths)}; "
+        "changed to different values on several sides"
+    )
+
+
 class Conflicts:
     """The paths that conflicted under ``on_conflict="raise"``: all of them are named in one
-    ConflictError once every field was looked at."""
+    MergeConflictError once every field was looked at."""
 
     def __init__(self) -> None:
         self.paths: list[str] = []
 
     def raise_if_any(self, target: str) -> None:
         if self.paths:
-            raise ConflictError(
-                f"merge into {target!r} conflicts on {len(self.paths)} field(s): "
-                f"{', '.join(self.paths)}; changed to different values on several sides. "
-                "Pass on_conflict='last_wins' or a callable(field, base, values) to resolve "
-                "them, or a strategy that never conflicts (last_wins, collect)"
-            )
+            raise MergeConflictError(target, self.paths)
 
 
 def resolve(

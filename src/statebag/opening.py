@@ -43,7 +43,7 @@ from .validation import check_handle_options
 if TYPE_CHECKING:
     from .repository import Repository
 
-__all__ = ["Location", "Opener", "open", "register_scheme"]
+__all__ = ["Location", "Opener", "open", "register_scheme", "scheme_of"]
 
 
 class Location(Protocol):
@@ -305,15 +305,21 @@ register_scheme("file", _open_file_url)
 register_scheme("memory", _open_memory)
 
 
+def scheme_of(url: str, /) -> str:
+    """The scheme of a repository URL in lower case (schemes are case-insensitive, as RFC
+    3986 says: ``FILE:///x`` is ``file:///x``); ``""`` for a bare path."""
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
 def _locate(url: str | os.PathLike[str], *, create: bool) -> Location:
     text = os.fspath(url)
     if not isinstance(text, str) or not text:
         raise InvalidInputError("url must be a non-empty path or URL", path="url")
     if "://" in text:
-        scheme = text.split("://", 1)[0]
+        scheme = scheme_of(text)
     else:
         # "file:relative" is a malformed file URL, not a directory of that name.
-        scheme = "file" if text.startswith("file:") else ""
+        scheme = "file" if text.lower().startswith("file:") else ""
     opener = _openers.get(scheme)
     if opener is None:
         supported = ", ".join(f"{name}://" for name in sorted(_openers) if name)

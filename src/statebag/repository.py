@@ -41,10 +41,12 @@ from .durations import as_seconds
 from .errors import IntegrityError, InvalidInputError, NotFoundError, StatebagError
 from .gc import COMPACT_BYTES, Collector
 from .ids import ContentId
-from .liveness import Liveness
+from .liveness import Liveness, Rehearsal
 from .meta import MetaStore
+from .meta.overlay import OverlayMetaStore
 from .objects import ObjectStore
 from .objects.counting import CountingObjectStore, IOCounters
+from .objects.discarding import DiscardingObjectStore
 from .opening import open
 from .reader import LazyState, NodeReader
 from .results import (
@@ -129,6 +131,23 @@ class Repository:
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
+
+    def rehearsal(self) -> Repository:
+        """A handle on this repository whose writes change nothing: every call reads what is
+        stored, runs as it would here and fails as it would, and what it "wrote" is seen only
+        by later calls on the same rehearsal. For trying deletes, pins or a gc first (the
+        CLI's ``--dry-run``); what a rehearsal saves cannot be loaded back. Close it when
+        done; this handle stays open."""
+        self._check_open()
+        return Repository(
+            DiscardingObjectStore(self._objects),
+            OverlayMetaStore(self._meta),
+            self._config,
+            threads=1,
+            url=self._url,
+            cache_bytes=0,
+            liveness=Rehearsal(self._liveness),
+        )
 
     @property
     def config(self) -> Config:
@@ -336,6 +355,15 @@ class Repository:
         else:
             yield from self._catalog.log(chain, bytes.fromhex(current))
 
+    def resolve(self, ref: str, /, *, field: str = "ref") -> str:
+        """The manifest id ``ref`` names: a manifest id (returned as is), a chain name (its
+        head), or a prefix of at least 8 hex characters of exactly one stored version's id,
+        as ``log`` shows them. A chain of that name wins over an id prefix. NotFoundError
+        when nothing matches; InvalidInputError naming ``field`` for an ambiguous prefix
+        (listing the candidates) or one shorter than 8 characters."""
+        self._check_open()
+        return self._catalog.resolve(ref, field=field).hex()
+
     def info(self, manifest_id: str, /) -> ManifestInfo:
         """The log entry of one version."""
         raw = _parse_id(manifest_id)
@@ -427,14 +455,15 @@ class Repository:
 
     # -- deletion and garbage collection ----------------------------------------------------
 
-    def delete(self, manifest_id: str, /) -> None:
+    def delete(self, manifest_id: str, /) -> bool:
         """Delete version ``manifest_id``, leaving a tombstone; its data is freed by gc.
+        True when this call deleted it; False when it was deleted already (nothing done).
 
         ConflictError for a chain's head (use :meth:`delete_chain`) or a pinned version;
-        NotFoundError if it does not exist. Deleting a deleted version does nothing.
+        NotFoundError if it does not exist.
         """
         self._check_open()
-        self._catalog.delete(_parse_id(manifest_id))
+        return self._catalog.delete(_parse_id(manifest_id))
 
     def delete_chain(self, chain: str, /) -> int:
         """Delete ``chain``: its head first (a save racing it gets ConflictError), then every

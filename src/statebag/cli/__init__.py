@@ -1,15 +1,21 @@
 """The ``statebag`` command line: a face over :class:`statebag.Repository`.
 
 Commands: ``init``, ``save``, ``load``, ``log``, ``diff``, ``fork``, ``merge``, ``reset``,
-``verify``, ``stats``, ``gc`` and ``audit`` work on the repository named by ``-r/--repo
-PATH_OR_URL`` (before or after the command) or, failing that, the ``STATEBAG_REPO``
-environment variable. ``demo [DIR]`` runs a simulated agent workflow in DIR (or in a
-temporary directory it removes) and reports what storage cost.
+``chains``, ``delete``, ``pin``, ``unpin``, ``hold``, ``merge-base``, ``verify``, ``stats``,
+``gc`` and ``audit`` work on the repository named by ``-r/--repo PATH_OR_URL`` (before or
+after the command) or, failing that, the ``STATEBAG_REPO`` environment variable; a
+``memory://`` URL is refused, since it would not outlive the command. ``demo [DIR]`` runs a
+simulated agent workflow in DIR (or in a temporary directory it removes) and reports what
+storage cost; ``bench`` compares statebag with restic, borg, casync and bup.
+
+A version is named by its id, a unique prefix of at least 8 hex characters of it, or a
+chain name (its newest version); see :meth:`statebag.Repository.resolve`.
 
 Only ``init`` creates a repository and only ``init`` passes configuration options: a
 repository records its options at creation, and an open that contradicts them fails.
 
-States travel as JSON. ``bytes`` values, which JSON lacks, are written by ``load`` as
+States travel as JSON (or MessagePack, for a file named ``*.msgpack`` or with ``--format
+msgpack``). ``bytes`` values, which JSON lacks, are written by ``load`` as
 ``{"$base64": "<standard base64>"}`` objects, and ``save`` turns such a one-key object back
 into bytes, so a state written by ``load`` saves back unchanged. Floats that are NaN or
 infinite are written as the non-standard tokens ``NaN``, ``Infinity`` and ``-Infinity``

@@ -81,13 +81,13 @@ def _figures(location: str, args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
             first_step = 1
-        with progress(show_progress(args), "agent steps", args.steps) as advance:
+        with progress(show_progress(args), "agent steps", args.steps) as ticker:
             for step in range(first_step, first_step + args.steps):
                 _agent_step(bag, rng, step)
                 started = time.perf_counter()
                 repo.save(DEMO_CHAIN, bag)
                 save_seconds.append(time.perf_counter() - started)
-                advance()
+                ticker.advance()
         versions = list(repo.log(DEMO_CHAIN))
 
     # Loads and verify go through a fresh handle, so no cache of the saves helps them.

@@ -5,11 +5,28 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from ..errors import StatebagError
+from ..errors import InvalidInputError, StatebagError
 from .parser import REPO_ENV, build_parser
 from .shared import print_error
+
+
+def in_cli_terms(exc: InvalidInputError, names: Mapping[str, str]) -> str:
+    """The error's message with the API argument it names (its ``path``, which the message
+    starts with) said as the command's own: ``new_chain`` is fork's ``NEW``, and
+    ``branches[1]`` merge's ``BRANCH #2``."""
+    message, path = str(exc), exc.path or ""
+    root, bracket, rest = path.partition("[")
+    said = names.get(root)
+    if said is None or not message.startswith(path):
+        return message
+    if bracket:
+        index = rest.partition("]")[0]
+        if not index.isdigit():
+            return message
+        said = f"{said} #{int(index) + 1}"
+    return said + message[len(path) :]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,6 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"{args.command} takes its directory as DIR, not -r/--repo")
     try:
         result: int = args.handler(args)
+    except InvalidInputError as exc:
+        print_error(in_cli_terms(exc, getattr(args, "cli_names", {})))
+        return exc.exit_code
     except StatebagError as exc:
         print_error(str(exc))
         return exc.exit_code

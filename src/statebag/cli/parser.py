@@ -9,11 +9,14 @@ import textwrap
 from collections.abc import Callable
 
 from .. import __version__
+from ..bench.peers import PEERS
+from ..bench.workloads import SCALES, WORKLOADS
 from ..merging import ON_CONFLICT, STRATEGIES
 
 # The handlers are looked up on their modules each time the parser is built, so one replaced
 # there (as the tests replace cmd_stats) is the one that runs.
-from . import commands, demo
+from . import bench, commands, demo
+from .shared import STATE_FORMATS
 
 REPO_ENV = "STATEBAG_REPO"
 
@@ -31,9 +34,15 @@ exit codes:
   7    backend failure (storage I/O)
   130  interrupted
 
-The repository is -r/--repo PATH_OR_URL (a directory, file:///abs/path or memory://name),
-before or after the command, or else the STATEBAG_REPO environment variable.
+The repository is -r/--repo PATH_OR_URL (a directory or file:///abs/path), before or after
+the command, or else the STATEBAG_REPO environment variable.
+
+A version (ID) is named by its id, by a unique prefix of at least 8 hex characters of it (as
+log shows them), or by a chain name, meaning the chain's newest version; a chain of that
+name wins over an id prefix. An ambiguous prefix fails (exit 2) listing the candidates.
 """
+
+_VERSION = "version: id, id prefix (8+ hex) or chain name"
 
 _JSON_NOTE = """\
 JSON: bytes values are written as {"$base64": "<standard base64>"} objects, and save turns
@@ -107,6 +116,20 @@ def positive(text: str) -> int:
     return value
 
 
+def peer_list(text: str) -> list[str]:
+    """``--peers``: names from PEERS, comma-separated, or ``none`` (argparse type)."""
+    if text.strip() == "none":
+        return []
+    names = [name.strip() for name in text.split(",")]
+    unknown = [name for name in names if name not in PEERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(map(repr, unknown))} is not a peer: give some of "
+            f"{','.join(PEERS)}, or none"
+        )
+    return list(dict.fromkeys(names))
+
+
 def _wrap(text: str) -> str:
     """Fill each one-line paragraph; paragraphs laid out by hand keep their lines."""
     return "\n\n".join(
@@ -134,8 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
-        name: str, handler: Callable[[argparse.Namespace], int], summary: str, epilog: str = ""
+        name: str,
+        handler: Callable[[argparse.Namespace], int],
+        summary: str,
+        epilog: str = "",
+        *,
+        names: dict[str, str] | None = None,
     ) -> argparse.ArgumentParser:
+        """A command on the repository; ``names`` maps the API's argument names to this
+        command's, so that an error about one is worded as the user typed it."""
         sub = subcommands.add_parser(
             name,
             parents=[with_repo],
@@ -144,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=_wrap(epilog) or None,
             formatter_class=formatter,
         )
-        sub.set_defaults(handler=handler, needs_repo=True)
+        sub.set_defaults(handler=handler, needs_repo=True, cli_names=names or {})
         return sub
 
     init = command(
@@ -179,11 +209,22 @@ def build_parser() -> argparse.ArgumentParser:
     save = command(
         "save",
         commands.cmd_save,
-        "save a JSON state as the next version of a chain",
-        "FILE holds one JSON object, the state (- reads stdin).\n\n" + _JSON_NOTE,
+        "save a state (JSON or MessagePack) as the next version of a chain",
+        "FILE holds the state: one JSON object, or one MessagePack map when FILE ends in "
+        ".msgpack or --format msgpack is given (- reads stdin, JSON unless --format says "
+        "otherwise). Prints a table of what the save wrote; -q prints only the new version's "
+        "id, --json the whole result (keys: those of CommitResult: manifest_id, chain, seq, "
+        "parent, parents, nodes_written, nodes_reused, bytes_logical, bytes_new_raw, "
+        "bytes_new_stored, timings, node_ids, pack_keys).\n\n" + _JSON_NOTE,
+        names={"chain": "CHAIN", "changed": "--changed", "parent": "--parent"},
     )
     save.add_argument("chain", metavar="CHAIN", help="chain name")
-    save.add_argument("file", metavar="FILE", help="JSON file holding the state, - for stdin")
+    save.add_argument("file", metavar="FILE", help="the state's file, - for stdin")
+    save.add_argument(
+        "--format",
+        choices=STATE_FORMATS,
+        help="FILE's format (default: msgpack for a name ending in .msgpack, else json)",
+    )
     save.add_argument(
         "--parent",
         metavar="ID",
@@ -197,19 +238,30 @@ def build_parser() -> argparse.ArgumentParser:
         "from it unread (trusted, not checked)",
     )
     save.add_argument("--meta", metavar="JSON", help="a JSON object stored with the version")
-    save.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    save_output = save.add_mutually_exclusive_group()
+    save_output.add_argument(
+        "-q", "--quiet", action="store_true", help="print only the new version's id"
+    )
+    save_output.add_argument("--json", action="store_true", help="print the whole result as JSON")
 
     load = command(
         "load",
         commands.cmd_load,
-        "print a version's state as JSON",
-        "ID_OR_CHAIN of 64 lowercase hex characters is a manifest id; anything else is a "
-        "chain name, meaning its newest version.\n\n" + _JSON_NOTE,
+        "print a version's state as JSON (or write it as MessagePack)",
+        "ID_OR_CHAIN is a manifest id, a unique prefix of at least 8 hex characters of one, "
+        "or a chain name (its newest version). The state is written as JSON, or as "
+        "canonical MessagePack when -o FILE ends in .msgpack or --format msgpack is given; "
+        "save reads either back to the same state.\n\n" + _JSON_NOTE,
     )
-    load.add_argument("ref", metavar="ID_OR_CHAIN", help="manifest id or chain name")
+    load.add_argument("ref", metavar="ID_OR_CHAIN", help=_VERSION)
     load.add_argument("--fields", metavar="A,B", type=name_list, help="load only these fields")
     load.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
-    load.add_argument("--compact", action="store_true", help="one line, no indentation")
+    load.add_argument(
+        "--format",
+        choices=STATE_FORMATS,
+        help="output format (default: msgpack for -o FILE ending in .msgpack, else json)",
+    )
+    load.add_argument("--compact", action="store_true", help="JSON on one line, no indentation")
 
     log = command(
         "log",
@@ -221,11 +273,25 @@ def build_parser() -> argparse.ArgumentParser:
         "a version in its lane, | another open lane, a |\\ line a merge opening a lane for "
         "each further parent and a |/ line lanes joining at a version they share. Each row "
         "gives the short id, the chain the version was saved on, its seq and its time (UTC).\n\n"
+        f"When stdout is a terminal, log shows the newest {commands.LOG_TERMINAL_ROWS} "
+        "versions unless -n N or --all says otherwise (and says so on stderr when it cut); "
+        "piped or with --json it lists every version.\n\n"
         "--json keys of each version: manifest_id, chain, parent, parents, seq, created_at, "
         "meta, bytes_logical.",
+        names={"chain": "CHAIN"},
     )
     log.add_argument("chain", metavar="CHAIN", help="chain name")
-    log.add_argument("--limit", type=positive, metavar="N", help="at most N versions")
+    log_count = log.add_mutually_exclusive_group()
+    log_count.add_argument(
+        "-n",
+        "--max-count",
+        "--limit",
+        dest="limit",
+        type=positive,
+        metavar="N",
+        help="at most N versions",
+    )
+    log_count.add_argument("--all", action="store_true", help="every version, even on a terminal")
     log.add_argument(
         "--graph", action="store_true", help="every ancestor through all parents, as a graph"
     )
@@ -235,23 +301,25 @@ def build_parser() -> argparse.ArgumentParser:
         "diff",
         commands.cmd_diff,
         "list the fields added, removed and changed from A to B, with sizes",
-        "A and B are manifest ids or chain names (a chain means its newest version). "
-        "Sizes are bytes of the fields' canonical encodings.",
+        "A and B are manifest ids, id prefixes (8+ hex characters) or chain names (a chain "
+        "means its newest version). Sizes are bytes of the fields' canonical encodings.",
     )
-    diff.add_argument("a", metavar="A", help="old version: id or chain")
-    diff.add_argument("b", metavar="B", help="new version: id or chain")
+    diff.add_argument("a", metavar="A", help="old " + _VERSION)
+    diff.add_argument("b", metavar="B", help="new " + _VERSION)
     diff.add_argument("--json", action="store_true", help="print the diff as JSON")
 
     fork = command(
         "fork",
         commands.cmd_fork,
         "start a new chain at a version: no version is written and no data copied",
-        "SOURCE is a chain (its newest version) or a manifest id. The new chain's head is "
+        "SOURCE is a chain (its newest version), a manifest id or an id prefix (8+ hex "
+        "characters). The new chain's head is "
         "that version, and its next save has it as parent. Fails with exit 4 if NEW already "
         "has a version, and exit 2 if NEW looks like a manifest id (64 hex characters).\n\n"
         "--json keys: chain, source, head (the version the new chain starts at).",
+        names={"new_chain": "NEW", "source": "SOURCE"},
     )
-    fork.add_argument("source", metavar="SOURCE", help="chain or manifest id to fork from")
+    fork.add_argument("source", metavar="SOURCE", help=_VERSION + ", to fork from")
     fork.add_argument("chain", metavar="NEW", help="name of the new chain")
     fork.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -271,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         "writes nothing; last_wins takes the last changed side's value. The branches keep "
         "their heads.\n\n"
         "--json keys: those of save; parents lists TARGET's head, then each BRANCH's head.",
+        names={"target": "TARGET", "branches": "BRANCH"},
     )
     merge.add_argument("target", metavar="TARGET", help="chain that gets the merged version")
     merge.add_argument(
@@ -301,9 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
         "no head reaches them, nothing pins or holds them and the grace period has passed.\n\n"
         "--json keys: chain, head (the new head), previous (the old head), discarded (the "
         "ids log no longer lists, newest first).",
+        names={"chain": "CHAIN"},
     )
     reset.add_argument("chain", metavar="CHAIN", help="chain name")
-    reset.add_argument("manifest_id", metavar="ID", help="the version to move the head back to")
+    reset.add_argument(
+        "manifest_id", metavar="ID", help="the version to move the head back to: id or id prefix"
+    )
     reset.add_argument("--json", action="store_true", help="print the result as JSON")
 
     verify = command(
@@ -312,9 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check that versions reach only present, intact data",
         "Without ID every version is checked. Exits 3 when a problem is found.",
     )
-    verify.add_argument(
-        "ref", metavar="ID", nargs="?", default=None, help="one version: id or chain name"
-    )
+    verify.add_argument("ref", metavar="ID", nargs="?", default=None, help="one " + _VERSION)
     verify.add_argument(
         "--read-data",
         type=fraction,
@@ -325,7 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    stats = command("stats", commands.cmd_stats, "print counts and bytes of the whole repository")
+    stats = command(
+        "stats",
+        commands.cmd_stats,
+        "print counts and bytes of the whole repository",
+        "--json keys: chains, versions (also as manifests, its older name), nodes, packs, "
+        "bytes_logical, bytes_stored, bytes_dead.",
+    )
     stats.add_argument("--json", action="store_true", help="print the figures as JSON")
 
     gc = command(
@@ -337,9 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
         "data of versions already deleted. Data unreferenced for less than the grace period "
         "(the repository's, 1h by default) is left for a later run and counted as deferred.\n\n"
         "DURATION is seconds or a number with a unit: 30s, 15m, 1h, 7d, 2w.\n\n"
-        "--json keys: manifests_deleted, nodes_freed, packs_deleted, packs_compacted, "
-        "bytes_reclaimed, deferred, dead_letters_processed. A dry run rehearses the whole "
-        "gc without writing anything and reports what it would do.",
+        "--json keys: versions_deleted (also as manifests_deleted, its older name), "
+        "nodes_freed, packs_deleted, packs_compacted, bytes_reclaimed, deferred, "
+        "dead_letters_processed. A dry run rehearses the whole gc without writing anything "
+        "and reports what it would do.",
+        names={"chains": "--chain"},
     )
     gc.add_argument(
         "--keep-last", type=count, metavar="N", help="keep the newest N versions of each chain"
@@ -385,12 +463,87 @@ def build_parser() -> argparse.ArgumentParser:
         "parent as pruned (a tombstone); it cannot bring back missing data. The report lists "
         "what the audit found before repairing: run audit again to confirm.\n\n"
         "--json keys: ok, under_counted, over_counted, missing_nodes, orphan_packs, "
-        "broken_chains, in_flight, repaired, unswept, manifests, nodes.",
+        "broken_chains, in_flight, repaired, unswept, versions (also as manifests, its older "
+        "name), nodes.",
     )
     audit.add_argument(
         "--repair", action="store_true", help="fix counts and free leaks (never reachable data)"
     )
     audit.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    chains = command(
+        "chains",
+        commands.cmd_chains,
+        "list the chains and their newest versions",
+        "--json: a list with, for each chain in name order, chain, head (its newest version), "
+        "seq and created_at (of the head, UTC).",
+    )
+    chains.add_argument("--json", action="store_true", help="print a JSON list")
+
+    delete = command(
+        "delete",
+        commands.cmd_delete,
+        "delete versions, or whole chains with --chain",
+        "Each ID is a version (id or id prefix); its data is freed by a later gc once no "
+        "version references it. A chain's head is deleted only with its whole chain: "
+        "--chain takes chain names and deletes each chain's head, then every version saved "
+        "on it, pinned ones too. Every delete is rehearsed first, so one that would fail "
+        "(exit 4: a head, a pinned version, a fork point; exit 5: unknown) fails before "
+        "anything is deleted; --dry-run stops after the rehearsal.\n\n"
+        "--json keys: dry_run, and deleted (ids deleted now, or that would be) and "
+        "already_deleted; with --chain: dry_run and chains (each chain's number of versions "
+        "deleted).",
+        names={"chain": "CHAIN"},
+    )
+    delete.add_argument("refs", metavar="ID", nargs="+", help="versions (chains with --chain)")
+    delete.add_argument(
+        "--chain", action="store_true", help="the arguments are chains: delete them whole"
+    )
+    delete.add_argument(
+        "--dry-run", action="store_true", help="say what would be deleted, delete nothing"
+    )
+    delete.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    for verb, handler, summary in (
+        (
+            "pin",
+            commands.cmd_pin,
+            "keep versions from retention, gc and delete until unpinned",
+        ),
+        ("unpin", commands.cmd_unpin, "let retention and delete have versions again"),
+    ):
+        sub = command(
+            verb,
+            handler,
+            summary,
+            f"Each ID is a {_VERSION}. Pinning a pinned version (or unpinning one that is "
+            f"not) changes nothing. --json keys: {verb}ned (the ids).",
+        )
+        sub.add_argument("refs", metavar="ID", nargs="+", help="versions")
+        sub.add_argument("--json", action="store_true", help="print the ids as JSON")
+
+    hold = command(
+        "hold",
+        commands.cmd_hold,
+        "keep a version from retention and gc for a while",
+        "DURATION is seconds or a number with a unit: 30s, 15m, 1h, 7d, 2w. Holds only "
+        "extend: a shorter hold leaves a longer one as it is. --json keys: manifest_id, "
+        "seconds.",
+    )
+    hold.add_argument("ref", metavar="ID", help=_VERSION)
+    hold.add_argument("duration", metavar="DURATION", type=duration, help="how long")
+    hold.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    merge_base = command(
+        "merge-base",
+        commands.cmd_merge_base,
+        "print the newest version all the given versions descend from",
+        "What merge merges against: the newest common ancestor, a version counting as its "
+        "own. Exits 5 when the versions share no ancestor (or it was deleted); --json then "
+        "prints base null. --json keys: base, versions (the ids the arguments named).",
+    )
+    merge_base.add_argument("refs", metavar="REF", nargs="+", help="versions: " + _VERSION)
+    merge_base.add_argument("--json", action="store_true", help="print the result as JSON")
 
     demo_command = subcommands.add_parser(
         "demo",
@@ -423,4 +576,64 @@ def build_parser() -> argparse.ArgumentParser:
     demo_command.add_argument("--json", action="store_true", help="print the figures as JSON")
     demo_command.add_argument("--quiet", action="store_true", help="no progress on stderr")
     demo_command.set_defaults(handler=demo.cmd_demo, needs_repo=False)
+    bench_command = subcommands.add_parser(
+        "bench",
+        help="measure statebag against restic, borg, casync and bup on the same states",
+        description=_wrap(
+            "Save a sequence of states with statebag (in-process, and through one `statebag "
+            "save` per step) and with each peer on PATH (one call per step, as a pipeline "
+            "shells out), each into a fresh repository, then restore the latest and the "
+            "first version, and compare. Prints one markdown table per workload on stdout; "
+            "progress goes to stderr on a terminal."
+        ),
+        epilog=_wrap(bench.EPILOG),
+        formatter_class=formatter,
+    )
+    source = bench_command.add_mutually_exclusive_group()
+    source.add_argument(
+        "--workload",
+        choices=(*WORKLOADS, "all"),
+        default=None,
+        help="built-in seeded workload (default agent; all: each in turn)",
+    )
+    source.add_argument(
+        "--states",
+        metavar="DIR",
+        help="your own states instead: one .json or .msgpack file per step, in name order",
+    )
+    bench_command.add_argument(
+        "--scale",
+        choices=SCALES,
+        default="small",
+        help="size of the built-in workloads (default small; tiny runs in seconds)",
+    )
+    bench_command.add_argument(
+        "--peers",
+        type=peer_list,
+        default=None,
+        metavar="LIST",
+        help=f"comma-separated, of {','.join(PEERS)}; none for statebag alone "
+        "(default: all of them; those not on PATH are reported as skipped)",
+    )
+    bench_command.add_argument(
+        "--json", dest="json_file", metavar="FILE", help="also write the report to FILE as JSON"
+    )
+    bench_command.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="keep the repositories in DIR/WORKLOAD/TOOL (DIR must be new or empty)",
+    )
+    bench_command.add_argument(
+        "--timeout",
+        type=duration,
+        default=bench.DEFAULT_TIMEOUT,
+        metavar="DURATION",
+        help=f"longest a single peer call may take before it is killed and the peer reported "
+        f"as failed (default {bench.DEFAULT_TIMEOUT:g} s)",
+    )
+    bench_command.add_argument(
+        "--seed", type=int, default=0, help="seed of the built-in workloads (default 0)"
+    )
+    bench_command.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    bench_command.set_defaults(handler=bench.cmd_bench, needs_repo=False)
     return parser

@@ -1,6 +1,6 @@
 """What the commands share: JSON in and out (with ``{"$base64": ...}`` for bytes), state
-files, the console, progress on stderr, error lines, sizes, times, and opening the
-repository a command names."""
+files (JSON or MessagePack), the console, progress on stderr, error lines, sizes, times, and
+opening the repository a command names."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ..errors import InvalidInputError, NotFoundError
-from ..ids import looks_like_id
+from .. import codec
+from ..errors import IntegrityError, InvalidInputError, NotFoundError
+from ..opening import scheme_of
 from ..repository import Repository
 from ..repository import open as open_repository
 from ..results import ManifestInfo
@@ -62,7 +63,23 @@ def loads(data: bytes | str, *, source: str) -> Any:
         raise InvalidInputError(f"{source} is nested too deeply to parse", path=source) from exc
 
 
-def read_state(file: str) -> dict[str, Any]:
+STATE_FORMATS = ("json", "msgpack")
+MSGPACK_SUFFIX = ".msgpack"
+
+
+def state_format(file: str | None, given: str | None) -> str:
+    """The format of a state file: ``given`` (``--format``), else msgpack for a name ending
+    in ``.msgpack`` and JSON for any other name, stdin and stdout."""
+    if given is not None:
+        return given
+    if file is not None and file != "-" and file.endswith(MSGPACK_SUFFIX):
+        return "msgpack"
+    return "json"
+
+
+def read_state(file: str, *, fmt: str | None = None) -> dict[str, Any]:
+    """The state in ``file`` (``-``: stdin), a JSON object or a MessagePack map; ``fmt``
+    as :func:`state_format` decides when None."""
     source = "<stdin>" if file == "-" else file
     try:
         if file == "-":
@@ -75,14 +92,28 @@ def read_state(file: str) -> dict[str, Any]:
         raise InvalidInputError(
             f"cannot read {source}: {exc.strerror or exc}", path=source
         ) from exc
-    state = loads(data, source=source)
+    if state_format(file, fmt) == "json":
+        state = loads(data, source=source)
+        kind = f"a JSON {type(state).__name__}; a state is a JSON object"
+    else:
+        try:
+            state = codec.decode(data.encode("utf-8") if isinstance(data, str) else data)
+        except IntegrityError as exc:
+            raise InvalidInputError(
+                f"{source} is not valid MessagePack: {exc.__cause__ or exc}", path=source
+            ) from exc
+        kind = f"a MessagePack {type(state).__name__}; a state is a MessagePack map"
     if not isinstance(state, dict):
-        raise InvalidInputError(
-            f"{source} holds a JSON {type(state).__name__}; a state is a JSON object "
-            "of field names to values",
-            path=source,
-        )
+        raise InvalidInputError(f"{source} holds {kind} of field names to values", path=source)
     return state
+
+
+def encode_state(state: dict[str, Any], *, fmt: str, compact: bool = False) -> bytes:
+    """A state as ``load`` writes it: JSON text (UTF-8, a final newline) or canonical
+    MessagePack, which ``save`` reads back to the same state."""
+    if fmt == "msgpack":
+        return codec.encode(state)
+    return (dumps(state, indent=None if compact else 2) + "\n").encode("utf-8")
 
 
 def write_text(text: str, stream: IO[str] | None = None) -> None:
@@ -95,6 +126,13 @@ def write_text(text: str, stream: IO[str] | None = None) -> None:
     stream.flush()
     buffer.write(text.encode("utf-8"))
     buffer.flush()
+
+
+def write_bytes(data: bytes) -> None:
+    """Write ``data`` to stdout as it is (a state as JSON or MessagePack)."""
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
 
 
 def print_json(value: Any) -> None:
@@ -124,11 +162,24 @@ def show_progress(args: argparse.Namespace) -> bool:
     )
 
 
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+class Ticker:
+    """What a progress bar yields: ``advance()`` one step, ``describe(text)`` what runs now.
+    A disabled one does nothing."""
+
+    def __init__(self, advance: Callable[[], None], describe: Callable[[str], None]) -> None:
+        self.advance = advance
+        self.describe = describe
+
+
 @contextmanager
-def progress(enabled: bool, description: str, total: int) -> Iterator[Callable[[], None]]:
-    """A progress bar on stderr; yields the function that advances it by one."""
+def progress(enabled: bool, description: str, total: int) -> Iterator[Ticker]:
+    """A progress bar on stderr, transient: it is gone when the block ends."""
     if not enabled:
-        yield lambda: None
+        yield Ticker(lambda: None, lambda _: None)
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -141,7 +192,7 @@ def progress(enabled: bool, description: str, total: int) -> Iterator[Callable[[
         transient=True,
     ) as bar:
         task = bar.add_task(description, total=total)
-        yield lambda: bar.advance(task)
+        yield Ticker(lambda: bar.advance(task), lambda text: bar.update(task, description=text))
 
 
 @contextmanager
@@ -174,6 +225,10 @@ def print_error(message: str) -> None:
     print(f"statebag: error: {message}", file=sys.stderr)
 
 
+def print_note(message: str) -> None:
+    print(f"statebag: {message}", file=sys.stderr)
+
+
 def format_created_at(info: ManifestInfo) -> str:
     return info.created_at.strftime("%Y-%m-%d %H:%M:%S")
 
@@ -183,8 +238,22 @@ def format_created_at(info: ManifestInfo) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def check_repo_url(url: str) -> None:
+    """Refuse a repository no command could find again: a ``memory://`` one lives only as
+    long as the process that opened it, and every command is a process of its own."""
+    if scheme_of(url) == "memory":
+        raise InvalidInputError(
+            f"-r/--repo {url}: a memory:// repository lives only as long as the process that "
+            "opens it, and each statebag command is a process of its own, so the next "
+            "command would find nothing; use a directory or file:///abs/path (memory:// is "
+            "for Python code: statebag.open('memory://name'))",
+            path="--repo",
+        )
+
+
 @contextmanager
 def open_repo(args: argparse.Namespace) -> Iterator[Repository]:
+    check_repo_url(args.repo)
     # No options here: they are fixed at init, and repeating them could only contradict.
     try:
         repo = open_repository(args.repo, create=False)
@@ -194,13 +263,3 @@ def open_repo(args: argparse.Namespace) -> Iterator[Repository]:
         ) from exc
     with repo:
         yield repo
-
-
-def resolve_ref(repo: Repository, ref: str) -> str:
-    """A manifest id from an id (64 lowercase hex characters) or a chain name (its head)."""
-    if looks_like_id(ref):
-        return ref
-    head = repo.head(ref)
-    if head is None:
-        raise NotFoundError(f"chain {ref!r} has no version")
-    return head
