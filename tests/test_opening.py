@@ -344,7 +344,9 @@ from statebag.cli import main
 results = []
 for argv in json.loads(sys.argv[1]):
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    # The CLI writes binary output (a MessagePack load) through stdout's buffer.
+    out = io.TextIOWrapper(io.BytesIO())
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
             code = main(argv)
         except SystemExit as exc:
