@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from statebag import cli, errors
 from statebag.cli import commands
 from statebag.results import VerifyReport
 
-from .clihelp import Run
+from .clihelp import Run, child_env, process
 
 
 @pytest.fixture
@@ -468,19 +467,10 @@ def test_version(run: Run) -> None:
 
 
 def test_a_real_process(tmp_path: Path) -> None:
-    env = {**os.environ, cli.REPO_ENV: str(tmp_path / "repo")}
+    env = child_env(**{cli.REPO_ENV: str(tmp_path / "repo")})
 
     def statebag_cli(*argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "statebag.cli", *argv],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            encoding="utf-8",
-            env=env,
-            timeout=120,
-            check=False,
-        )
+        return process(*argv, env=env, stdin=stdin, timeout=120)
 
     assert statebag_cli("init", "--no-fsync").returncode == 0
     saved = statebag_cli("save", "c", "-", "--json", stdin='{"a": [1, "two"]}')
