@@ -100,7 +100,9 @@ class Sweeper:
                 stale.append(CheckCounter(ref_key(node_id), counts[node_id]))
                 stale.append(Delete(zero_key(node_id), expect=mark))
             else:
-                doomed.append((node_id, mark, stored, IndexRecord.decode(stored, node_id=key)))
+                doomed.append(
+                    (node_id, mark, stored, IndexRecord.decode(stored, node_id=node_id.hex()))
+                )
         resolved = 0
         for index in range(0, len(stale), 2):
             with contextlib.suppress(ConditionFailed):
