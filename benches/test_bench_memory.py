@@ -65,14 +65,7 @@ def test_peak_memory_of_a_save(mbench: Bench, workspace: Path, size: int) -> Non
         results.append(probe("save", workspace / f"save-{next(counter)}", size))
 
     mbench.run(save, rounds=1)
-    peak = max(result["peak"] for result in results)
-    mbench.record("peak_save", size, peak_bytes=peak)
-    mbench.figures(
-        save_peak_bytes=peak,
-        save_peak_ratio=peak / size,
-        save_seconds=results[-1]["seconds"],
-        save_peak_exact=results[-1]["exact"],
-    )
+    _record_peak(mbench, "save", results, size)
 
 
 @pytest.mark.benchmark(group="memory")
@@ -83,11 +76,17 @@ def test_peak_memory_of_a_load(mbench: Bench, saved: Path, size: int) -> None:
         results.append(probe("load", saved, size))
 
     mbench.run(load, rounds=1)
+    _record_peak(mbench, "load", results, size)
+
+
+def _record_peak(mbench: Bench, stage: str, results: list[dict[str, Any]], size: int) -> None:
     peak = max(result["peak"] for result in results)
-    mbench.record("peak_load", size, peak_bytes=peak)
+    mbench.record(f"peak_{stage}", size, peak_bytes=peak)
     mbench.figures(
-        load_peak_bytes=peak,
-        load_peak_ratio=peak / size,
-        load_seconds=results[-1]["seconds"],
-        load_peak_exact=results[-1]["exact"],
+        **{
+            f"{stage}_peak_bytes": peak,
+            f"{stage}_peak_ratio": peak / size,
+            f"{stage}_seconds": results[-1]["seconds"],
+            f"{stage}_peak_exact": results[-1]["exact"],
+        }
     )

@@ -521,16 +521,21 @@ class Repository:
             names = [check_chain(chain, field="chains") for chain in chains]
         if not isinstance(dry_run, bool):
             raise InvalidInputError(f"dry_run must be a bool, not {dry_run!r}", path="dry_run")
-        return self._collector.collect(
-            keep_last=keep_last,
-            keep_within=within,
-            keep_daily=keep_daily,
-            chains=names,
-            grace=grace_s,
-            dry_run=dry_run,
-            compact_bytes=compact_bytes,
-            pack_size=self._config.pack_size,
-        )
+        options: dict[str, Any] = {
+            "keep_last": keep_last,
+            "keep_within": within,
+            "keep_daily": keep_daily,
+            "chains": names,
+            "grace": grace_s,
+            "compact_bytes": compact_bytes,
+            "pack_size": self._config.pack_size,
+        }
+        if dry_run:
+            # The same run on a rehearsal: it reports what gc would do, cascades included,
+            # and writes nothing.
+            with self.rehearsal() as rehearsal:
+                return rehearsal._collector.collect(**options)
+        return self._collector.collect(**options)
 
     def audit(self, repair: bool = False) -> AuditReport:
         """Recount every reference and check that every reachable node is indexed in a pack

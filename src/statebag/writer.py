@@ -504,11 +504,12 @@ class Writer:
         if not candidates:
             run.packer.reused += len(nodes)
             return
-        stored = self._meta.get_many([node_key(node.node_id) for node in candidates])
+        keys = [node_key(node.node_id) for node in candidates]
+        stored = self._meta.get_many(keys)
         run.requests["meta_reads"] += 1
         fresh = []
-        for node in candidates:
-            record = stored.get(node_key(node.node_id))
+        for node, key in zip(candidates, keys, strict=True):
+            record = stored.get(key)
             if record is None:
                 fresh.append(node)
             else:

@@ -19,11 +19,9 @@ import time
 from collections.abc import Callable
 
 from ..errors import ConfigError
-from ..liveness import Liveness, Rehearsal
+from ..liveness import Liveness
 from ..meta import MetaStore
-from ..meta.overlay import OverlayMetaStore
 from ..objects import ObjectStore
-from ..objects.discarding import DiscardingObjectStore
 from ..results import AuditReport, GCReport
 from ..versions import ReachabilityChanged, VersionDeleter
 from .audit import Auditor
@@ -62,8 +60,6 @@ class Collector:
     ) -> None:
         self._objects = objects
         self._meta = meta
-        self._liveness = liveness
-        self._lease = lease
         # One reader for the sweep and the audit alike: swapping it swaps it for both.
         self._child_reader = ChildReader(read_nodes)
         self._versions = VersionDeleter(meta, forget=forget)
@@ -83,13 +79,10 @@ class Collector:
         keep_daily: int | None,
         chains: list[str] | None,
         grace: float,
-        dry_run: bool,
         compact_bytes: int = COMPACT_BYTES,
         pack_size: int = 16 << 20,
     ) -> GCReport:
-        """One gc run. A dry run is the same run over an overlay of the metadata store and
-        an object store that discards writes: it reports what a gc would do, cascades
-        included, and writes nothing.
+        """One gc run (a dry run is this run on a ``Repository.rehearsal()``).
 
         The sweep runs after the deletes, so that with no grace the nodes they release go
         in the same run; the packs go last, from the dead frames the sweep counted.
@@ -101,25 +94,6 @@ class Collector:
             raise ConfigError(
                 f"{lost} ({self._meta!r}); gc deletes nothing until the metadata is back: "
                 "restore it from a backup, or recover it from the packs with `statebag rebuild`"
-            )
-        if dry_run:
-            rehearsal = Collector(
-                DiscardingObjectStore(self._objects),
-                OverlayMetaStore(self._meta),
-                liveness=Rehearsal(self._liveness),
-                read_nodes=self._child_reader.read_nodes,
-                forget=lambda _: None,
-                lease=self._lease,
-            )
-            return rehearsal.collect(
-                keep_last=keep_last,
-                keep_within=keep_within,
-                keep_daily=keep_daily,
-                chains=chains,
-                grace=grace,
-                dry_run=False,
-                compact_bytes=compact_bytes,
-                pack_size=pack_size,
             )
         tally = Tally()
         now = time.time_ns()
