@@ -17,7 +17,7 @@ from . import merging
 from .catalog import Catalog
 from .dag import Entry
 from .errors import ConflictError, IntegrityError, NotFoundError
-from .keys import STAT_CHAINS, STAT_DISCARDS, HeadRecord, head_key
+from .keys import STAT_CHAINS, STAT_DISCARDS, HeadRecord, head_key, stat_shard
 from .manifests import Manifest
 from .meta import Add, Check, ConditionFailed
 from .reader import NodeReader
@@ -54,7 +54,12 @@ class Branches:
                 )
             try:
                 catalog.move_head(
-                    new_chain, point, manifest, stored, expect=None, also=[Add(STAT_CHAINS, 1)]
+                    new_chain,
+                    point,
+                    manifest,
+                    stored,
+                    expect=None,
+                    also=[Add(stat_shard(STAT_CHAINS, new_chain), 1)],
                 )
             except ConditionFailed:
                 continue  # the source was deleted, or the chain created, meanwhile

@@ -41,6 +41,8 @@ from .keys import (
     hold_key,
     id_of,
     manifest_key,
+    stat_shard,
+    sum_totals,
     tomb_key,
 )
 from .manifests import Manifest, decode_manifest
@@ -289,7 +291,7 @@ class Catalog:
         ops: list[Op] = [
             Check(*stored),
             Put(head_key(chain), encode_record(HeadRecord(to, manifest.seq, txn)), expect=expect),
-            Add(STAT_EPOCH, 1),
+            Add(stat_shard(STAT_EPOCH, chain), 1),
             *also,
         ]
         if manifest.chain != chain:
@@ -345,7 +347,7 @@ class Catalog:
 
     def totals(self) -> dict[str, int]:
         """The repository's counters by name (``chains``, ``manifests``, …)."""
-        return {key[len(STAT) :]: value for key, value in self._meta.counters(STAT)}
+        return sum_totals(self._meta.counters(STAT))
 
     def hold_ops(self, manifest_id: bytes, /, *, seconds: float) -> list[Op]:
         """The op that holds a version being committed for ``seconds`` from now."""

@@ -74,6 +74,7 @@ from .keys import (
     pack_record_key,
     pending_key,
     ref_key,
+    stat_shard,
 )
 from .liveness import Liveness
 from .meta import ANY, Add, Check, ConditionFailed, Delete, MetaStore, Op, Put
@@ -182,19 +183,23 @@ def _commit_write(tx: Transaction, pending: bytes | None) -> _CommitWrite:
     entry must still be the one this save wrote: if gc rolled it back (and deleted the
     packs), the save must not commit."""
     new_count = len(tx.new_nodes) - len(tx.reused_late)
+
+    def total(key: str, delta: int) -> Add:
+        return Add(stat_shard(key, tx.chain), delta)
+
     totals: list[Op] = [
-        Add(STAT_MANIFESTS, 1),
-        Add(STAT_BYTES_LOGICAL, tx.bytes_logical),
-        Add(STAT_EPOCH, 1),
+        total(STAT_MANIFESTS, 1),
+        total(STAT_BYTES_LOGICAL, tx.bytes_logical),
+        total(STAT_EPOCH, 1),
         *tx.extra,
     ]
     if tx.expected_head is None:
-        totals.append(Add(STAT_CHAINS, 1))
+        totals.append(total(STAT_CHAINS, 1))
     if new_count:
-        totals.append(Add(STAT_NODES, new_count))
+        totals.append(total(STAT_NODES, new_count))
     if tx.packs:
-        totals.append(Add(STAT_PACKS, len(tx.packs)))
-        totals.append(Add(STAT_BYTES_STORED, sum(size for _, size, _ in tx.packs)))
+        totals.append(total(STAT_PACKS, len(tx.packs)))
+        totals.append(total(STAT_BYTES_STORED, sum(size for _, size, _ in tx.packs)))
         totals.extend(
             Put(
                 pack_record_key(pack_id),
@@ -210,7 +215,7 @@ def _commit_write(tx: Transaction, pending: bytes | None) -> _CommitWrite:
                     dead[pack_id] = dead.get(pack_id, 0) + entry.length
         for pack_id, length in dead.items():
             totals.append(Add(dead_key(pack_id), length))
-            totals.append(Add(STAT_BYTES_DEAD, length))
+            totals.append(total(STAT_BYTES_DEAD, length))
     return _CommitWrite(
         manifest=Put(manifest_key(tx.manifest_id), tx.manifest, expect=None),
         head=Put(head_key(tx.chain), encode_record(tx.new_head), expect=tx.expected_head),

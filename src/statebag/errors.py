@@ -6,6 +6,8 @@
 - ``IntegrityError``: stored bytes do not match their id; restore or repair, never retry.
 - ``ConfigError``: the repository or environment is set up wrongly; fix the setting named.
 - ``BackendError``: the object or metadata store failed; ``retryable`` says if a retry may help.
+  ``OutcomeUnknown``, one of them, says a write may or may not have been applied, now or
+  later: read back before acting on it.
 
 Every class has a stable ``kind`` code and a CLI ``exit_code``.
 """
@@ -21,6 +23,7 @@ __all__ = [
     "IntegrityError",
     "InvalidInputError",
     "NotFoundError",
+    "OutcomeUnknown",
     "StatebagError",
 ]
 
@@ -91,3 +94,19 @@ class BackendError(StatebagError):
     def __init__(self, message: str, *, retryable: bool) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+class OutcomeUnknown(BackendError):
+    """A write may or may not have been applied, now or later (a timeout, a lost answer, a
+    transaction still landing after its client gave up). Retryable: what it wrote is
+    conditional, so a retry applies at most once; read back to learn which happened.
+
+    A store raises it only for writes; any other error from a write means nothing of it was
+    applied. A save that meets it and cannot read its commit back leaves its pending entry
+    for garbage collection to roll back once the lease has passed.
+    """
+
+    kind: ClassVar[str] = "outcome_unknown"
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message, retryable=retryable)

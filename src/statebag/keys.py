@@ -31,6 +31,7 @@ prefix constant (for scans), a builder and, where keys are scanned, a parser.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import msgspec
@@ -96,6 +97,9 @@ __all__ = [
     "pending_key",
     "pin_key",
     "ref_key",
+    "stat_name",
+    "stat_shard",
+    "sum_totals",
     "tomb_key",
     "txn_of",
     "version_key",
@@ -136,8 +140,55 @@ STAT_BYTES_DEAD = "stat/bytes_dead"
 STAT_EPOCH = "stat/epoch"
 # Bumped by writes that may leave versions reached from no head (resets, chain deletions).
 STAT_DISCARDS = "stat/discards"
+# A total is the sum of its global counter (above; gc, deletes and repositories written
+# before sharding use it) and of one shard per chain that saves and forks add to, so that
+# writers of different chains touch no common item: a transactional store (DynamoDB)
+# serialises every transaction that writes the same item.
+_STAT_NAMES = frozenset(
+    key[len(STAT) :]
+    for key in (
+        STAT_CHAINS,
+        STAT_MANIFESTS,
+        STAT_NODES,
+        STAT_PACKS,
+        STAT_BYTES_LOGICAL,
+        STAT_BYTES_STORED,
+        STAT_BYTES_DEAD,
+        STAT_EPOCH,
+        STAT_DISCARDS,
+    )
+)
 
 # -- builders ----------------------------------------------------------------------------------
+
+
+def stat_shard(total: str, chain: str, /) -> str:
+    """The shard of counter ``total`` (a ``STAT_*`` key) that writes for ``chain`` add to."""
+    return f"{total}/{chain_hash(chain)}"
+
+
+def stat_name(key: str, /) -> str | None:
+    """The total a ``stat/`` counter (global or shard) belongs to; None for a foreign key."""
+    if not key.startswith(STAT):
+        return None
+    name, _, shard = key[len(STAT) :].partition("/")
+    if name not in _STAT_NAMES or (shard and not _is_chain_hash(shard)):
+        return None
+    return name
+
+
+def _is_chain_hash(text: str) -> bool:
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
+
+
+def sum_totals(counters: Iterable[tuple[str, int]], /) -> dict[str, int]:
+    """Totals by name (``chains``, ``epoch``, ...) from the ``stat/`` counters, shards summed."""
+    totals: dict[str, int] = {}
+    for key, value in counters:
+        name = stat_name(key)
+        if name is not None:
+            totals[name] = totals.get(name, 0) + value
+    return totals
 
 
 def head_key(chain: str, /) -> str:

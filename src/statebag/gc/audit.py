@@ -79,7 +79,7 @@ class Auditor:
 
     def _audit_once(self, *, repair: bool, grace: float) -> AuditReport | None:
         meta = self._meta
-        epoch = meta.counter(STAT_EPOCH)
+        epoch = dict(meta.counters(STAT_EPOCH))
         # Packs are listed before the records are read: a pack uploaded after the listing
         # is not seen, and one listed has its pending entry (written before the upload) or
         # its record (written by its commit) visible below.
@@ -163,7 +163,7 @@ class Auditor:
         over += sorted(f"fork:{m.hex()}" for m, delta in fork_fix.items() if delta < 0)
         orphans = sorted(p.hex() for p in listed if p not in pack_records and p not in owned)
         lost = lost_metadata(meta, self._objects)
-        if meta.counter(STAT_EPOCH) != epoch:
+        if dict(meta.counters(STAT_EPOCH)) != epoch:
             return None
         repaired = 0
         # With the metadata lost, its counts and marks describe nothing: writing them would
@@ -202,7 +202,7 @@ class Auditor:
 
     def _repair(
         self,
-        epoch: int,
+        epoch: dict[str, int],
         *,
         expected: Counter[bytes],
         counts: dict[bytes, int],
@@ -224,7 +224,7 @@ class Auditor:
         own nodes, not its parent's.
         """
         now = time.time_ns()
-        ops: list[Op] = [CheckCounter(STAT_EPOCH, epoch)]
+        ops: list[Op] = [CheckCounter(key, value) for key, value in epoch.items()]
         for parent, child in lost_parents.items():
             tombstone = Tombstone(child.chain, max(child.seq - 1, 0), 0, now)
             ops.append(Put(tomb_key(parent), encode_record(tombstone), expect=None))
@@ -241,7 +241,7 @@ class Auditor:
             if text not in fix:
                 ops.append(Put(zero_key(bytes.fromhex(text)), encode_le64(now)))
         ops.extend(Add(fork_key(manifest_id), delta) for manifest_id, delta in fork_fix.items())
-        if len(ops) > 1:
+        if len(ops) > len(epoch):
             ops.append(Add(STAT_EPOCH, 1))
             try:
                 self._meta.write(ops)

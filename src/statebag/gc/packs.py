@@ -35,6 +35,7 @@ from ..keys import (
     pack_letter_key,
     pack_record_key,
     pending_key,
+    sum_totals,
 )
 from ..liveness import Liveness
 from ..meta import (
@@ -88,9 +89,9 @@ class PackReclaimer:
         self._lease = lease
 
     def reclaim(self, tally: Tally, *, compact_bytes: int, pack_size: int) -> None:
-        totals = dict(self._meta.counters(STAT))
-        stored_total = totals.get(STAT_BYTES_STORED, 0)
-        dead_total = totals.get(STAT_BYTES_DEAD, 0)
+        totals = sum_totals(self._meta.counters(STAT))
+        stored_total = totals.get("bytes_stored", 0)
+        dead_total = totals.get("bytes_dead", 0)
         compact = stored_total > 0 and dead_total >= COMPACT_REPO_DEAD * stored_total
         budget = compact_bytes
         # The live frames of several packs go into one new pack of up to pack_size, so that
