@@ -88,3 +88,23 @@ def test_head_record_bytes_are_frozen() -> None:
     # Format 1: a head record is the msgpack array [bin id, seq, txn].
     head = keys.HeadRecord(b"\xaa" * 32, 1, "t")
     assert keys.encode_record(head) == b"\x93\xc4\x20" + b"\xaa" * 32 + b"\x01\xa1t"
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_stat_shards_belong_to_their_total_and_differ_per_chain(chain: str) -> None:
+    shard = keys.stat_shard(keys.STAT_EPOCH, chain)
+    assert shard.startswith(keys.STAT_EPOCH + "/")
+    assert keys.stat_name(shard) == "epoch"
+    assert keys.stat_shard(keys.STAT_EPOCH, chain + "x") != shard
+
+
+def test_totals_sum_the_global_counter_and_every_shard() -> None:
+    counters = [
+        (keys.STAT_NODES, 5),
+        (keys.stat_shard(keys.STAT_NODES, "a"), 3),
+        (keys.stat_shard(keys.STAT_NODES, "b"), -1),
+        (keys.stat_shard(keys.STAT_EPOCH, "a"), 2),
+        ("stat/nodes/not-a-shard", 100),  # not a shard key: not counted
+        ("stat/unknown", 7),
+    ]
+    assert keys.sum_totals(counters) == {"nodes": 7, "epoch": 2}

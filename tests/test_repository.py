@@ -531,15 +531,15 @@ def test_conflict_in_one_atomic_write_leaves_no_pack(repo: statebag.Repository) 
     assert list(internals.meta(repo).scan("pending/")) == []
 
 
-def test_batched_metadata_commits_and_takes_back_on_conflict() -> None:
-    # A metadata store that caps a write at 7 operations forces the batched protocol.
+def test_batched_commit_that_loses_its_race_hands_its_packs_to_gc() -> None:
+    # A metadata store that caps a write at 25 operations forces the batched protocol.
     from statebag.meta.memory import MemoryMetaStore
 
     name = uuid.uuid4().hex
     with statebag.open(f"memory://{name}") as repo:
         meta = internals.meta(repo)
         assert isinstance(meta, MemoryMetaStore)
-        meta.max_batch = 7  # type: ignore[misc]
+        meta.max_batch = 25  # type: ignore[misc]
         state = {f"f{i}": random.Random(i).randbytes(3000) for i in range(30)}
         first = repo.save("c", state)
         assert repo.load(first.manifest_id) == dict(sorted(state.items()))
@@ -554,7 +554,7 @@ def test_batched_metadata_commits_and_takes_back_on_conflict() -> None:
                 moved = True
                 meta.max_batch = None  # type: ignore[misc]
                 repo.save("c", {"other": 1})
-                meta.max_batch = 7  # type: ignore[misc]
+                meta.max_batch = 25  # type: ignore[misc]
             real_write(ops, **options)
 
         meta.write = racing_write  # type: ignore[method-assign]
@@ -562,11 +562,20 @@ def test_batched_metadata_commits_and_takes_back_on_conflict() -> None:
         with pytest.raises(ConflictError):
             repo.save("c", state2)
         meta.write = real_write  # type: ignore[method-assign]
-        # The losing save's increments were taken back: what is counted is what is reachable.
-        counts, _ = recount(repo)
-        assert stored_counts(repo) == counts
-        assert counts_before != counts  # the racing save did commit
+        # Nothing is taken back: the losing save's indexed nodes count their children, so
+        # the counts agree with the index; its entry became a dead letter for gc.
+        report = repo.audit()
+        assert report.ok and not report.over_counted, report
         assert list(meta.scan("pending/")) == []
+        assert [key for key, _ in meta.scan("dlq/")] != []
+        counts, _ = recount(repo)
+        assert counts_before != counts  # the racing save did commit
+        repo.gc(grace=0)
+        assert list(meta.scan("dlq/")) == []
+        report = repo.audit()
+        assert report.ok and not report.over_counted, report
+        assert repo.load_latest("c") == {"other": 1}
+        assert repo.load(first.manifest_id) == dict(sorted(state.items()))
 
 
 def test_concurrent_index_of_the_same_node_is_counted_once(repo: statebag.Repository) -> None:

@@ -34,15 +34,16 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 
 from . import codec
 from ._crash import crash_point
 from .dag import NewNode
-from .errors import BackendError, ConflictError, StatebagError
+from .errors import BackendError, ConflictError, OutcomeUnknown, StatebagError
 from .hashing import hash_bytes
 from .keys import (
     FLAG_INTERIOR,
@@ -81,7 +82,7 @@ from .meta import ANY, Add, Check, ConditionFailed, Delete, MetaStore, Op, Put
 from .objects import ObjectStore
 from .packs import PackEntry, PackWriter, pack_key
 
-__all__ = ["DEFAULT_LEASE", "Prepare", "Transaction", "commit", "new_txn_id"]
+__all__ = ["DEFAULT_LEASE", "Prepare", "RolledBack", "Transaction", "commit", "new_txn_id"]
 
 DEFAULT_LEASE = 24 * 3600.0
 _MAX_ATTEMPTS = 64
@@ -121,8 +122,11 @@ class Transaction:
     # More operations of the commit transaction (the version index entry).
     extra: list[Op] = field(default_factory=list)
     level: int = codec.DEFAULT_LEVEL
-    # Filled in by commit():
+    # Filled in by commit(): nodes another save indexed first, and nodes whose index entry
+    # this save's reference batches wrote (batched stores only; they stay indexed whatever
+    # happens to the save, see _commit_batched).
     reused_late: set[bytes] = field(default_factory=set)
+    indexed: set[bytes] = field(default_factory=set)
     timings: dict[str, float] = field(default_factory=dict)
     requests: dict[str, int] = field(
         default_factory=lambda: {
@@ -135,11 +139,11 @@ class Transaction:
 
 
 def _reference_groups(tx: Transaction, records: dict[bytes, IndexRecord]) -> list[list[Op]]:
-    """One group per new node (its index put, then its children's increments), then the
-    manifest's increment of its root. A node found already indexed drops its whole group."""
+    """One group per new node still to index: its index put, then its children's
+    increments. A node another save indexed first, or this save already, has none."""
     groups: list[list[Op]] = []
     for node_id, node in tx.new_nodes.items():
-        if node_id in tx.reused_late:
+        if node_id in tx.reused_late or node_id in tx.indexed:
             continue
         record = records[node_id]
         if node.children:
@@ -147,7 +151,6 @@ def _reference_groups(tx: Transaction, records: dict[bytes, IndexRecord]) -> lis
         group: list[Op] = [Put(node_key(node_id), record.encode(), expect=None)]
         group.extend(Add(ref_key(child), 1) for child in node.children)
         groups.append(group)
-    groups.append([Add(ref_key(tx.root), 1)])
     return groups
 
 
@@ -164,15 +167,17 @@ class _CommitWrite:
     head: Put
     finish: Delete  # the pending entry's removal, conditional on it being this save's
     guards: list[Check]
-    totals: list[Op]  # counters, pack records and the caller's extra ops
+    root: Add  # the manifest's reference to its root
+    totals: list[Op]  # the chain's shard of the totals and the caller's extra ops
+    packs: list[Op]  # pack records and the dead bytes of nodes another save indexed first
 
     def ops(self) -> list[Op]:
-        return [self.manifest, self.head, self.finish, *self.guards, *self.totals]
+        return [*self.essential(), *self.packs]
 
     def essential(self) -> list[Op]:
-        """What must land in one write: the manifest, the head move, the pending entry's
-        removal and the guards."""
-        return [self.manifest, self.head, self.finish, *self.guards]
+        """What must land in one write: the manifest with its root's reference, the head
+        move, the pending entry's removal, the guards and the totals (a fixed handful)."""
+        return [self.manifest, self.head, self.finish, *self.guards, self.root, *self.totals]
 
     def is_guard(self, op: Op) -> bool:
         return any(op is guard for guard in self.guards)
@@ -197,10 +202,11 @@ def _commit_write(tx: Transaction, pending: bytes | None) -> _CommitWrite:
         totals.append(total(STAT_CHAINS, 1))
     if new_count:
         totals.append(total(STAT_NODES, new_count))
+    packs: list[Op] = []
     if tx.packs:
         totals.append(total(STAT_PACKS, len(tx.packs)))
         totals.append(total(STAT_BYTES_STORED, sum(size for _, size, _ in tx.packs)))
-        totals.extend(
+        packs.extend(
             Put(
                 pack_record_key(pack_id),
                 PackRecord(size, sum(entry.length for entry in entries)).encode(),
@@ -214,14 +220,17 @@ def _commit_write(tx: Transaction, pending: bytes | None) -> _CommitWrite:
                 if entry.node_id in tx.reused_late:
                     dead[pack_id] = dead.get(pack_id, 0) + entry.length
         for pack_id, length in dead.items():
-            totals.append(Add(dead_key(pack_id), length))
-            totals.append(total(STAT_BYTES_DEAD, length))
+            packs.append(Add(dead_key(pack_id), length))
+        if dead:
+            totals.append(total(STAT_BYTES_DEAD, sum(dead.values())))
     return _CommitWrite(
         manifest=Put(manifest_key(tx.manifest_id), tx.manifest, expect=None),
         head=Put(head_key(tx.chain), encode_record(tx.new_head), expect=tx.expected_head),
         finish=Delete(pending_key(tx.txn), expect=pending if pending is not None else ANY),
         guards=list(tx.guards),
+        root=Add(ref_key(tx.root), 1),
         totals=totals,
+        packs=packs,
     )
 
 
@@ -232,11 +241,36 @@ def _indexed_node(op: Op) -> bytes | None:
     return None
 
 
+class RolledBack(BackendError):
+    """The save's pending entry was rolled back by gc (its writer looked gone, or its lease
+    expired): it cannot commit; nothing it wrote is referenced. Save again."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True)
+
+
+class _Refused(Exception):
+    """A guarded write failed a condition other than the pending entry's: ``op`` is it."""
+
+    def __init__(self, op: Op, error: ConditionFailed) -> None:
+        super().__init__(str(error))
+        self.op = op
+        self.error = error
+
+
 class Prepare:
-    """Step 1, one pack at a time: record the pack in the pending entry, then upload it.
+    """Step 1, one pack at a time: record the pack in the pending entry, then upload it;
+    and, until the save ends, every write made on condition of that entry.
 
     A save ships each pack as soon as it is full, so uploads overlap the compression of the
     rest. ``submit`` runs an upload elsewhere (a thread pool) and returns its future.
+
+    Where gc cannot tell a running writer from a gone one (``liveness.knows_writers`` is
+    False: stores without locks), a heartbeat renews the entry's lease every quarter lease
+    while the save runs, so that gc rolls back only saves whose writer stopped renewing.
+    Every write conditional on the entry (a renewal, a reference batch, the commit) is made
+    under one lock with the entry as last written, so none of them fails the others'
+    condition; a renewal whose answer was lost is read back (see :meth:`_sync`).
     """
 
     def __init__(
@@ -254,49 +288,139 @@ class Prepare:
         self._objects = objects
         self._meta = meta
         self._txn = txn
+        self._key = pending_key(txn)
         self._chain = chain
         self._lease = lease
         self._submit = submit
         self._liveness = liveness if liveness is not None else Liveness()
         self._live = False
         self.recorded: bytes | None = None  # the pending entry as last written
+        # Every value this save put as its entry: a put whose answer was lost may land
+        # later, and the entry then holds one of these, never anything else.
+        self._written: set[bytes] = set()
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
         # Makes this transaction's pack ids its own (see statebag.packs).
         self.salt = hash_bytes(txn.encode())[:16]
         self._started = time.time_ns()
         self._uploads: list[Future[None]] = []
         self.pack_ids: list[bytes] = []
-        self.requests = {"object_puts": 0, "object_deletes": 0, "meta_writes": 0}
+        self.requests = {"object_puts": 0, "object_deletes": 0, "meta_reads": 0, "meta_writes": 0}
         self.upload_seconds = 0.0
+
+    @property
+    def txn(self) -> str:
+        return self._txn
+
+    def _entry(self) -> bytes:
+        now = time.time_ns()
+        return encode_record(
+            PendingRecord(
+                self._chain, self._started, now + int(self._lease * 1e9), list(self.pack_ids)
+            )
+        )
+
+    def _rolled_back(self) -> RolledBack:
+        return RolledBack(
+            f"the pending entry of save {self._txn} on chain {self._chain!r} was rolled "
+            "back by garbage collection (its writer looked gone, or its lease expired); "
+            "save again"
+        )
+
+    def _sync(self) -> None:
+        """Read the entry back after a put whose answer was lost or whose condition failed:
+        one of this save's values (a late put landed) becomes the one last written; an
+        absent entry, once one was written, was rolled back."""
+        current = self._meta.get(self._key)
+        self.requests["meta_reads"] += 1
+        if current is None:
+            if self.recorded is None:
+                return
+            raise self._rolled_back()
+        if current not in self._written:
+            raise self._rolled_back()
+        self.recorded = current
+
+    def _put_entry(self, value: bytes) -> None:
+        self._written.add(value)
+        for _ in range(_MAX_ATTEMPTS):
+            try:
+                # Not synced on its own: losing it to a power failure leaves unreferenced
+                # packs for gc, never a commit without its packs, since the commit's durable
+                # write syncs it too.
+                self._meta.write([Put(self._key, value, expect=self.recorded)], durable=False)
+            except (ConditionFailed, OutcomeUnknown):
+                self.requests["meta_writes"] += 1
+                self._sync()
+                if self.recorded == value:
+                    return
+                continue
+            self.requests["meta_writes"] += 1
+            self.recorded = value
+            return
+        raise OutcomeUnknown(
+            f"the pending entry of save {self._txn} on chain {self._chain!r} could not be "
+            "written: the metadata store kept failing"
+        )
 
     def record(self) -> None:
         """Put the pending entry as it stands (also with no pack yet)."""
-        pending = PendingRecord(
-            self._chain,
-            self._started,
-            self._started + int(self._lease * 1e9),
-            list(self.pack_ids),
-        )
         if not self._live:
             self._liveness.acquire(self._txn)
             self._live = True
-        value = encode_record(pending)
-        # Not synced on its own: losing it to a power failure leaves unreferenced packs for
-        # gc, never a commit without its packs, since the commit's durable write syncs it too.
-        # Conditional on the entry as last written: if gc rolled it back (its lease expired),
-        # the packs it listed may be gone, and the save must fail rather than go on.
-        try:
-            self._meta.write(
-                [Put(pending_key(self._txn), value, expect=self.recorded)], durable=False
-            )
-        except ConditionFailed as exc:
-            raise BackendError(
-                f"the pending entry of save {self._txn} on chain {self._chain!r} was rolled "
-                "back by garbage collection (its lease expired); save again",
-                retryable=True,
-            ) from exc
-        self.recorded = value
-        self.requests["meta_writes"] += 1
+        with self._lock:
+            self._put_entry(self._entry())
         crash_point("save.after_pending")
+        if self._heartbeat is None and not self._liveness.knows_writers:
+            self._heartbeat = threading.Thread(
+                target=self._renew, name=f"statebag-lease-{self._txn[:8]}", daemon=True
+            )
+            self._heartbeat.start()
+
+    def _renew(self) -> None:
+        interval = self._lease / 4
+        while not self._stop.wait(interval):
+            with self._lock:
+                if self.recorded is None:
+                    return  # committed or handed over: nothing left to keep alive
+                try:
+                    self._put_entry(self._entry())
+                except RolledBack:
+                    return  # the save meets it at its next write
+                except Exception:
+                    continue  # the store failing now: renew at the next beat
+
+    def guarded(self, build: Callable[[bytes | None], list[Op]], /) -> list[Op]:
+        """Write ``build(entry as last written)``, whose ops are conditional on that entry;
+        return the ops written. A failed condition of the entry is read back: a late put of
+        this save's own retries the write; an entry rolled back raises a retryable
+        BackendError. Any other failed condition raises :class:`_Refused` with its op."""
+        with self._lock:
+            for _ in range(_MAX_ATTEMPTS):
+                ops = build(self.recorded)
+                try:
+                    self._meta.write(ops)
+                except ConditionFailed as exc:
+                    self.requests["meta_writes"] += 1
+                    failed = ops[exc.index]
+                    if failed.key != self._key:
+                        raise _Refused(failed, exc) from exc
+                    self._sync()
+                    continue
+                self.requests["meta_writes"] += 1
+                return ops
+        raise self._rolled_back()
+
+    # What write_checked adds to each batch.
+    CHECKED_OVERHEAD = 2
+
+    def write_checked(self, ops: Sequence[Op], /) -> None:
+        """Write ``ops`` with a check that the pending entry is still this save's (see
+        :meth:`guarded`), and one more on the chain's epoch shard: a batch changes counts
+        and the index, which an audit must see as a change."""
+        epoch = Add(stat_shard(STAT_EPOCH, self._chain), 1)
+        self.guarded(lambda recorded: [Check(self._key, recorded), epoch, *ops])
 
     def ship(self, pack_id: bytes, data: bytes, /, *, last: bool = False) -> None:
         """Record and upload one pack; the ``last`` one is uploaded on the calling thread,
@@ -330,8 +454,27 @@ class Prepare:
             if error is not None:
                 raise error
 
+    def _to_letter(self) -> bool:
+        """Replace the pending entry by a dead letter naming its packs, in one write
+        conditional on the entry; False when there was none, or gc rolled it back first
+        (the packs are then gc's)."""
+        if self.recorded is None:
+            return False
+        letter = letter_key(self._txn)
+        try:
+            self.guarded(
+                lambda recorded: [
+                    Delete(self._key, expect=recorded),
+                    Put(letter, encode_letter(self.pack_ids)),
+                ]
+            )
+        except RolledBack:
+            return False
+        self.recorded = None
+        return True
+
     def abandon(self) -> None:
-        """Undo step 1: delete the packs (no index names them) and the pending entry.
+        """Undo step 1 when nothing was indexed: delete the packs and the pending entry.
 
         The entry becomes a dead letter in the same write that removes it, and the letter
         goes only once the packs are gone: a failure or a crash in between leaves it for gc
@@ -339,29 +482,27 @@ class Prepare:
         """
         with contextlib.suppress(Exception):
             self.wait()
-        if self.recorded is None:
+        if not self._to_letter():
             return
-        letter = letter_key(self._txn)
-        try:
-            self._meta.write(
-                [
-                    Delete(pending_key(self._txn), expect=self.recorded),
-                    Put(letter, encode_letter(self.pack_ids)),
-                ]
-            )
-        except ConditionFailed:
-            return  # gc rolled the entry back already: the packs are its business
-        self.requests["meta_writes"] += 1
-        self.recorded = None
         crash_point("save.after_abandon_record")
         for pack_id in self.pack_ids:
             self._objects.delete(pack_key(pack_id))
             self.requests["object_deletes"] += 1
-        self._meta.delete(letter)
+        self._meta.delete(letter_key(self._txn))
         self.requests["meta_writes"] += 1
 
+    def hand_over(self) -> None:
+        """End a save whose reference batches may have indexed nodes into its packs: the
+        pending entry becomes a dead letter at once, and gc decides pack by pack (a pack
+        another save may have found nodes in is kept and its other frames counted dead)."""
+        with contextlib.suppress(Exception):
+            self._to_letter()
+
     def release(self) -> None:
-        """End the save: let gc know its writer no longer runs."""
+        """End the save: stop renewing its lease; let gc know its writer no longer runs."""
+        self._stop.set()
+        if self._heartbeat is not None and self._heartbeat is not threading.current_thread():
+            self._heartbeat.join()
         if self._live:
             self._live = False
             self._liveness.release(self._txn)
@@ -389,16 +530,15 @@ def commit(
     """Run the protocol for ``tx``; ConflictError when the head moved since it was read.
 
     Step 1 was done by the caller: every pack of ``tx`` was shipped through ``prepared``.
+    A write whose outcome is unknown and whose commit cannot be read back raises
+    OutcomeUnknown and leaves the pending entry: gc rolls it back once the lease has passed,
+    and the rollback's conditional delete of the entry fences a commit still landing.
     """
     try:
         prepared.wait()
     except BaseException:
         prepared.abandon()
         raise
-    if not tx.packs and meta.max_batch is not None:
-        # In batches the references are taken before the head move: record the save so
-        # that a crash in between can be rolled back.
-        prepared.record()
     records = {
         entry.node_id: IndexRecord(pack_id, entry.offset, entry.length, entry.size)
         for pack_id, _, entries in tx.packs
@@ -406,9 +546,10 @@ def commit(
     }
     try:
         for _ in range(_MAX_ATTEMPTS):
-            if meta.max_batch is None:
-                gone = _commit_atomic(objects, meta, tx, records, prepared)
+            if _fits_one_write(meta, tx, records, prepared):
+                gone = _commit_atomic(meta, tx, records, prepared)
             else:
+                assert meta.max_batch is not None
                 gone = _commit_batched(meta, tx, records, meta.max_batch, prepared)
             if not gone:
                 break
@@ -443,6 +584,16 @@ def commit(
     crash_point("save.after_commit")
 
 
+def _fits_one_write(
+    meta: MetaStore, tx: Transaction, records: dict[bytes, IndexRecord], prepared: Prepare
+) -> bool:
+    if meta.max_batch is None:
+        return True
+    references = sum(len(group) for group in _reference_groups(tx, records))
+    final = _commit_write(tx, prepared.recorded)
+    return references + len(tx.found) + len(final.ops()) <= meta.max_batch
+
+
 def _recheck_found(meta: MetaStore, tx: Transaction) -> list[bytes]:
     """After a found node's check failed: take the new record of each node that moved (a
     compaction) and return the nodes that are gone (swept), to be written again."""
@@ -459,8 +610,42 @@ def _recheck_found(meta: MetaStore, tx: Transaction) -> list[bytes]:
     return gone
 
 
+def _reuse(meta: MetaStore, tx: Transaction, nodes: list[bytes]) -> None:
+    """Nodes another save indexed first: use its copies, checked at the commit like found
+    nodes. One that is already gone again (swept) is indexed from this save's pack."""
+    keys = [node_key(node_id) for node_id in nodes]
+    current = meta.get_many(keys)
+    tx.requests["meta_reads"] += 1
+    for node_id, key in zip(nodes, keys, strict=True):
+        record = current.get(key)
+        if record is None:
+            tx.reused_late.discard(node_id)
+        else:
+            tx.reused_late.add(node_id)
+            tx.found[node_id] = (tx.new_nodes[node_id], record)
+
+
+class _CommitUnknown(OutcomeUnknown):
+    """OutcomeUnknown as the commit reports it, with what it leaves behind."""
+
+
+def _quietly(action: Callable[[], None]) -> None:
+    """Clean up after a failure without hiding it: an error here leaves the dead letter or
+    pending entry for gc to finish."""
+    with contextlib.suppress(Exception):
+        action()
+
+
+def _unknown(tx: Transaction, exc: BaseException) -> OutcomeUnknown:
+    return _CommitUnknown(
+        f"the commit of chain {tx.chain!r} (version {tx.manifest_id.hex()}) may or may not "
+        f"have landed ({exc}); its pending entry {tx.txn} stays until garbage collection "
+        "rolls it back after its lease, which also keeps a late commit from landing. Load "
+        "the chain's head to see which happened"
+    )
+
+
 def _commit_atomic(
-    objects: ObjectStore,
     meta: MetaStore,
     tx: Transaction,
     records: dict[bytes, IndexRecord],
@@ -471,52 +656,46 @@ def _commit_atomic(
     for _ in range(_MAX_ATTEMPTS):
         references = [op for group in _reference_groups(tx, records) for op in group]
         found = _found_checks(tx)
-        final = _commit_write(tx, prepared.recorded)
-        ops = [*references, *found, *final.ops()]
+        parts: list[_CommitWrite] = []
         try:
-            meta.write(ops)
-            tx.requests["meta_writes"] += 1
+            prepared.guarded(_final_write(tx, [*references, *found], parts))
             prepared.recorded = None
             return []
-        except ConditionFailed as exc:
-            tx.requests["meta_writes"] += 1
-            failed = ops[exc.index]
+        except _Refused as refused:
+            failed, final = refused.op, parts[0]
             node = _indexed_node(failed)
             if node is not None:
                 # Another save indexed this node first: reuse its copy, and try again.
-                tx.reused_late.add(node)
-                record = meta.get(node_key(node))
-                if record is not None:
-                    tx.found[node] = (tx.new_nodes[node], record)
+                _reuse(meta, tx, [node])
                 continue
             if any(failed is check for check in found):
                 gone = _recheck_found(meta, tx)
                 if gone:
                     return gone
                 continue
+            # A definite refusal applied nothing, and nothing else of this save is indexed.
+            _quietly(prepared.abandon)
             if final.is_guard(failed):
-                _abandon_packs(objects, meta, tx, prepared)
-                raise _guard_conflict(tx, failed) from exc
-            if failed is final.finish:
-                raise BackendError(
-                    f"the pending entry of save {tx.txn} on chain {tx.chain!r} was rolled "
-                    "back by garbage collection (its lease expired); save again",
-                    retryable=True,
-                ) from exc
+                raise _guard_conflict(tx, failed) from refused.error
+            raise _conflict(meta, tx) from refused.error
+        except OutcomeUnknown as exc:
             if _committed(meta, tx):
                 prepared.recorded = None
                 return []
-            _abandon_packs(objects, meta, tx, prepared)
-            raise _conflict(meta, tx) from exc
+            raise _unknown(tx, exc) from exc
+        except RolledBack:
+            raise
+        except BackendError:
+            # Any error of a store but OutcomeUnknown means the write was not applied.
+            _quietly(prepared.abandon)
+            raise
         except StatebagError:
             raise
-        except Exception as exc:  # an unexpected failure: did the write land?
+        except Exception as exc:  # not a store's error: whether the write landed is unknown
             if _committed(meta, tx):
                 prepared.recorded = None
                 return []
-            raise BackendError(
-                f"commit of chain {tx.chain!r} failed: {exc}", retryable=True
-            ) from exc
+            raise _unknown(tx, exc) from exc
     raise BackendError(
         f"commit of chain {tx.chain!r} kept racing other writers' index entries",
         retryable=True,
@@ -530,146 +709,172 @@ def _commit_batched(
     max_batch: int,
     prepared: Prepare,
 ) -> list[bytes]:
-    done: list[Op] = []
+    """Step 2 in batches, then step 3 in one write, each conditional on the pending entry.
+
+    What a batch writes is never taken back: an indexed node's children are counted, so
+    the counts agree with the index whichever batches landed. A save that does not commit
+    hands its entry over to gc as a dead letter (or, when an outcome is unknown, leaves it
+    for rollback after its lease); gc keeps a pack that has nodes indexed in it.
+    """
+    if prepared.recorded is None:
+        prepared.record()  # the batches below are made on condition of it
+    room = max_batch - Prepare.CHECKED_OVERHEAD
     try:
-        batch: list[list[Op]] = []
-        size = 0
-        for group in _reference_groups(tx, records):
-            if len(group) > max_batch:
-                done.extend(_write_large_group(meta, tx, group, max_batch))
-                continue
-            if size + len(group) > max_batch:
-                done.extend(_write_groups(meta, tx, batch))
-                batch, size = [], 0
-            batch.append(group)
-            size += len(group)
-        if batch:
-            done.extend(_write_groups(meta, tx, batch))
+        for _ in range(_MAX_ATTEMPTS):
+            _write_references(tx, records, room, prepared)
+            # A node another save indexed first and gc swept since is indexed from this
+            # save's pack after all: write references again until none is left.
+            late = [node for node in tx.reused_late if node not in tx.found]
+            if not late:
+                break
+            _reuse(meta, tx, late)
         # Once counted, a found node cannot be swept: one check of each after the counts
         # shows it was still stored when they landed.
-        for node_id in tx.reused_late:
-            record = meta.get(node_key(node_id))
-            if record is not None:
-                tx.found[node_id] = (tx.new_nodes[node_id], record)
-        checks = _found_checks(tx)
-        for start in range(0, len(checks), max_batch):
+        start = 0
+        while start < len(tx.found):
+            part = _found_checks(tx)[start : start + room]
             try:
-                meta.write(checks[start : start + max_batch])
-                tx.requests["meta_writes"] += 1
-            except ConditionFailed:
+                prepared.write_checked(part)
+            except _Refused:
                 gone = _recheck_found(meta, tx)
                 if gone:
-                    _take_back(meta, tx, done, keep_pending=True)
                     return gone
-        # The manifest, the head move and the pending delete are one write; the totals go
-        # first (taken back with the rest on a conflict) when they do not fit beside them.
+                continue  # nodes a compaction moved: check their new records
+            start += room
         final = _commit_write(tx, prepared.recorded)
-        write = final.ops()
-        if len(write) > max_batch:
-            write = final.essential()
-            for start in range(0, len(final.totals), max_batch):
-                part = final.totals[start : start + max_batch]
-                meta.write(part)
-                tx.requests["meta_writes"] += 1
-                done.extend(part)
+        if len(final.essential()) > max_batch:
+            raise BackendError(
+                f"the commit of chain {tx.chain!r} needs {len(final.essential())} operations "
+                f"in one write, more than the metadata store's max_batch {max_batch}",
+                retryable=False,
+            )
+        split = len(final.ops()) > max_batch
+        if split:
+            # Pack records before the commit, on condition of the entry: a pack recorded for
+            # a save that then fails is gc's to keep or retire, like any pack it names.
+            for start in range(0, len(final.packs), room):
+                part = final.packs[start : start + room]
+                prepared.write_checked(part)
+        parts: list[_CommitWrite] = []
         try:
-            meta.write(write)
-            tx.requests["meta_writes"] += 1
+            prepared.guarded(_final_write(tx, [], parts, split=split))
             prepared.recorded = None
-        except ConditionFailed as exc:
-            tx.requests["meta_writes"] += 1
+        except _Refused as refused:
+            prepared.hand_over()
+            if parts[0].is_guard(refused.op):
+                raise _guard_conflict(tx, refused.op) from refused.error
+            raise _conflict(meta, tx) from refused.error
+        except OutcomeUnknown as exc:
             if _committed(meta, tx):
                 prepared.recorded = None
                 return []
-            failed = write[exc.index]
-            if final.is_guard(failed):
-                raise _guard_conflict(tx, failed) from exc
-            raise _conflict(meta, tx) from exc
-    except BaseException:
-        if not _committed(meta, tx):
-            _take_back(meta, tx, done)
+            raise _unknown(tx, exc) from exc
+    except _CommitUnknown:
+        raise
+    except OutcomeUnknown as exc:
+        raise _CommitUnknown(
+            f"a reference batch of the save on chain {tx.chain!r} may or may not have "
+            f"landed ({exc}); the save did not commit. Its pending entry {tx.txn} stays "
+            "until garbage collection rolls it back after its lease"
+        ) from exc
+    except RolledBack:
+        raise
+    except BackendError:
+        prepared.hand_over()
         raise
     return []
 
 
-def _write_large_group(
-    meta: MetaStore, tx: Transaction, group: list[Op], max_batch: int
-) -> list[Op]:
+def _final_write(
+    tx: Transaction, before: list[Op], parts: list[_CommitWrite], *, split: bool = False
+) -> Callable[[bytes | None], list[Op]]:
+    """What builds the commit write for :meth:`Prepare.guarded`, keeping its parts in
+    ``parts`` so that a failed condition can be told by its op. ``split``: the pack records
+    were written before."""
+
+    def build(recorded: bytes | None) -> list[Op]:
+        parts[:] = [_commit_write(tx, recorded)]
+        return [*before, *(parts[0].essential() if split else parts[0].ops())]
+
+    return build
+
+
+def _write_references(
+    tx: Transaction, records: dict[bytes, IndexRecord], room: int, prepared: Prepare
+) -> None:
+    batch: list[list[Op]] = []
+    size = 0
+    for group in _reference_groups(tx, records):
+        if len(group) > room:
+            _write_large_group(tx, group, room, prepared)
+            continue
+        if size + len(group) > room:
+            _write_groups(tx, batch, prepared)
+            batch, size = [], 0
+        batch.append(group)
+        size += len(group)
+    if batch:
+        _write_groups(tx, batch, prepared)
+
+
+def _write_large_group(tx: Transaction, group: list[Op], room: int, prepared: Prepare) -> None:
     """A node with more references than one write takes: increments first, in batches, then
-    its index put with the last of them. The increments are taken back if the put finds the
-    node already indexed; counting before indexing means a crash in between over-counts."""
+    its index put with the last of them. Counting before indexing means a crash in between
+    over-counts (a leak an audit repairs), never under-counts. If the put finds the node
+    already indexed (another save's), the increments, which did land, are taken back."""
     put, adds = group[0], group[1:]
-    split = len(adds) - (max_batch - 1)
+    split = len(adds) - (room - 1)
     early = adds[:split]
-    for start in range(0, len(early), max_batch):
-        meta.write(early[start : start + max_batch])
-        tx.requests["meta_writes"] += 1
-    last = [put, *adds[split:]]
+    for start in range(0, len(early), room):
+        part = early[start : start + room]
+        prepared.write_checked(part)
+        crash_point("save.after_reference_batch")
     try:
-        meta.write(last)
-        tx.requests["meta_writes"] += 1
-    except ConditionFailed as exc:
-        tx.requests["meta_writes"] += 1
-        node = _indexed_node(last[exc.index])
+        prepared.write_checked([put, *adds[split:]])
+    except _Refused as refused:
+        node = _indexed_node(refused.op)
         if node is None:
-            raise
+            raise refused.error from refused
         tx.reused_late.add(node)
-        _take_back(meta, tx, early, keep_pending=True)
-        return []
-    return group
+        undo: list[Op] = [Add(op.key, -op.delta) for op in early if isinstance(op, Add)]
+        for start in range(0, len(undo), room):
+            part = undo[start : start + room]
+            prepared.write_checked(part)
+        return
+    node = _indexed_node(put)
+    assert node is not None
+    tx.indexed.add(node)
 
 
-def _write_groups(meta: MetaStore, tx: Transaction, groups: list[list[Op]]) -> list[Op]:
+def _write_groups(tx: Transaction, groups: list[list[Op]], prepared: Prepare) -> None:
     """Write groups of reference ops at once, dropping nodes found already indexed."""
     while groups:
         ops = [op for group in groups for op in group]
         try:
-            meta.write(ops)
-            tx.requests["meta_writes"] += 1
-            return ops
-        except ConditionFailed as exc:
-            tx.requests["meta_writes"] += 1
-            node = _indexed_node(ops[exc.index])
+            prepared.write_checked(ops)
+        except _Refused as refused:
+            node = _indexed_node(refused.op)
             if node is None:
-                raise
+                raise refused.error from refused
             tx.reused_late.add(node)
             groups = [group for group in groups if _indexed_node(group[0]) != node]
-    return []
-
-
-def _take_back(
-    meta: MetaStore, tx: Transaction, done: list[Op], *, keep_pending: bool = False
-) -> None:
-    """Undo the counts of a batched commit that did not happen; index entries stay."""
-    undo: list[Op] = [Add(op.key, -op.delta) for op in done if isinstance(op, Add)]
-    step = meta.max_batch or len(undo) or 1
-    for start in range(0, len(undo), step):
-        meta.write(undo[start : start + step])
-        tx.requests["meta_writes"] += 1
-    if keep_pending:
+            continue
+        tx.indexed.update(node for group in groups if (node := _indexed_node(group[0])))
+        crash_point("save.after_reference_batch")
         return
-    meta.delete(pending_key(tx.txn))
-    tx.requests["meta_writes"] += 1
 
 
 def _committed(meta: MetaStore, tx: Transaction) -> bool:
+    """Whether this save's commit landed though its answer was lost: the head carries its
+    txn id, or (the head moved on since) its manifest is stored."""
     current = meta.get(head_key(tx.chain))
     tx.requests["meta_reads"] += 1
-    if current is None:
-        return False
-    record = decode_head(current)
-    if record.txn == tx.txn and record.head == tx.manifest_id:
-        # Our write landed but its answer was lost; finish step 4 if it did not.
-        meta.delete(pending_key(tx.txn))
-        return True
-    return False
-
-
-def _abandon_packs(
-    objects: ObjectStore, meta: MetaStore, tx: Transaction, prepared: Prepare
-) -> None:
-    """Delete this save's packs, which no committed index entry names, and its pending entry."""
-    prepared.abandon()
+    if current is not None:
+        record = decode_head(current)
+        if record.txn == tx.txn and record.head == tx.manifest_id:
+            return True
+    tx.requests["meta_reads"] += 1
+    return meta.get(manifest_key(tx.manifest_id)) is not None
 
 
 def _conflict(meta: MetaStore, tx: Transaction) -> ConflictError:

@@ -107,6 +107,7 @@ class OutcomeUnknown(BackendError):
     """
 
     kind: ClassVar[str] = "outcome_unknown"
+    exit_code: ClassVar[int] = 8
 
     def __init__(self, message: str, *, retryable: bool = True) -> None:
         super().__init__(message, retryable=retryable)

@@ -29,6 +29,10 @@ __all__ = ["FileLiveness", "Liveness", "ProcessLiveness", "Rehearsal"]
 class Liveness:
     """No knowledge: gc relies on leases alone."""
 
+    # Whether gc can tell a running writer from a gone one; where it cannot, a running save
+    # renews its lease (see statebag.commit.Prepare) so that gc rolls back only dead ones.
+    knows_writers: bool = False
+
     def acquire(self, txn: str, /) -> None:
         """Mark ``txn`` running; called before its pending entry is first written."""
 
@@ -59,6 +63,8 @@ class Rehearsal(Liveness):
 
 class ProcessLiveness(Liveness):
     """Transactions running in this process (memory repositories)."""
+
+    knows_writers = True
 
     def __init__(self) -> None:
         self._running: set[str] = set()
@@ -93,6 +99,8 @@ class ProcessLiveness(Liveness):
 
 class FileLiveness(Liveness):
     """One ``flock``-ed file per running transaction, in ``directory``."""
+
+    knows_writers = True
 
     def __init__(self, directory: Path, /) -> None:
         self._directory = directory

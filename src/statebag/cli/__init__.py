@@ -26,8 +26,9 @@ Exit codes: 0 success; 1 an unexpected statebag error; 2 invalid input or usage
 ``verify`` or ``demo`` finding a problem, and ``audit`` finding danger: something reachable
 missing or under-counted, or a broken chain; leaks alone exit 0); 4 conflict (a stale
 ``--parent``, a chain moved by another writer, a merge conflict, ``fork`` onto an existing
-chain); 5 not found; 6 configuration error; 7 backend failure; 130 interrupted. Each
-of 1 to 7 comes from the ``exit_code`` of the error class in :mod:`statebag.errors`.
+chain); 5 not found; 6 configuration error; 7 backend failure; 8 a write whose outcome is
+unknown (``OutcomeUnknown``: it may still land; look before repeating it); 130 interrupted.
+Each of 1 to 8 comes from the ``exit_code`` of the error class in :mod:`statebag.errors`.
 
 Durations (``gc --keep-within`` and ``--grace``, ``init --grace``) are a number of seconds or
 a number with a unit: ``30s``, ``15m``, ``1h``, ``7d``, ``2w``.

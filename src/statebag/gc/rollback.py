@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import Iterable
 
 from .._crash import crash_point
+from ..errors import IntegrityError
 from ..keys import (
     LETTER,
     PENDING,
@@ -83,10 +84,16 @@ class Rollback:
                 self._meta.delete(letter)
 
     def _discard(self, packs: Iterable[bytes]) -> None:
-        """Delete packs that no committed write indexed. Where commits write references in
-        several batches, a rolled-back save may have indexed nodes into its packs: such a
-        pack is kept (recorded, its other frames dead) for compaction to handle."""
+        """Delete packs that no committed write indexed. A save whose references went in
+        several batches (any handle on a capped store may have written them) may have indexed
+        nodes into its packs before it failed: such a pack is kept (recorded, its other frames
+        dead) for the sweep and compaction to handle."""
         for pack_id in packs:
-            if self._meta.max_batch is not None and self._packs.keep_indexed(pack_id):
+            try:
+                keep = self._packs.keep_indexed(pack_id)
+            except IntegrityError:
+                # Not a whole pack: a save indexes nodes only once its packs are uploaded.
+                keep = False
+            if keep:
                 continue
             self._objects.delete(pack_key(pack_id))

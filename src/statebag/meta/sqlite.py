@@ -106,9 +106,11 @@ def _release(
 
 
 class SQLiteMetaStore(MetaStore):
-    """Values and counters in a SQLite database file, shared by threads and processes."""
+    """Values and counters in a SQLite database file, shared by threads and processes.
 
-    max_batch = None
+    ``max_batch`` caps a write as a remote store's would (None: no cap), so that the batched
+    protocol can be exercised across processes on a local file.
+    """
 
     def __init__(
         self,
@@ -117,6 +119,7 @@ class SQLiteMetaStore(MetaStore):
         timeout: float = 30.0,
         synchronous: str = "FULL",
         read_only: bool = False,
+        max_batch: int | None = None,
     ) -> None:
         raw = os.fspath(path)
         if not raw or raw == ":memory:" or raw.startswith("file:"):
@@ -126,6 +129,11 @@ class SQLiteMetaStore(MetaStore):
             )
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise ConfigError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        if max_batch is not None and (
+            not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1
+        ):
+            raise ConfigError(f"max_batch must be None or an int >= 1, got {max_batch!r}")
+        self.max_batch = max_batch
         mode = synchronous.upper() if isinstance(synchronous, str) else ""
         if mode not in _SYNCHRONOUS:
             raise ConfigError(

@@ -1,0 +1,250 @@
+"""The commit on a metadata store whose writes may have an unknown outcome.
+
+A scripted wrapper makes exactly the write a test names fail one of the three ways a remote
+store's can: applied with the answer lost, not applied, or still landing later (kept and
+landed when the test says). Each test shows that a save that returned an id is never lost,
+that a save that raised ``OutcomeUnknown`` leaves its pending entry for gc rather than taking
+anything back, and that a commit landing after its rollback applies nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import pytest
+
+import statebag
+from statebag._typing import Buffer
+from statebag.liveness import Liveness
+from statebag.meta import ConditionFailed, MetaStore, Op, Put
+from statebag.meta.memory import MemoryMetaStore
+from statebag.objects.memory import MemoryObjectStore
+
+from . import internals
+
+Predicate = Callable[[Sequence[Op]], bool]
+
+
+class Scripted(MetaStore):
+    """Passes everything through but the writes a test scripted to fail."""
+
+    def __init__(self, inner: MetaStore) -> None:
+        self.inner = inner
+        self.max_batch = inner.max_batch
+        self._rules: list[tuple[Predicate, str]] = []
+        self.deferred: list[list[Op]] = []
+        self.writes = 0
+        self._lock = threading.Lock()
+
+    def fail(self, predicate: Predicate, how: str) -> None:
+        """Make the next write ``predicate`` picks fail: ``lost`` (applied, answer lost),
+        ``unknown`` (not applied) or ``deferred`` (kept, applied by :meth:`land`)."""
+        self._rules.append((predicate, how))
+
+    def land(self) -> list[bool]:
+        """Apply every deferred write now (conditions checked now); which ones applied."""
+        landed = []
+        for ops in self.deferred:
+            try:
+                self.inner.write(ops)
+                landed.append(True)
+            except ConditionFailed:
+                landed.append(False)
+        self.deferred.clear()
+        return landed
+
+    def write(self, ops: Sequence[Op], /, *, durable: bool = True) -> None:
+        with self._lock:
+            self.writes += 1
+            how = None
+            for index, (predicate, kind) in enumerate(self._rules):
+                if predicate(ops):
+                    how = kind
+                    del self._rules[index]
+                    break
+        if how is None:
+            self.inner.write(ops, durable=durable)
+        elif how == "lost":
+            self.inner.write(ops, durable=durable)
+            raise statebag.OutcomeUnknown("the answer was lost")
+        elif how == "unknown":
+            raise statebag.OutcomeUnknown("timed out")
+        else:
+            self.deferred.append(list(ops))
+            raise statebag.OutcomeUnknown("still landing")
+
+    def get(self, key: str, /) -> bytes | None:
+        return self.inner.get(key)
+
+    def get_many(self, keys: Iterable[str], /) -> dict[str, bytes]:
+        return self.inner.get_many(keys)
+
+    def scan(
+        self, prefix: str, /, *, start_after: str | None = None, limit: int | None = None
+    ) -> Iterator[tuple[str, bytes]]:
+        return self.inner.scan(prefix, start_after=start_after, limit=limit)
+
+    def counter(self, key: str, /) -> int:
+        return self.inner.counter(key)
+
+    def counters(self, prefix: str, /) -> Iterator[tuple[str, int]]:
+        return self.inner.counters(prefix)
+
+    def add(self, key: str, delta: int, /) -> int:
+        return self.inner.add(key, delta)
+
+
+def _commits(ops: Sequence[Op]) -> bool:
+    return any(isinstance(op, Put) and op.key.startswith("manifest/") for op in ops)
+
+
+def _reference_batch(ops: Sequence[Op]) -> bool:
+    return any(isinstance(op, Put) and op.key.startswith("node/") for op in ops) and not _commits(
+        ops
+    )
+
+
+class SlowObjects(MemoryObjectStore):
+    """Objects in memory whose puts first call ``before_put`` (set by a test)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.before_put: Callable[[], None] = lambda: None
+
+    def put(self, key: str, data: Buffer, /) -> None:
+        self.before_put()
+        super().put(key, data)
+
+
+def _repository(
+    *, max_batch: int | None, lease: float = 0.3
+) -> tuple[statebag.Repository, Scripted]:
+    objects = SlowObjects()
+    with statebag.open(f"memory://{uuid.uuid4().hex}") as opened:
+        inner = internals.meta(opened)
+        config = opened.config
+    assert isinstance(inner, MemoryMetaStore)
+    inner.max_batch = max_batch  # type: ignore[misc]
+    meta = Scripted(inner)
+    repo = statebag.Repository(objects, meta, config, liveness=Liveness(), lease=lease)
+    return repo, meta
+
+
+def _state(n: int, size: int = 2_000) -> dict[str, Any]:
+    return {f"f{i}": bytes([n % 251, i % 251]) * (size // 2) for i in range(40)}
+
+
+def _clean(repo: statebag.Repository) -> None:
+    report = repo.audit()
+    assert report.ok and not report.in_flight and not report.under_counted, report
+    assert not report.orphan_packs, report
+
+
+BATCHES = [None, 25]
+
+
+@pytest.mark.parametrize("max_batch", BATCHES)
+def test_a_commit_whose_answer_was_lost_is_read_back(max_batch: int | None) -> None:
+    repo, meta = _repository(max_batch=max_batch)
+    repo.save("c", _state(0))
+    meta.fail(_commits, "lost")
+    result = repo.save("c", _state(1))
+    assert repo.head("c") == result.manifest_id
+    assert repo.load(result.manifest_id) == _state(1)
+    assert list(meta.scan("pending/")) == []
+    _clean(repo)
+
+
+@pytest.mark.parametrize("max_batch", BATCHES)
+def test_an_unknown_commit_leaves_its_entry_and_gc_rolls_it_back(max_batch: int | None) -> None:
+    repo, meta = _repository(max_batch=max_batch)
+    first = repo.save("c", _state(0))
+    meta.fail(_commits, "unknown")
+    with pytest.raises(statebag.OutcomeUnknown, match="pending entry"):
+        repo.save("c", _state(1))
+    assert len(list(meta.scan("pending/"))) == 1  # nothing taken back, nothing dropped
+    assert repo.gc(grace=0).deferred == 1  # its lease has not passed
+    time.sleep(0.4)
+    repo.gc(grace=0)
+    repo.gc(grace=0)  # sweeps what the rolled-back save indexed, if anything
+    assert list(meta.scan("pending/")) == []
+    assert repo.head("c") == first.manifest_id
+    assert repo.load(first.manifest_id) == _state(0)
+    _clean(repo)
+
+
+@pytest.mark.parametrize("max_batch", BATCHES)
+def test_a_commit_landing_after_its_rollback_applies_nothing(max_batch: int | None) -> None:
+    repo, meta = _repository(max_batch=max_batch)
+    first = repo.save("c", _state(0))
+    meta.fail(_commits, "deferred")
+    with pytest.raises(statebag.OutcomeUnknown):
+        repo.save("c", _state(1))
+    time.sleep(0.4)
+    repo.gc(grace=0)  # rolls the save back: its entry goes, on condition
+    assert meta.land() == [False]  # the late commit fails its condition on the entry
+    repo.gc(grace=0)
+    assert repo.head("c") == first.manifest_id
+    assert repo.load(first.manifest_id) == _state(0)
+    # The chain goes on as if the lost save never happened.
+    second = repo.save("c", _state(2))
+    assert repo.load(second.manifest_id) == _state(2)
+    _clean(repo)
+
+
+@pytest.mark.parametrize("max_batch", BATCHES)
+def test_a_commit_landing_late_but_before_gc_is_a_committed_version(max_batch: int | None) -> None:
+    repo, meta = _repository(max_batch=max_batch)
+    repo.save("c", _state(0))
+    meta.fail(_commits, "deferred")
+    with pytest.raises(statebag.OutcomeUnknown):
+        repo.save("c", _state(1))
+    assert meta.land() == [True]
+    head = repo.head("c")
+    assert head is not None and repo.load(head) == _state(1)
+    time.sleep(0.4)
+    repo.gc(grace=0)  # nothing to roll back: the commit deleted the entry
+    assert repo.load(head) == _state(1)
+    _clean(repo)
+
+
+def test_a_running_save_renews_its_lease_and_is_not_rolled_back() -> None:
+    repo, _ = _repository(max_batch=None, lease=0.3)
+    repo.save("c", _state(0))
+    objects = internals.objects(repo).inner
+    assert isinstance(objects, SlowObjects)
+    collected = threading.Event()
+
+    def slow_upload() -> None:
+        # The upload outlasts three leases; gc runs meanwhile.
+        time.sleep(1.0)
+        collected.wait(timeout=30)
+
+    def collect() -> None:
+        time.sleep(0.6)
+        report = repo.gc(grace=0)
+        assert report.deferred == 1  # the writer renews: left alone
+        collected.set()
+
+    objects.before_put = slow_upload
+    thread = threading.Thread(target=collect)
+    thread.start()
+    result = repo.save("c", _state(1))
+    thread.join()
+    objects.before_put = lambda: None
+    assert collected.is_set()
+    assert repo.load(result.manifest_id) == _state(1)
+    _clean(repo)
+
+
+def test_a_small_commit_on_a_capped_store_is_one_write() -> None:
+    repo, meta = _repository(max_batch=25)
+    repo.save("c", {"a": 1})
+    before = meta.writes
+    repo.save("c", {"a": 2})
+    # The pending entry, then one atomic commit: no reference batches.
+    assert meta.writes - before <= 2
