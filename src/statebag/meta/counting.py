@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import msgspec
 
+from .. import metering
 from .base import Add, Delete, DropCounter, MetaStore, Op, Put
 
 __all__ = ["PAGE_ITEMS", "CountingMetaStore", "MetaCounters"]
@@ -57,10 +58,15 @@ def _written(op: Op) -> str | None:
 
 class CountingMetaStore(MetaStore):
     """Passes every call to ``inner`` and counts it; ``record_keys`` keeps the keys written
-    (off by default: a long-lived wrapper would otherwise grow without bound)."""
+    (off by default: a long-lived wrapper would otherwise grow without bound); ``meter``
+    also adds each request to the open :mod:`statebag.metering` tallies (the repository's
+    own wrapper does; one a caller wraps a store in does not, so nothing counts twice)."""
 
-    def __init__(self, inner: MetaStore, /, *, record_keys: bool = False) -> None:
+    def __init__(
+        self, inner: MetaStore, /, *, record_keys: bool = False, meter: bool = False
+    ) -> None:
         self._inner = inner
+        self._meter = meter
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(MetaCounters.__struct_fields__, 0)
         self._record = record_keys
@@ -87,6 +93,8 @@ class CountingMetaStore(MetaStore):
             return keys
 
     def _count(self, kind: str, times: int = 1) -> None:
+        if self._meter:
+            metering.note("meta_reads", times)  # only reads come through here
         with self._lock:
             self._counts[kind] += times
 
@@ -123,6 +131,8 @@ class CountingMetaStore(MetaStore):
             ops = list(ops)  # an iterator is read once, here
         # Anything else is not a batch: the inner store refuses it, and it is counted empty.
         batch = ops if isinstance(ops, (list, tuple)) else ()
+        if self._meter:
+            metering.note("meta_writes")
         with self._lock:
             self._counts["writes"] += 1
             self._counts["ops_written"] += len(batch)
@@ -131,6 +141,8 @@ class CountingMetaStore(MetaStore):
         self._inner.write(ops, durable=durable)
 
     def add(self, key: str, delta: int, /) -> int:
+        if self._meter:
+            metering.note("meta_writes")
         with self._lock:
             self._counts["writes"] += 1
             self._counts["ops_written"] += 1
