@@ -1,16 +1,61 @@
-"""Helpers shared by the repository tests: exact comparison, and a recount of references."""
+"""Helpers shared by the repository tests: repositories of every kind, exact comparison, and
+a recount of references."""
 
 from __future__ import annotations
 
 import struct
+import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
 
+import statebag
 from statebag import Repository, dag
+from statebag.liveness import ProcessLiveness
+from statebag.meta.memory import MemoryMetaStore
+from statebag.objects.memory import MemoryObjectStore
 
 from . import internals
+
+BATCH = 25
+"""The ``max_batch`` of the "batched" kind: the least issue 16 asks every operation to fit."""
+
+KINDS = ("memory", "local", "batched")
+"""Repositories the shared suites run on: ``memory://``, a local directory (SQLite), and
+memory stores whose metadata store takes at most :data:`BATCH` operations per write, as a
+remote one (DynamoDB) does."""
+
+
+def open_repo(kind: str, tmp_path: Path | None = None, /, **options: Any) -> Repository:
+    """A new, empty repository of ``kind`` (see :data:`KINDS`) with ``options``.
+
+    The batched kind keeps a memory repository's exact liveness, so that it differs from
+    ``memory`` in the batch limit alone (stores opened by ``open(objects=, meta=)`` rely on
+    leases; tests/test_open_stores.py covers that).
+    """
+    if kind == "memory":
+        return statebag.open(f"memory://{uuid.uuid4().hex}", **options)
+    if kind == "local":
+        assert tmp_path is not None, "a local repository needs a directory"
+        return statebag.open(tmp_path / f"r-{uuid.uuid4().hex[:8]}", **options)
+    assert kind == "batched", kind
+    objects, meta = MemoryObjectStore(), MemoryMetaStore(max_batch=BATCH)
+    threads = options.pop("threads", None)
+    cache_bytes = options.pop("cache_bytes", None)
+    with statebag.open(objects=objects, meta=meta, create=True, **options) as made:
+        config = made.config  # closing memory stores keeps what they hold
+    return Repository(
+        objects,
+        meta,
+        config,
+        threads=threads,
+        cache_bytes=cache_bytes,
+        url=f"batched{BATCH}://{uuid.uuid4().hex}",
+        liveness=ProcessLiveness(),
+    )
+
 
 # Every scalar a state may hold, at the edges of what the codec carries.
 scalars = (
@@ -102,3 +147,81 @@ def stored_counts(repo: Repository) -> Counter[bytes]:
             if value
         }
     )
+
+
+_GC_BATCHES = (
+    "issue 16: gc, compaction or audit repair writes more than max_batch operations at once "
+    "(InvalidInputError 'writes at most 25 operations atomically'); gcbatch's part"
+)
+_COMMIT = "issue 16: commit.py on a max_batch store ({}); the integrator's part"
+
+BATCHED_XFAIL: dict[str, str] = {
+    "tests/test_repository.py::test_conflict_in_one_atomic_write_leaves_no_pack[batched]": (
+        _COMMIT.format(
+            "a max_batch store always takes the batched path, whose lost race leaves its pack "
+            "to gc instead of deleting it; the atomic path when the commit fits"
+        )
+    ),
+    "tests/test_repository.py::test_a_commit_whose_answer_was_lost_reads_back_its_own_success"
+    "[batched]": _COMMIT.format(
+        "a write whose answer was lost (TimeoutError) is not read back in the batched path"
+    ),
+    "tests/test_repository.py::test_a_commit_that_failed_without_landing_raises_and_keeps_the"
+    "_head[batched]": _COMMIT.format(
+        "a write that failed without landing (TimeoutError) escapes the batched path as is"
+    ),
+    "tests/test_gc.py::test_pending_entry_rolled_back_under_a_save_fails_it[batched]": (
+        _COMMIT.format(
+            "a batch refused because gc rolled the pending entry back is reported as a "
+            "ConflictError 'expected head None, but it is now None'"
+        )
+    ),
+    "tests/test_gc.py::test_live_writer_is_left_alone_and_gone_one_rolled_back[batched]": (
+        "issue 16: gc/rollback.py on a max_batch store reads the packs a pending entry names "
+        "and fails (IntegrityError 'too short to be a pack') on one the writer never finished"
+    ),
+    "tests/test_gc.py::test_dead_letters_are_drained_idempotently[batched]": (
+        "issue 16: gc/rollback.py on a max_batch store reads the packs a pending entry names "
+        "and fails (IntegrityError 'too short to be a pack') on one the writer never finished"
+    ),
+    "tests/test_branches.py::test_merges_while_branches_save_include_every_step_committed_"
+    "before[batched]": _COMMIT.format(
+        "batched commits racing merges leave an under-count: audit ok=False, under_counted "
+        "and over_counted nodes"
+    ),
+    "tests/test_gc.py::test_gc_frees_exactly_what_deleted_versions_alone_held[batched]": (
+        _GC_BATCHES
+    ),
+    "tests/test_gc.py::test_dry_run_reports_what_gc_does_and_writes_nothing[batched]": (
+        _GC_BATCHES
+    ),
+    "tests/test_gc.py::test_retention_keeps_heads_pins_and_holds[batched]": _GC_BATCHES,
+    "tests/test_gc.py::test_delete_chain_removes_everything_and_fences_saves[batched]": (
+        _GC_BATCHES
+    ),
+    "tests/test_gc.py::test_save_whose_found_nodes_are_swept_before_commit_writes_them_again"
+    "[batched]": _GC_BATCHES,
+    "tests/test_gc.py::test_compaction_copies_live_nodes_and_readers_follow[batched]": (
+        _GC_BATCHES
+    ),
+    "tests/test_gc.py::test_audit_finds_an_over_count_and_repair_frees_it[batched]": (_GC_BATCHES),
+    "tests/test_gc.py::test_compaction_merges_the_live_frames_of_several_packs[batched]": (
+        _GC_BATCHES
+    ),
+    "tests/test_hydrator.py::test_retention_and_gc_keep_offloaded_data_for_the_ttl[batched]": (
+        _GC_BATCHES
+    ),
+    "tests/test_gc.py::test_load_latest_follows_a_head_that_moved_and_was_collected[batched]": (
+        _GC_BATCHES + "; random data: fails only when the sweep writes more than 25"
+    ),
+    "tests/test_gc_model.py::TestGCModelBatched::runTest": _GC_BATCHES,
+    "tests/test_branches_model.py::TestBranchMachineBatched::runTest": _GC_BATCHES,
+}
+"""Tests that fail on the batched kind until the rest of issue 16 lands, by node id, with
+why; tests/conftest.py marks each ``xfail(strict=True)``, so that one that starts passing
+fails until its entry is removed (except those of :data:`BATCHED_FLAKY`)."""
+
+BATCHED_FLAKY = frozenset(
+    {"tests/test_gc.py::test_load_latest_follows_a_head_that_moved_and_was_collected[batched]"}
+)
+"""Entries of :data:`BATCHED_XFAIL` whose failure depends on random data: not strict."""

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import statebag
 from statebag import ConflictError
 
 from . import internals
-from .repohelp import recount, same, stored_counts
+from .repohelp import KINDS, open_repo, recount, same, stored_counts
 
 BRANCHES = 16
 STEPS = 10
@@ -141,10 +140,9 @@ def merge_and_check(
     assert list(internals.meta(repo).scan("pending/")) == []
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(params=KINDS)
 def any_repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[statebag.Repository]:
-    url = f"memory://{uuid.uuid4().hex}" if request.param == "memory" else str(tmp_path / "r")
-    with statebag.open(url, fsync=False) as repository:
+    with open_repo(request.param, tmp_path, fsync=False) as repository:
         yield repository
 
 

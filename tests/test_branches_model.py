@@ -12,7 +12,6 @@ audit is ok.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from hypothesis import HealthCheck, settings
@@ -22,6 +21,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import statebag
 
 from . import internals
+from .repohelp import open_repo
 
 CHAINS = ("a", "b", "c", "a/x")
 FIELDS = ("f", "g", "h")
@@ -33,9 +33,11 @@ states = st.dictionaries(st.sampled_from(FIELDS), st.sampled_from(range(len(VALU
 
 
 class BranchMachine(RuleBasedStateMachine):
+    kind = "memory"  # which repository: see tests/repohelp.py KINDS
+
     def __init__(self) -> None:
         super().__init__()
-        self.repo = statebag.open(f"memory://{uuid.uuid4().hex}", inline_max=64, grace=0)
+        self.repo = open_repo(self.kind, inline_max=64, grace=0)
         self.states: dict[str, dict[str, Any]] = {}
         self.parents: dict[str, list[str]] = {}
         self.seqs: dict[str, int] = {}
@@ -198,3 +200,13 @@ TestBranchMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+class BatchedBranchMachine(BranchMachine):
+    """The same model on a metadata store that takes at most 25 operations per write."""
+
+    kind = "batched"
+
+
+BatchedBranchMachine.TestCase.settings = settings(BranchMachine.TestCase.settings, max_examples=20)
+TestBranchMachineBatched = BatchedBranchMachine.TestCase

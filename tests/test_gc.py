@@ -21,13 +21,12 @@ from statebag.liveness import Liveness
 from statebag.packs import pack_key
 
 from . import internals
-from .repohelp import recount, stored_counts
+from .repohelp import KINDS, open_repo, recount, stored_counts
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(params=KINDS)
 def repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[statebag.Repository]:
-    url = f"memory://{uuid.uuid4().hex}" if request.param == "memory" else str(tmp_path / "r")
-    with statebag.open(url, fsync=False) as repository:
+    with open_repo(request.param, tmp_path, fsync=False) as repository:
         yield repository
 
 

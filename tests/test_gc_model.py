@@ -9,7 +9,6 @@ state and the audit is ok; retention must delete exactly the versions the model 
 from __future__ import annotations
 
 import random
-import uuid
 from typing import Any
 
 import pytest
@@ -17,10 +16,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-import statebag
 from statebag import ConflictError
 
 from . import internals
+from .repohelp import open_repo
 
 CHAINS = ("a", "b", "run/3")
 # A small pool of values, so that versions and chains share nodes: deleting one version
@@ -45,9 +44,11 @@ def materialize(choice: dict[str, Any]) -> dict[str, Any]:
 
 
 class GCMachine(RuleBasedStateMachine):
+    kind = "memory"  # which repository: see tests/repohelp.py KINDS
+
     def __init__(self) -> None:
         super().__init__()
-        self.repo = statebag.open(f"memory://{uuid.uuid4().hex}", inline_max=64, grace=0)
+        self.repo = open_repo(self.kind, inline_max=64, grace=0)
         self.live: dict[str, tuple[str, int, dict[str, Any]]] = {}
         self.heads: dict[str, str] = {}
         self.pinned: set[str] = set()
@@ -148,3 +149,13 @@ GCMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 TestGCModel = GCMachine.TestCase
+
+
+class BatchedGCMachine(GCMachine):
+    """The same model on a metadata store that takes at most 25 operations per write."""
+
+    kind = "batched"
+
+
+BatchedGCMachine.TestCase.settings = settings(GCMachine.TestCase.settings, max_examples=15)
+TestGCModelBatched = BatchedGCMachine.TestCase

@@ -26,14 +26,14 @@ from statebag.hydrator import (
 )
 
 from . import internals
-from .repohelp import scalars
+from .repohelp import open_repo, scalars
 
 KIB = 1024
 
 
-@pytest.fixture
-def repo() -> Iterator[statebag.Repository]:
-    with statebag.open(f"memory://hydrator-{uuid.uuid4().hex}") as repository:
+@pytest.fixture(params=["memory", "batched"])
+def repo(request: pytest.FixtureRequest) -> Iterator[statebag.Repository]:
+    with open_repo(request.param) as repository:
         yield repository
 
 

@@ -36,21 +36,20 @@ from statebag.caches import Recent
 from statebag.packs import pack_key
 
 from . import internals
-from .repohelp import recount, same, scalars, stored_counts
+from .repohelp import KINDS, open_repo, recount, same, scalars, stored_counts
 
 # -- fixtures ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def repo() -> Iterator[statebag.Repository]:
-    with statebag.open(f"memory://{uuid.uuid4().hex}") as repository:
+@pytest.fixture(params=["memory", "batched"])
+def repo(request: pytest.FixtureRequest) -> Iterator[statebag.Repository]:
+    with open_repo(request.param) as repository:
         yield repository
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(params=KINDS)
 def any_repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[statebag.Repository]:
-    url = f"memory://{uuid.uuid4().hex}" if request.param == "memory" else str(tmp_path / "r")
-    with statebag.open(url, fsync=False) as repository:
+    with open_repo(request.param, tmp_path, fsync=False) as repository:
         yield repository
 
 

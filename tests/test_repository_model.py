@@ -8,7 +8,6 @@ verifies every pack and recounts every reference.
 from __future__ import annotations
 
 import random
-import uuid
 from typing import Any
 
 import pytest
@@ -26,7 +25,7 @@ from hypothesis.stateful import (
 import statebag
 from statebag import ConflictError, NotFoundError
 
-from .repohelp import recount, same, stored_counts
+from .repohelp import open_repo, recount, same, stored_counts
 
 CHAINS = ("a", "b", "exec/1")
 FIELD_NAMES = ("messages", "scratch", "blob", "n", "cfg", "x")
@@ -60,11 +59,12 @@ states = st.dictionaries(st.sampled_from(FIELD_NAMES), small | large, max_size=6
 
 
 class RepositoryMachine(RuleBasedStateMachine):
+    kind = "memory"  # which repository: see tests/repohelp.py KINDS
     versions = Bundle("versions")
 
     def __init__(self) -> None:
         super().__init__()
-        self.repo = statebag.open(f"memory://{uuid.uuid4().hex}", inline_max=48)
+        self.repo = open_repo(self.kind, inline_max=48)
         self.model: dict[str, list[tuple[str, dict[str, Any]]]] = {}
 
     def teardown(self) -> None:
@@ -170,3 +170,15 @@ RepositoryMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 TestRepositoryModel = RepositoryMachine.TestCase
+
+
+class BatchedRepositoryMachine(RepositoryMachine):
+    """The same model on a metadata store that takes at most 25 operations per write."""
+
+    kind = "batched"
+
+
+BatchedRepositoryMachine.TestCase.settings = settings(
+    RepositoryMachine.TestCase.settings, max_examples=10
+)
+TestRepositoryModelBatched = BatchedRepositoryMachine.TestCase

@@ -4,7 +4,10 @@ the location and hands out its stores and its liveness.
 - a bare path or ``file:///abs/path``: the embedded default, packs under ``<path>/objects/``
   and metadata in ``<path>/meta.sqlite`` (SQLite, WAL), liveness by ``flock``; read-only
   when the directory or ``meta.sqlite`` cannot be written (see :func:`_read_only`);
-- ``memory://name``: in this process only; every open of the same name shares the stores.
+- ``memory://name``: in this process only; every open of the same name shares the stores;
+- no URL, ``open(objects=store, meta=store)``: the stores given, as they are (a backend
+  under test, or one wrapped to count requests, inject faults or add latency), with no
+  liveness oracle, so that gc relies on leases (``lease=``).
 
 A new backend is one :func:`register_scheme` call with an opener returning a
 :class:`Location`; :func:`open` itself does not change.
@@ -23,11 +26,14 @@ import os
 import stat
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlparse
 
+from .commit import DEFAULT_LEASE
 from .config import check_config, load_or_create_config
+from .durations import as_seconds
 from .errors import ConfigError, InvalidInputError, NotFoundError
 from .keys import CONFIG
 from .liveness import FileLiveness, Liveness, ProcessLiveness
@@ -43,7 +49,7 @@ from .validation import check_handle_options
 if TYPE_CHECKING:
     from .repository import Repository
 
-__all__ = ["Location", "Opener", "open", "register_scheme", "scheme_of"]
+__all__ = ["Location", "Opener", "check_lease", "open", "register_scheme", "scheme_of"]
 
 
 class Location(Protocol):
@@ -331,10 +337,13 @@ def _locate(url: str | os.PathLike[str], *, create: bool) -> Location:
 
 
 def open(
-    url: str | os.PathLike[str],
+    url: str | os.PathLike[str] | None = None,
     /,
     *,
-    create: bool = True,
+    objects: ObjectStore | None = None,
+    meta: MetaStore | None = None,
+    create: bool | None = None,
+    lease: float | timedelta | None = None,
     threads: int | None = None,
     min_size: int | None = None,
     avg_size: int | None = None,
@@ -347,18 +356,25 @@ def open(
     grace: int | None = None,
     cache_bytes: int | None = None,
 ) -> Repository:
-    """Open the repository at ``url``; create it when missing unless ``create=False``.
+    """Open the repository at ``url``, or the one held by the stores ``objects`` and ``meta``.
+
+    With a URL, the repository is created when missing unless ``create=False``. With
+    supplied stores (both of them, and no URL) it is created only with ``create=True``:
+    stores handed over are usually meant to hold a repository already. Supplied stores are
+    used as they are (wrappers that count, inject faults or add latency included) and are
+    closed with the repository. Nothing tells whether the writer of a pending save on them
+    is still running, so garbage collection rolls a save back only once its lease expired.
 
     Options set the repository's configuration at creation. On an existing repository an
     option that differs from the recorded one raises :class:`ConfigError`, as does a
     repository of a newer format than this version of statebag reads.
 
-    ``threads`` and ``cache_bytes`` belong to this handle, not to the repository:
-    ``cache_bytes`` (default 128 MiB, 0 for none) bounds the encodings of recently saved
-    large values kept in memory so that saving them again re-cuts only what changed.
+    ``lease``, ``threads`` and ``cache_bytes`` belong to this handle, not to the repository:
+    ``lease`` (seconds or a timedelta, > 0; default 24 h) is how long a save of this handle
+    may run before gc may take it for abandoned where no liveness is known; ``cache_bytes``
+    (default 128 MiB, 0 for none) bounds the encodings of recently saved large values kept in
+    memory so that saving them again re-cuts only what changed.
     """
-    from .repository import Repository
-
     options: dict[str, Any] = {
         "min_size": min_size,
         "avg_size": avg_size,
@@ -372,6 +388,105 @@ def open(
     }
     given = {name: value for name, value in options.items() if value is not None}
     check_handle_options(threads=threads, cache_bytes=cache_bytes)
+    lease_s = check_lease(lease)
+    if create is not None and type(create) is not bool:
+        raise InvalidInputError(f"create must be a bool, not {create!r}", path="create")
+    if objects is not None or meta is not None:
+        if url is not None:
+            raise InvalidInputError(
+                "give either a url or the stores (objects= and meta=), not both",
+                path="url",
+            )
+        return _open_stores(
+            objects,
+            meta,
+            given,
+            create=bool(create),
+            lease=lease_s,
+            threads=threads,
+            cache_bytes=cache_bytes,
+        )
+    if url is None:
+        raise InvalidInputError(
+            "open needs a url, or an object store and a metadata store (objects=, meta=)",
+            path="url",
+        )
+    return _open_url(
+        url,
+        given,
+        create=True if create is None else create,
+        lease=lease_s,
+        threads=threads,
+        cache_bytes=cache_bytes,
+    )
+
+
+def check_lease(lease: object, /) -> float:
+    """The lease in seconds (default 24 h); InvalidInputError with path ``lease`` unless it
+    is a positive number of seconds or timedelta."""
+    if lease is None:
+        return DEFAULT_LEASE
+    seconds = as_seconds(lease, field="lease")
+    if seconds <= 0:
+        raise InvalidInputError(f"lease must be longer than 0 seconds, not {lease!r}", path="lease")
+    return seconds
+
+
+def _open_stores(
+    objects: ObjectStore | None,
+    meta: MetaStore | None,
+    given: dict[str, Any],
+    *,
+    create: bool,
+    lease: float,
+    threads: int | None,
+    cache_bytes: int | None,
+) -> Repository:
+    from .repository import Repository
+
+    for name, store, kind in (("objects", objects, ObjectStore), ("meta", meta, MetaStore)):
+        if store is None:
+            other = "meta" if name == "objects" else "objects"
+            raise InvalidInputError(
+                f"{other}= was given without {name}=: a repository needs both stores",
+                path=name,
+            )
+        if not isinstance(store, kind):
+            raise InvalidInputError(
+                f"{name} must be a {kind.__name__}, not {type(store).__name__}", path=name
+            )
+    assert objects is not None and meta is not None
+    where = f"<{type(objects).__name__} + {type(meta).__name__}>"
+    if create:
+        check_config(given)  # bad options are refused before anything is written
+    if meta.get(CONFIG) is None:
+        if not create:
+            raise NotFoundError(f"no repository in the stores {where} (create=False)")
+        _refuse_packs_without_metadata(objects, where)
+    config = load_or_create_config(meta, given, create=create, where=where)
+    return Repository(
+        objects,
+        meta,
+        config,
+        threads=threads,
+        url=where,
+        lease=lease,
+        cache_bytes=cache_bytes,
+        liveness=Liveness(),
+    )
+
+
+def _open_url(
+    url: str | os.PathLike[str],
+    given: dict[str, Any],
+    *,
+    create: bool,
+    lease: float,
+    threads: int | None,
+    cache_bytes: int | None,
+) -> Repository:
+    from .repository import Repository
+
     try:
         location = _locate(url, create=False)
     except NotFoundError:
@@ -397,6 +512,7 @@ def open(
             config,
             threads=threads,
             url=str(url),
+            lease=lease,
             cache_bytes=cache_bytes,
             liveness=location.liveness(),
         )
@@ -413,9 +529,13 @@ def _refuse_unknown_packs(objects: ObjectStore, where: str) -> None:
     holds packs: its metadata was lost, and a repository made over them would hide their
     data (and its audit would take them for orphans). Closes ``objects``."""
     try:
-        found = next((k for k in objects.list(PACKS_PREFIX) if pack_id_of(k) is not None), None)
+        _refuse_packs_without_metadata(objects, where)
     finally:
         objects.close()
+
+
+def _refuse_packs_without_metadata(objects: ObjectStore, where: str) -> None:
+    found = next((k for k in objects.list(PACKS_PREFIX) if pack_id_of(k) is not None), None)
     if found is not None:
         raise ConfigError(
             f"{where} holds packs (such as {found}) but no repository metadata: the "

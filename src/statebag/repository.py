@@ -25,7 +25,6 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, NoReturn, Self
@@ -43,7 +42,9 @@ from .gc import COMPACT_BYTES, Collector
 from .ids import ContentId
 from .liveness import Liveness, Rehearsal
 from .meta import MetaStore
+from .meta.counting import CountingMetaStore
 from .meta.overlay import OverlayMetaStore
+from .metering import ContextPool
 from .objects import ObjectStore
 from .objects.counting import CountingObjectStore, IOCounters
 from .objects.discarding import DiscardingObjectStore
@@ -89,28 +90,30 @@ class Repository:
         check_handle_options(threads=threads, cache_bytes=cache_bytes)
         # Every request is counted, so callers (the hydrator, benchmarks) can report the
         # object-store cost of an operation without wrapping the store themselves.
-        self._counting = CountingObjectStore(objects)
+        self._counting = CountingObjectStore(objects, meter=True)
         self._objects: ObjectStore = self._counting
         self._meta = meta
+        # Metadata requests are counted too, for CommitResult.requests (statebag.metering).
+        counted_meta = CountingMetaStore(meta, meter=True)
         self._config = config
         self._url = url
         self._liveness = liveness if liveness is not None else Liveness()
-        self._pool = ThreadPoolExecutor(
+        self._pool = ContextPool(
             max_workers=threads or min(4, os.cpu_count() or 2),
             thread_name_prefix="statebag",
         )
         self._lock = threading.Lock()
         self._closed = False
-        self._catalog = Catalog(meta)
+        self._catalog = Catalog(counted_meta)
         self._reader = NodeReader(
             self._objects,
-            meta,
+            counted_meta,
             self._pool,
             NodeLimits.of(max_size=config.max_size, inline_max=config.inline_max),
         )
         self._writer = Writer(
             self._objects,
-            meta,
+            counted_meta,
             config,
             catalog=self._catalog,
             reader=self._reader,
@@ -120,10 +123,10 @@ class Repository:
             cache_bytes=CUT_CACHE_BYTES if cache_bytes is None else cache_bytes,
         )
         self._branches = Branches(self._catalog, self._reader, self._writer)
-        self._verifier = Verifier(self._catalog, self._reader, self._objects, meta)
+        self._verifier = Verifier(self._catalog, self._reader, self._objects, counted_meta)
         self._collector = Collector(
             self._objects,
-            meta,
+            counted_meta,
             liveness=self._liveness,
             read_nodes=self._reader.read,
             forget=self._catalog.forget,

@@ -50,14 +50,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 
 from . import _crash
 from ._crash import CRASH_EXIT_CODE, CRASH_POINTS
-from .errors import ConflictError, InvalidInputError, NotFoundError
+from .errors import BackendError, ConflictError, InvalidInputError, NotFoundError, OutcomeUnknown
 from .meta.base import (
     INT64_MAX,
     INT64_MIN,
@@ -70,6 +70,7 @@ from .meta.base import (
     MetaStore,
     Op,
     Put,
+    plan_batch,
 )
 from .objects.base import ObjectStore
 
@@ -77,6 +78,8 @@ __all__ = [
     "CRASH_ENV",
     "CRASH_EXIT_CODE",
     "CRASH_POINTS",
+    "META_FAULTS",
+    "FaultyMetaStore",
     "MetaStoreConformance",
     "ObjectStoreConformance",
     "arm_crash_point",
@@ -110,6 +113,194 @@ def run_threads(count: int, target: Callable[[int], _T], /, *, timeout: float = 
     if errors:
         raise errors[0]
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Fault injection
+# ---------------------------------------------------------------------------------------------
+
+META_FAULTS = (
+    "applied_then_unknown",
+    "unknown_before",
+    "deferred",
+    "definite",
+    "add_applied_then_raises",
+)
+"""Every kind of fault :class:`FaultyMetaStore` injects; see its docstring."""
+
+
+class FaultyMetaStore(MetaStore):
+    """A metadata store that fails the way a remote one does, reproducibly (``seed``).
+
+    Each ``write`` (so also ``put``, ``put_if_absent``, ``put_if_value`` and ``delete``,
+    which go through it) draws a fault with probability ``rate``, among ``faults``:
+
+    - ``"applied_then_unknown"``: the batch is applied, then :class:`OutcomeUnknown` raised
+      (the answer was lost);
+    - ``"unknown_before"``: :class:`OutcomeUnknown` is raised and nothing applied (the
+      request never arrived);
+    - ``"deferred"``: :class:`OutcomeUnknown` is raised now, and the batch lands later (a
+      transaction still in flight after its client gave up): just before a later write,
+      each deferred batch lands with probability ``land_rate``, or all at once at
+      :meth:`land_deferred`. Its conditions are evaluated when it lands; if one fails, the
+      batch is dropped, as a store drops a transaction whose condition fails;
+    - ``"definite"``: a :class:`BackendError` (retryable or not, drawn) and nothing applied;
+    - ``"add_applied_then_raises"``: for ``add`` only (drawn with the same ``rate``): the
+      counter is added to, then :class:`OutcomeUnknown` raised.
+
+    A malformed batch raises ``InvalidInputError`` and an empty one does nothing, with no
+    fault drawn. Reads pass through. Safe from many threads; the draws follow the order in
+    which threads reach the lock. :meth:`faults_off` (or setting ``rate`` to 0) heals the
+    store; :meth:`injected` counts what was injected, by kind, plus ``"landed"`` and
+    ``"dropped"`` for deferred batches.
+    """
+
+    def __init__(
+        self,
+        inner: MetaStore,
+        /,
+        *,
+        seed: int,
+        rate: float = 0.1,
+        faults: Sequence[str] = META_FAULTS,
+        land_rate: float = 0.3,
+    ) -> None:
+        unknown = sorted(set(faults) - set(META_FAULTS))
+        if unknown:
+            raise InvalidInputError(
+                f"unknown fault kinds {unknown}; known: {list(META_FAULTS)}", path="faults"
+            )
+        for name, value in (("rate", rate), ("land_rate", land_rate)):
+            if not 0.0 <= value <= 1.0:
+                raise InvalidInputError(f"{name} must be in [0, 1], not {value!r}", path=name)
+        self._inner = inner
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self.rate = rate
+        self.land_rate = land_rate
+        self._write_faults = [kind for kind in faults if kind != "add_applied_then_raises"]
+        self._add_faults = "add_applied_then_raises" in faults
+        self._deferred: list[tuple[list[Op], bool]] = []
+        self._injected: dict[str, int] = dict.fromkeys((*META_FAULTS, "landed", "dropped"), 0)
+
+    @property
+    def inner(self) -> MetaStore:
+        return self._inner
+
+    @property
+    def max_batch(self) -> int | None:  # type: ignore[override]
+        return self._inner.max_batch
+
+    def faults_off(self) -> None:
+        """Inject no more faults; deferred batches still land (see :meth:`land_deferred`)."""
+        self.rate = 0.0
+
+    def injected(self) -> dict[str, int]:
+        """How many faults of each kind were injected, and deferred batches landed or
+        dropped (their conditions failed when they landed)."""
+        with self._lock:
+            return dict(self._injected)
+
+    @property
+    def deferred(self) -> int:
+        """Deferred batches not landed yet."""
+        with self._lock:
+            return len(self._deferred)
+
+    def land_deferred(self) -> int:
+        """Land every deferred batch now, oldest first; how many applied."""
+        with self._lock:
+            batches, self._deferred = self._deferred, []
+        return sum(self._land(ops, durable) for ops, durable in batches)
+
+    def _land(self, ops: list[Op], durable: bool) -> bool:
+        try:
+            self._inner.write(ops, durable=durable)
+        except ConditionFailed:
+            with self._lock:
+                self._injected["dropped"] += 1
+            return False
+        with self._lock:
+            self._injected["landed"] += 1
+        return True
+
+    def _draw(self, kinds: Sequence[str]) -> tuple[str | None, list[tuple[list[Op], bool]]]:
+        """The fault for this call (None: none) and the deferred batches to land first."""
+        with self._lock:
+            landing: list[tuple[list[Op], bool]] = []
+            if self._deferred:
+                keep: list[tuple[list[Op], bool]] = []
+                for batch in self._deferred:
+                    (landing if self._rng.random() < self.land_rate else keep).append(batch)
+                self._deferred = keep
+            fault = None
+            if kinds and self._rng.random() < self.rate:
+                fault = self._rng.choice(kinds)
+            return fault, landing
+
+    def write(self, ops: Sequence[Op], /, *, durable: bool = True) -> None:
+        if not isinstance(ops, (list, tuple, str, bytes)) and isinstance(ops, Iterable):
+            ops = list(ops)  # an iterator is read once, here
+        plan_batch(ops, max_batch=self._inner.max_batch)  # bad input: no fault, no write
+        if not ops:
+            return
+        batch = list(ops)
+        fault, landing = self._draw(self._write_faults)
+        for earlier, earlier_durable in landing:
+            self._land(earlier, earlier_durable)
+        if fault is None:
+            self._inner.write(batch, durable=durable)
+            return
+        if fault == "applied_then_unknown":
+            self._inner.write(batch, durable=durable)  # a failed condition raises as usual
+        elif fault == "deferred":
+            with self._lock:
+                self._deferred.append((batch, durable))
+        elif fault == "definite":
+            with self._lock:
+                self._injected[fault] += 1
+                retryable = self._rng.random() < 0.5
+            raise BackendError(
+                f"injected failure: the metadata store refused a batch of {len(batch)} "
+                "operations; nothing was applied",
+                retryable=retryable,
+            )
+        with self._lock:
+            self._injected[fault] += 1
+        raise OutcomeUnknown(
+            f"injected {fault}: the outcome of a batch of {len(batch)} operations is unknown"
+        )
+
+    def add(self, key: str, delta: int, /) -> int:
+        fault, landing = self._draw(["add_applied_then_raises"] if self._add_faults else [])
+        for earlier, earlier_durable in landing:
+            self._land(earlier, earlier_durable)
+        value = self._inner.add(key, delta)
+        if fault is not None:
+            with self._lock:
+                self._injected[fault] += 1
+            raise OutcomeUnknown(f"injected {fault}: the answer of an add to {key!r} was lost")
+        return value
+
+    def get(self, key: str, /) -> bytes | None:
+        return self._inner.get(key)
+
+    def get_many(self, keys: Iterable[str], /) -> dict[str, bytes]:
+        return self._inner.get_many(keys)
+
+    def scan(
+        self, prefix: str, /, *, start_after: str | None = None, limit: int | None = None
+    ) -> Iterator[tuple[str, bytes]]:
+        return self._inner.scan(prefix, start_after=start_after, limit=limit)
+
+    def counter(self, key: str, /) -> int:
+        return self._inner.counter(key)
+
+    def counters(self, prefix: str, /) -> Iterator[tuple[str, int]]:
+        return self._inner.counters(prefix)
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -659,7 +850,16 @@ _GOOD_META_KEYS = [
 
 
 class MetaStoreConformance:
-    """The metadata store contract; subclasses provide the ``store`` fixture (empty store)."""
+    """The metadata store contract; subclasses provide the ``store`` fixture (empty store).
+
+    Outcomes (see :mod:`statebag.meta.base`): a ``write`` that returns was applied; one that
+    raises any error but :class:`OutcomeUnknown` applied nothing and never will; one that
+    raises ``OutcomeUnknown`` may be applied, now or later. A store that can raise it (a
+    remote one, or a :class:`FaultyMetaStore`) sets ``outcome_unknown_possible = True``;
+    the memory and SQLite stores never raise it, and the suite checks that they do not.
+    """
+
+    outcome_unknown_possible: ClassVar[bool] = False
 
     @staticmethod
     def write_all(store: MetaStore, ops: Sequence[Op]) -> None:
@@ -672,6 +872,49 @@ class MetaStoreConformance:
     def state(store: MetaStore) -> tuple[list[tuple[str, bytes]], list[tuple[str, int]]]:
         """Everything in the store: all values and all counters."""
         return list(store.scan("")), list(store.counters(""))
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    def test_every_write_outcome_is_known_or_declared_unknown(self, store: MetaStore) -> None:
+        # Threads race compare-and-swap increments of one value and plain adds to one
+        # counter: a write that returned is in the final state, one refused by its
+        # condition is not, and only a store that declares it may raise OutcomeUnknown.
+        rounds = 40
+        store.put("cas", b"0")
+        tally = dict.fromkeys(("applied", "unknown", "adds", "unknown_adds", "failed_adds"), 0)
+        lock = threading.Lock()
+
+        def worker(_: int) -> None:
+            for _round in range(rounds):
+                current = store.get("cas")
+                assert current is not None
+                outcome = "applied"
+                try:
+                    store.write([Put("cas", b"%d" % (int(current) + 1), expect=current)])
+                except OutcomeUnknown:
+                    outcome = "unknown"
+                except (ConditionFailed, BackendError):
+                    outcome = "refused"  # a definite failure: not applied, nor ever will be
+                added = "adds"
+                try:
+                    store.add("n", 1)
+                except OutcomeUnknown:
+                    added = "unknown_adds"
+                except BackendError:
+                    added = "failed_adds"
+                with lock:
+                    if outcome != "refused":
+                        tally[outcome] += 1
+                    tally[added] += 1
+
+        run_threads(4, worker)
+        final = int(store.get("cas") or b"-1")
+        if not self.outcome_unknown_possible:
+            assert tally["unknown"] == tally["unknown_adds"] == 0
+        assert tally["applied"] <= final <= tally["applied"] + tally["unknown"]
+        count = store.counter("n")
+        assert tally["adds"] <= count <= tally["adds"] + tally["unknown_adds"]
+        assert tally["adds"] + tally["unknown_adds"] + tally["failed_adds"] == 4 * rounds
 
     # -- values ----------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from . import codec, dag
+from . import codec, dag, metering
 from .bag import StateBag
 from .caches import Recent
 from .catalog import Catalog
@@ -121,14 +121,6 @@ class _SaveRun:
     # Nodes looked up, or known from the parent version: never looked up again.
     seen: set[bytes] = field(default_factory=set)
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_STAGES, 0.0))
-    requests: dict[str, int] = field(
-        default_factory=lambda: {
-            "object_puts": 0,
-            "object_gets": 0,
-            "meta_reads": 1,
-            "meta_writes": 0,
-        }
-    )
 
 
 def _check_changed(changed: set[str], data: Mapping[str, Any], base: FieldsTable | None, /) -> None:
@@ -202,6 +194,37 @@ class Writer:
         bag: StateBag | None,
     ) -> CommitResult:
         """The next version of ``chain`` on its head (arguments already checked)."""
+        with metering.tally() as spent:
+            return self._save(
+                chain,
+                data,
+                parent=parent,
+                new_chain=new_chain,
+                hint=hint,
+                merged=merged,
+                meta_raw=meta_raw,
+                level=level,
+                hold_s=hold_s,
+                bag=bag,
+                spent=spent,
+            )
+
+    def _save(
+        self,
+        chain: str,
+        data: Mapping[str, Any],
+        /,
+        *,
+        parent: bytes | None,
+        new_chain: bool,
+        hint: set[str] | None,
+        merged: Iterable[str] | None,
+        meta_raw: msgspec.Raw | None,
+        level: int,
+        hold_s: float | None,
+        bag: StateBag | None,
+        spent: metering.Tally,
+    ) -> CommitResult:
         others = self._catalog.other_parents(merged)
         head_bytes, head = self._catalog.head_record(chain)
         if new_chain and head is not None:
@@ -251,7 +274,8 @@ class Writer:
                 meta_raw=meta_raw,
                 hold_s=hold_s,
                 bag=bag,
-            )
+            ),
+            spent=spent,
         )
 
     def _moved_under(
@@ -269,9 +293,15 @@ class Writer:
 
     # -- the pipeline ------------------------------------------------------------------------
 
-    def write(self, plan: VersionPlan, /) -> CommitResult:
+    def write(self, plan: VersionPlan, /, *, spent: metering.Tally | None = None) -> CommitResult:
         """Encode and commit one version: ``plan.data``'s fields are encoded (carried from
-        ``plan.base`` per ``plan.hint``), ``plan.given``'s entries taken as they are stored."""
+        ``plan.base`` per ``plan.hint``), ``plan.given``'s entries taken as they are stored.
+
+        The result's ``requests`` are those counted by ``spent`` (the caller's tally, which
+        also holds what it read before), or by a tally of this call alone."""
+        if spent is None:
+            with metering.tally() as own:
+                return self.write(plan, spent=own)
         started = time.perf_counter()
         txn = new_txn_id()
         prepare = Prepare(
@@ -294,12 +324,18 @@ class Writer:
             except BaseException:
                 prepare.abandon()
                 raise
-            return self._commit(plan, run, encoded, txn, started)
+            return self._commit(plan, run, encoded, txn, started, spent)
         finally:
             prepare.release()
 
     def _commit(
-        self, plan: VersionPlan, run: _SaveRun, encoded: _Encoded, txn: str, started: float
+        self,
+        plan: VersionPlan,
+        run: _SaveRun,
+        encoded: _Encoded,
+        txn: str,
+        started: float,
+        spent: metering.Tally,
     ) -> CommitResult:
         manifest = Manifest(
             format=FORMAT_VERSION,
@@ -342,11 +378,9 @@ class Writer:
         )
         t = time.perf_counter()
         commit(self._objects, self._meta, tx, prepared=run.packer.prepare)
-        timings, requests = run.timings, run.requests
+        timings = run.timings
         timings["commit"] = time.perf_counter() - t
         timings["upload"] = tx.timings.get("upload", 0.0)
-        for key, count in tx.requests.items():
-            requests[key] = requests.get(key, 0) + count
         self._catalog.remember(manifest_id, manifest)
         self._reader.remember_table(
             encoded.root,
@@ -372,7 +406,7 @@ class Writer:
             bytes_logical=encoded.logical,
             bytes_new_raw=sum(len(node.data) for node in written),
             bytes_new_stored=sum(size for _, size, _ in tx.packs),
-            requests=requests,
+            requests=spent.counts(),
             timings=timings,
             node_ids=[node.node_id.hex() for node in written],
             pack_keys=[pack_key(pack_id) for pack_id, _, _ in tx.packs],
@@ -506,7 +540,6 @@ class Writer:
             return
         keys = [node_key(node.node_id) for node in candidates]
         stored = self._meta.get_many(keys)
-        run.requests["meta_reads"] += 1
         fresh = []
         for node, key in zip(candidates, keys, strict=True):
             record = stored.get(key)

@@ -27,6 +27,20 @@ a plain string prefix: ``%`` and ``_`` mean nothing special.
 ``max_batch`` says how many operations one ``write`` accepts (``None``: no limit). The
 caller splits larger batches itself, and so decides what may be non-atomic.
 
+**Outcomes.** ``write`` (and ``add``) end in one of three ways, and a caller may rely on
+each: it returns, and the batch was applied; it raises :class:`ConditionFailed`,
+``InvalidInputError`` or any other error except :class:`~statebag.errors.OutcomeUnknown`,
+and nothing was applied, nor will be; or it raises
+:class:`~statebag.errors.OutcomeUnknown`, and the batch may have been applied, may never
+be, or may still be applied later (a timeout, a lost answer, a transaction still in flight
+after its client gave up). A remote store raises ``OutcomeUnknown`` whenever it cannot tell
+the first two apart; it never reports a failure for a batch that may still land. A caller
+that needs to know reads back what it wrote, and one that must stop a late landing makes
+the batch conditional on something it can take away first (statebag's commit makes its
+write conditional on the save's pending entry). The memory and SQLite stores never raise
+``OutcomeUnknown``: their writes are applied or not when the call returns.
+:class:`statebag.testing.FaultyMetaStore` wraps any store to inject these outcomes.
+
 ``write(ops, durable=False)`` allows a backend to skip flushing that batch to stable storage:
 it is atomic and visible to every reader at once like any other, and no process crash can
 lose it, but a power failure or OS crash may, until the next durable write has returned
@@ -568,12 +582,17 @@ class MetaStore(abc.ABC):
 
         Raises ``ConditionFailed`` if a condition does not hold and ``InvalidInputError``
         for a malformed batch or one longer than ``max_batch``; in both cases nothing
-        changes. An empty batch does nothing.
+        changes. An empty batch does nothing. ``OutcomeUnknown`` means the batch may or
+        may not be applied, now or later; any other error means it was not (see
+        "Outcomes" in the module docstring).
         """
 
     @abc.abstractmethod
     def add(self, key: str, delta: int, /) -> int:
-        """Atomically add ``delta`` to counter ``key`` and return the new value."""
+        """Atomically add ``delta`` to counter ``key`` and return the new value.
+
+        ``OutcomeUnknown`` means the addition may or may not be applied, as for ``write``.
+        """
 
     # -- conveniences, all through write() --------------------------------------------------
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import msgspec
 
+from .. import metering
 from .._typing import Buffer
 from .base import ObjectStore
 
@@ -40,12 +41,14 @@ class IOCounters(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class CountingObjectStore(ObjectStore):
-    """Passes every call to ``inner`` and counts it."""
+    """Passes every call to ``inner`` and counts it; ``meter`` also adds each request to the
+    open :mod:`statebag.metering` tallies (the repository's own wrapper does)."""
 
-    __slots__ = ("_counts", "_inner", "_lock")
+    __slots__ = ("_counts", "_inner", "_lock", "_meter")
 
-    def __init__(self, inner: ObjectStore, /) -> None:
+    def __init__(self, inner: ObjectStore, /, *, meter: bool = False) -> None:
         self._inner = inner
+        self._meter = meter
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(IOCounters.__struct_fields__, 0)
 
@@ -58,6 +61,8 @@ class CountingObjectStore(ObjectStore):
             return IOCounters(**self._counts)
 
     def _count(self, kind: str, *, written: int = 0, read: int = 0) -> None:
+        if self._meter:
+            metering.note(f"object_{kind}")
         with self._lock:
             self._counts[kind] += 1
             self._counts["bytes_written"] += written
