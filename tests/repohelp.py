@@ -153,42 +153,8 @@ _GC_BATCHES = (
     "issue 16: gc, compaction or audit repair writes more than max_batch operations at once "
     "(InvalidInputError 'writes at most 25 operations atomically'); gcbatch's part"
 )
-_COMMIT = "issue 16: commit.py on a max_batch store ({}); the integrator's part"
 
 BATCHED_XFAIL: dict[str, str] = {
-    "tests/test_repository.py::test_conflict_in_one_atomic_write_leaves_no_pack[batched]": (
-        _COMMIT.format(
-            "a max_batch store always takes the batched path, whose lost race leaves its pack "
-            "to gc instead of deleting it; the atomic path when the commit fits"
-        )
-    ),
-    "tests/test_repository.py::test_a_commit_whose_answer_was_lost_reads_back_its_own_success"
-    "[batched]": _COMMIT.format(
-        "a write whose answer was lost (TimeoutError) is not read back in the batched path"
-    ),
-    "tests/test_repository.py::test_a_commit_that_failed_without_landing_raises_and_keeps_the"
-    "_head[batched]": _COMMIT.format(
-        "a write that failed without landing (TimeoutError) escapes the batched path as is"
-    ),
-    "tests/test_gc.py::test_pending_entry_rolled_back_under_a_save_fails_it[batched]": (
-        _COMMIT.format(
-            "a batch refused because gc rolled the pending entry back is reported as a "
-            "ConflictError 'expected head None, but it is now None'"
-        )
-    ),
-    "tests/test_gc.py::test_live_writer_is_left_alone_and_gone_one_rolled_back[batched]": (
-        "issue 16: gc/rollback.py on a max_batch store reads the packs a pending entry names "
-        "and fails (IntegrityError 'too short to be a pack') on one the writer never finished"
-    ),
-    "tests/test_gc.py::test_dead_letters_are_drained_idempotently[batched]": (
-        "issue 16: gc/rollback.py on a max_batch store reads the packs a pending entry names "
-        "and fails (IntegrityError 'too short to be a pack') on one the writer never finished"
-    ),
-    "tests/test_branches.py::test_merges_while_branches_save_include_every_step_committed_"
-    "before[batched]": _COMMIT.format(
-        "batched commits racing merges leave an under-count: audit ok=False, under_counted "
-        "and over_counted nodes"
-    ),
     "tests/test_gc.py::test_gc_frees_exactly_what_deleted_versions_alone_held[batched]": (
         _GC_BATCHES
     ),

@@ -50,14 +50,8 @@ from .keys import (
     HEAD,
     MANIFEST,
     NODE,
-    STAT_BYTES_DEAD,
-    STAT_BYTES_LOGICAL,
-    STAT_BYTES_STORED,
-    STAT_CHAINS,
+    STAT,
     STAT_EPOCH,
-    STAT_MANIFESTS,
-    STAT_NODES,
-    STAT_PACKS,
     HeadRecord,
     IndexRecord,
     PackRecord,
@@ -76,6 +70,7 @@ from .keys import (
     pending_key,
     ref_key,
     stat_shard,
+    undo_added,
 )
 from .liveness import Liveness
 from .meta import ANY, Add, Check, ConditionFailed, Delete, MetaStore, Op, Put
@@ -168,15 +163,19 @@ class _CommitWrite:
     finish: Delete  # the pending entry's removal, conditional on it being this save's
     guards: list[Check]
     root: Add  # the manifest's reference to its root
-    totals: list[Op]  # the chain's shard of the totals and the caller's extra ops
+    totals: list[Op]  # the epoch shard's increment and the caller's extra ops
+    stats: dict[str, int]  # what the save adds to its chain's shards of the totals, by name
     packs: list[Op]  # pack records and the dead bytes of nodes another save indexed first
 
-    def ops(self) -> list[Op]:
-        return [*self.essential(), *self.packs]
+    def stat_ops(self, chain: str) -> list[Op]:
+        return [Add(stat_shard(STAT + name, chain), delta) for name, delta in self.stats.items()]
+
+    def ops(self, chain: str) -> list[Op]:
+        return [*self.essential(), *self.stat_ops(chain), *self.packs]
 
     def essential(self) -> list[Op]:
         """What must land in one write: the manifest with its root's reference, the head
-        move, the pending entry's removal, the guards and the totals (a fixed handful)."""
+        move, the pending entry's removal, the guards, the epoch and the version index."""
         return [self.manifest, self.head, self.finish, *self.guards, self.root, *self.totals]
 
     def is_guard(self, op: Op) -> bool:
@@ -188,24 +187,15 @@ def _commit_write(tx: Transaction, pending: bytes | None) -> _CommitWrite:
     entry must still be the one this save wrote: if gc rolled it back (and deleted the
     packs), the save must not commit."""
     new_count = len(tx.new_nodes) - len(tx.reused_late)
-
-    def total(key: str, delta: int) -> Add:
-        return Add(stat_shard(key, tx.chain), delta)
-
-    totals: list[Op] = [
-        total(STAT_MANIFESTS, 1),
-        total(STAT_BYTES_LOGICAL, tx.bytes_logical),
-        total(STAT_EPOCH, 1),
-        *tx.extra,
-    ]
+    stats = {"manifests": 1, "bytes_logical": tx.bytes_logical}
     if tx.expected_head is None:
-        totals.append(total(STAT_CHAINS, 1))
+        stats["chains"] = 1
     if new_count:
-        totals.append(total(STAT_NODES, new_count))
+        stats["nodes"] = new_count
     packs: list[Op] = []
     if tx.packs:
-        totals.append(total(STAT_PACKS, len(tx.packs)))
-        totals.append(total(STAT_BYTES_STORED, sum(size for _, size, _ in tx.packs)))
+        stats["packs"] = len(tx.packs)
+        stats["bytes_stored"] = sum(size for _, size, _ in tx.packs)
         packs.extend(
             Put(
                 pack_record_key(pack_id),
@@ -222,14 +212,15 @@ def _commit_write(tx: Transaction, pending: bytes | None) -> _CommitWrite:
         for pack_id, length in dead.items():
             packs.append(Add(dead_key(pack_id), length))
         if dead:
-            totals.append(total(STAT_BYTES_DEAD, sum(dead.values())))
+            stats["bytes_dead"] = sum(dead.values())
     return _CommitWrite(
         manifest=Put(manifest_key(tx.manifest_id), tx.manifest, expect=None),
         head=Put(head_key(tx.chain), encode_record(tx.new_head), expect=tx.expected_head),
         finish=Delete(pending_key(tx.txn), expect=pending if pending is not None else ANY),
         guards=list(tx.guards),
         root=Add(ref_key(tx.root), 1),
-        totals=totals,
+        totals=[Add(stat_shard(STAT_EPOCH, tx.chain), 1), *tx.extra],
+        stats=stats,
         packs=packs,
     )
 
@@ -295,6 +286,7 @@ class Prepare:
         self._liveness = liveness if liveness is not None else Liveness()
         self._live = False
         self.recorded: bytes | None = None  # the pending entry as last written
+        self._added: dict[str, int] = {}  # totals added before the commit (see PendingRecord)
         # Every value this save put as its entry: a put whose answer was lost may land
         # later, and the entry then holds one of these, never anything else.
         self._written: set[bytes] = set()
@@ -317,9 +309,16 @@ class Prepare:
         now = time.time_ns()
         return encode_record(
             PendingRecord(
-                self._chain, self._started, now + int(self._lease * 1e9), list(self.pack_ids)
+                self._chain,
+                self._started,
+                now + int(self._lease * 1e9),
+                list(self.pack_ids),
+                dict(self._added),
             )
         )
+
+    def _pending(self) -> PendingRecord:
+        return PendingRecord(self._chain, self._started, 0, list(self.pack_ids), self._added)
 
     def _rolled_back(self) -> RolledBack:
         return RolledBack(
@@ -412,6 +411,20 @@ class Prepare:
                 return ops
         raise self._rolled_back()
 
+    def add_to_totals(self, added: dict[str, int], ops: Sequence[Op], /) -> None:
+        """Add ``ops`` (the save's totals, ``added`` by name) before the commit, recording
+        them in the pending entry in the same write, for a rollback to take back."""
+        with self._lock:
+            self._added = dict(added)
+            value = self._entry()
+            self._written.add(value)
+            try:
+                self.guarded(lambda recorded: [Put(self._key, value, expect=recorded), *ops])
+            except BaseException:
+                self._added = {}
+                raise
+            self.recorded = value
+
     # What write_checked adds to each batch.
     CHECKED_OVERHEAD = 2
 
@@ -466,6 +479,7 @@ class Prepare:
                 lambda recorded: [
                     Delete(self._key, expect=recorded),
                     Put(letter, encode_letter(self.pack_ids)),
+                    *(Add(key, delta) for key, delta in undo_added(self._pending())),
                 ]
             )
         except RolledBack:
@@ -591,7 +605,7 @@ def _fits_one_write(
         return True
     references = sum(len(group) for group in _reference_groups(tx, records))
     final = _commit_write(tx, prepared.recorded)
-    return references + len(tx.found) + len(final.ops()) <= meta.max_batch
+    return references + len(tx.found) + len(final.ops(tx.chain)) <= meta.max_batch
 
 
 def _recheck_found(meta: MetaStore, tx: Transaction) -> list[bytes]:
@@ -748,16 +762,23 @@ def _commit_batched(
                 f"in one write, more than the metadata store's max_batch {max_batch}",
                 retryable=False,
             )
-        split = len(final.ops()) > max_batch
-        if split:
+        packs_first = len(final.ops(tx.chain)) > max_batch
+        stats_first = len(final.essential()) + len(final.stats) > max_batch
+        if packs_first:
             # Pack records before the commit, on condition of the entry: a pack recorded for
             # a save that then fails is gc's to keep or retire, like any pack it names.
             for start in range(0, len(final.packs), room):
                 part = final.packs[start : start + room]
                 prepared.write_checked(part)
+        if stats_first:
+            # The totals too, recorded in the entry by the same write, so that a rollback
+            # takes back exactly them.
+            prepared.add_to_totals(final.stats, final.stat_ops(tx.chain))
         parts: list[_CommitWrite] = []
         try:
-            prepared.guarded(_final_write(tx, [], parts, split=split))
+            prepared.guarded(
+                _final_write(tx, [], parts, packs=not packs_first, stats=not stats_first)
+            )
             prepared.recorded = None
         except _Refused as refused:
             prepared.hand_over()
@@ -786,15 +807,26 @@ def _commit_batched(
 
 
 def _final_write(
-    tx: Transaction, before: list[Op], parts: list[_CommitWrite], *, split: bool = False
+    tx: Transaction,
+    before: list[Op],
+    parts: list[_CommitWrite],
+    *,
+    packs: bool = True,
+    stats: bool = True,
 ) -> Callable[[bytes | None], list[Op]]:
     """What builds the commit write for :meth:`Prepare.guarded`, keeping its parts in
-    ``parts`` so that a failed condition can be told by its op. ``split``: the pack records
-    were written before."""
+    ``parts`` so that a failed condition can be told by its op. ``packs`` and ``stats``:
+    whether the pack records and the totals go in it (else they were written before)."""
 
     def build(recorded: bytes | None) -> list[Op]:
-        parts[:] = [_commit_write(tx, recorded)]
-        return [*before, *(parts[0].essential() if split else parts[0].ops())]
+        final = _commit_write(tx, recorded)
+        parts[:] = [final]
+        return [
+            *before,
+            *final.essential(),
+            *(final.stat_ops(tx.chain) if stats else []),
+            *(final.packs if packs else []),
+        ]
 
     return build
 

@@ -102,6 +102,7 @@ __all__ = [
     "sum_totals",
     "tomb_key",
     "txn_of",
+    "undo_added",
     "version_key",
     "version_of",
     "version_prefix",
@@ -165,6 +166,11 @@ _STAT_NAMES = frozenset(
 def stat_shard(total: str, chain: str, /) -> str:
     """The shard of counter ``total`` (a ``STAT_*`` key) that writes for ``chain`` add to."""
     return f"{total}/{chain_hash(chain)}"
+
+
+def undo_added(record: PendingRecord, /) -> list[tuple[str, int]]:
+    """The counter deltas that take back what a pending save recorded as ``added``."""
+    return [(stat_shard(STAT + name, record.chain), -delta) for name, delta in record.added.items()]
 
 
 def stat_name(key: str, /) -> str | None:
@@ -319,13 +325,17 @@ class HeadRecord(msgspec.Struct, array_like=True, frozen=True):
     txn: str
 
 
-class PendingRecord(msgspec.Struct, frozen=True):
+class PendingRecord(msgspec.Struct, frozen=True, omit_defaults=True):
     """``pending/<txn>``: a save in progress, to be rolled back if its lease expires."""
 
     chain: str
     started_ns: int
     lease_until_ns: int
     packs: list[bytes]
+    # Totals (``chains``, ``nodes``, ...) the save added to its chain's shards before its
+    # commit, in the same write that recorded them here (only when its commit write could
+    # not hold them): a rollback subtracts exactly these. Absent in older entries.
+    added: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class Tombstone(msgspec.Struct, array_like=True, frozen=True):

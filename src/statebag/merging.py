@@ -156,13 +156,77 @@ def deep_merge(
     by key with this same rule; lists whose every outcome starts with the base's elements
     (an absent base counts as ``[]``) become the base's elements followed by each side's
     appended ones, in side order. Anything else is a conflict for ``on_conflict``.
+
+    Nested dicts are merged with an explicit stack, not by recursion, so that a conflict as
+    deep as the nesting limit merges from any depth of the caller's stack.
     """
-    outcomes = distinct(values)
-    if len(outcomes) == 1:
-        return outcomes[0]
-    if all(type(v) is dict for v in values) and (base is MISSING or type(base) is dict):
-        start: dict[str, Any] = base if type(base) is dict else {}
-        return _merge_dicts(path, start, values, on_conflict, conflicts)
+    result: list[Any] = [MISSING]
+    stack: list[_DictMerge] = []
+
+    def deliver(into: _DictMerge | None, key: str, outcome: Any) -> None:
+        if into is None:
+            result[0] = outcome
+        elif outcome is not MISSING:
+            into.merged[key] = outcome
+
+    def begin(path: str, base: Any, values: list[Any], into: _DictMerge | None, key: str) -> None:
+        outcomes = distinct(values)
+        if len(outcomes) == 1:
+            deliver(into, key, outcomes[0])
+        elif all(type(v) is dict for v in values) and (base is MISSING or type(base) is dict):
+            stack.append(_DictMerge(path, base if type(base) is dict else {}, values, into, key))
+        else:
+            deliver(into, key, _merge_leaf(path, base, values, on_conflict, conflicts))
+
+    begin(path, base, values, None, "")
+    while stack:
+        frame = stack[-1]
+        if frame.next == len(frame.keys):
+            stack.pop()
+            deliver(frame.into, frame.key, frame.merged)
+            continue
+        key = frame.keys[frame.next]
+        frame.next += 1
+        before = frame.base.get(key, MISSING)
+        changed = [o for o in (v.get(key, MISSING) for v in frame.values) if not same(o, before)]
+        if not changed:
+            deliver(frame, key, before)
+        else:
+            begin(_child_path(frame.path, key), before, changed, frame, key)
+    return result[0]
+
+
+class _DictMerge:
+    """One dict being merged key by key: where ``deep_merge`` is in it, and where its
+    outcome goes (``into`` at ``key``; None for the outcome of the whole merge)."""
+
+    __slots__ = ("base", "into", "key", "keys", "merged", "next", "path", "values")
+
+    def __init__(
+        self,
+        path: str,
+        base: dict[str, Any],
+        values: list[dict[str, Any]],
+        into: _DictMerge | None,
+        key: str,
+    ) -> None:
+        self.path = path
+        self.base = base
+        self.values = values
+        self.into = into
+        self.key = key
+        names = set(base)
+        for value in values:
+            names.update(value)
+        self.keys = sorted(names)
+        self.next = 0
+        self.merged: dict[str, Any] = {}
+
+
+def _merge_leaf(
+    path: str, base: Any, values: list[Any], on_conflict: OnConflict, conflicts: Conflicts
+) -> Any:
+    """Outcomes that are not all dicts: appended lists merge, anything else conflicts."""
     if all(type(v) is list for v in values) and (base is MISSING or type(base) is list):
         prefix: list[Any] = base if type(base) is list else []
         head = _encoding(prefix)
@@ -172,26 +236,3 @@ def deep_merge(
                 merged.extend(value[len(prefix) :])
             return merged
     return resolve(path, base, values, on_conflict, conflicts)
-
-
-def _merge_dicts(
-    path: str,
-    base: dict[str, Any],
-    values: list[dict[str, Any]],
-    on_conflict: OnConflict,
-    conflicts: Conflicts,
-) -> Any:
-    keys = set(base)
-    for value in values:
-        keys.update(value)
-    merged: dict[str, Any] = {}
-    for key in sorted(keys):
-        before = base.get(key, MISSING)
-        changed = [o for o in (v.get(key, MISSING) for v in values) if not same(o, before)]
-        if not changed:
-            outcome = before
-        else:
-            outcome = deep_merge(_child_path(path, key), before, changed, on_conflict, conflicts)
-        if outcome is not MISSING:
-            merged[key] = outcome
-    return merged

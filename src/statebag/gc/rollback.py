@@ -25,6 +25,7 @@ from ..keys import (
     encode_letter,
     letter_key,
     txn_of,
+    undo_added,
 )
 from ..liveness import Liveness
 from ..meta import Add, ConditionFailed, Delete, MetaStore, Put
@@ -75,6 +76,8 @@ class Rollback:
                             Delete(key, expect=value),
                             Put(letter, encode_letter(record.packs)),
                             Add(STAT_EPOCH, 1),
+                            # What the save added to the totals before its commit.
+                            *(Add(counter, delta) for counter, delta in undo_added(record)),
                         ]
                     )
                 except ConditionFailed:
