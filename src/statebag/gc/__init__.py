@@ -64,7 +64,7 @@ class Collector:
         self._child_reader = ChildReader(read_nodes)
         self._versions = VersionDeleter(meta, forget=forget)
         self._retention = Retention(meta, self._versions)
-        self._sweeper = Sweeper(meta, self._child_reader)
+        self._sweeper = Sweeper(objects, meta, self._child_reader)
         self._packs = PackReclaimer(objects, meta, liveness=liveness, lease=lease)
         self._rollback = Rollback(objects, meta, liveness=liveness, packs=self._packs)
         self._auditor = Auditor(objects, meta, self._child_reader)
