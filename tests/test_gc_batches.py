@@ -341,3 +341,36 @@ def test_a_rolled_back_save_indexed_into_its_pack_is_collected(
     assert meta.get(node_key(root)) is None
     assert not set(packs) & set(internals.objects(repo).list("packs/"))
     exact(repo)
+
+
+def test_gc_refuses_a_store_whose_writes_are_too_small(
+    make_repo: Callable[..., statebag.Repository],
+) -> None:
+    repo = make_repo()
+    saved = repo.save("c", {"v": 1})
+    repo.save("c", {"v": 2})
+    repo.delete(saved.manifest_id)
+    internals.meta(repo).max_batch = 12  # type: ignore[misc]
+    with pytest.raises(statebag.ConfigError, match="at least 20 operations"):
+        repo.gc(grace=0)
+    with pytest.raises(statebag.ConfigError, match="at least 20 operations"):
+        repo.audit(repair=True)
+    assert len(list(internals.meta(repo).scan("zero/"))) == 1  # nothing was swept
+
+
+def test_a_failing_item_is_left_and_the_rest_of_its_write_goes() -> None:
+    from statebag.gc.batches import write_items
+    from statebag.meta import Add, CheckCounter, Put
+    from statebag.meta.memory import MemoryMetaStore
+
+    store = MemoryMetaStore(max_batch=MAX_BATCH)
+    store.add("c/5", 1)  # item 5's condition no longer holds
+    items = [[CheckCounter(f"c/{i}", 0), Add(f"c/{i}", 10), Add("total", 1)] for i in range(30)]
+    items.append([Put("v", b"x", expect=None)])
+    applied = write_items(store, items, tail=[Add("writes", 1)])
+    assert applied == [i for i in range(31) if i != 5]
+    assert store.counter("total") == 29 and store.counter("c/5") == 1
+    assert all(store.counter(f"c/{i}") == 10 for i in range(30) if i != 5)
+    assert store.get("v") == b"x"
+    # Each write held at most MAX_BATCH operations: 3 writes for 30 items of 2 + shared adds.
+    assert store.counter("writes") >= 3
