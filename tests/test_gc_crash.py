@@ -47,6 +47,12 @@ elif mode == "conflict":
         pass
 elif mode == "gc":
     repo.gc(grace=0)
+elif mode == "gc_batched":
+    # As a store that caps a write would: the 40-field node of "wide" is swept in slices.
+    sys.path.insert(0, sys.argv[3])
+    from tests import internals
+    internals.meta(repo).max_batch = 25
+    repo.gc(grace=0)
 elif mode == "retain":
     repo.gc(keep_last=1, chains=["r"], grace=0)
 elif mode == "delete_chain":
@@ -61,6 +67,7 @@ MODES = {
     "save.after_abandon_record": "conflict",
     "delete_chain.after_head": "delete_chain",
     "gc.after_delete_manifest": "retain",
+    "gc.after_sweep_slice": "gc_batched",
 }
 
 
@@ -105,7 +112,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]
 def test_every_crash_point_has_a_scenario() -> None:
     assert set(MODES) <= set(CRASH_POINTS)
     assert {point for point in CRASH_POINTS if point.startswith("gc.")} == {
-        point for point in CRASH_POINTS if mode_of(point) in ("gc", "retain")
+        point for point in CRASH_POINTS if mode_of(point) in ("gc", "gc_batched", "retain")
     }
 
 
@@ -116,7 +123,8 @@ def test_crash_loses_nothing_committed(
     source, kept = base
     path = tmp_path / "repo"
     shutil.copytree(source, path)
-    done = run_until_crash(SCRIPT, point, str(path), mode_of(point))
+    root = str(Path(__file__).resolve().parent.parent)
+    done = run_until_crash(SCRIPT, point, str(path), mode_of(point), root)
     assert done.returncode == CRASH_EXIT_CODE, (point, done.stderr)
 
     with statebag.open(path) as repo:
@@ -139,6 +147,7 @@ def test_crash_loses_nothing_committed(
         assert not report.in_flight, (point, report)
         assert list(internals.meta(repo).scan("dlq/")) == [], point
         assert list(internals.meta(repo).scan("zero/")) == [], point
+        assert list(internals.meta(repo).scan("sweep/")) == [], point
         for manifest_id in internals.meta(repo).scan("manifest/"):
             assert repo.verify(manifest_id[0][len("manifest/") :]).ok
 

@@ -25,6 +25,7 @@ CRASH_POINTS = (
     "gc.after_rollback_record",  # a pending entry replaced by a dead letter, packs remain
     "gc.after_delete_manifest",  # one manifest deleted by retention, nothing swept
     "gc.after_sweep",  # one sweep transaction landed (index rows gone), packs untouched
+    "gc.after_sweep_slice",  # a slice of a wide node's sweep landed, more of its children remain
     "gc.after_pack_record",  # a dead pack's record replaced by a dead letter, object remains
     "gc.after_pack_delete",  # the dead pack's object deleted, its dead letter remains
     "gc.after_compact_upload",  # the compacted pack uploaded, the index not yet moved

@@ -19,6 +19,7 @@ prefix constant (for scans), a builder and, where keys are scanned, a parser.
 | ``gc/discards`` | le64: ``stat/discards`` at the last reachability pass | :func:`encode_le64` |
 | ``node/<id>`` | index record | :class:`IndexRecord` |
 | ``zero/<id>`` | le64 ns: the node's count is zero since then | :func:`encode_le64` |
+| ``sweep/<id>`` | a wide node's sweep in progress | :class:`SweepRecord` |
 | ``pack/<id>`` | pack record | :class:`PackRecord` |
 | ``pending/<txn>`` | a save or compaction in progress | :class:`PendingRecord` |
 | ``dlq/<name>`` | dead letter: pack ids to delete | :func:`encode_letter` |
@@ -65,6 +66,7 @@ __all__ = [
     "STAT_MANIFESTS",
     "STAT_NODES",
     "STAT_PACKS",
+    "SWEEP",
     "TOMB",
     "VERSION",
     "ZERO",
@@ -72,6 +74,7 @@ __all__ = [
     "IndexRecord",
     "PackRecord",
     "PendingRecord",
+    "SweepRecord",
     "Tombstone",
     "chain_hash",
     "chain_of",
@@ -80,6 +83,7 @@ __all__ = [
     "decode_le64",
     "decode_letter",
     "decode_pending",
+    "decode_sweep",
     "decode_tombstone",
     "encode_le64",
     "encode_letter",
@@ -100,6 +104,7 @@ __all__ = [
     "stat_name",
     "stat_shard",
     "sum_totals",
+    "sweep_key",
     "tomb_key",
     "txn_of",
     "undo_added",
@@ -121,6 +126,7 @@ HOLD = "hold/"
 ORPHAN = "orphan/"
 NODE = "node/"
 ZERO = "zero/"
+SWEEP = "sweep/"
 PACK = "pack/"
 PENDING = "pending/"
 LETTER = "dlq/"
@@ -231,6 +237,11 @@ def node_key(node_id: bytes, /) -> str:
 
 def zero_key(node_id: bytes, /) -> str:
     return ZERO + node_id.hex()
+
+
+def sweep_key(node_id: bytes, /) -> str:
+    """The progress record of the sweep of a node too wide for one write (gc/sweep.py)."""
+    return SWEEP + node_id.hex()
 
 
 def ref_key(node_id: bytes, /) -> str:
@@ -348,13 +359,28 @@ class Tombstone(msgspec.Struct, array_like=True, frozen=True):
     deleted_ns: int
 
 
+class SweepRecord(msgspec.Struct, array_like=True, frozen=True):
+    """``sweep/<id>``: a node whose children do not all fit in one write, swept in slices.
+
+    The first slice removed the node (``node/``, ``ref/``, ``zero/``); ``record`` is its index
+    record as it was (so its bytes can still be read: its frame is counted dead only by the
+    last slice), ``mark`` the time of its zero mark (given to the children it brings to
+    zero), ``released`` how many of its distinct children, in the order they first appear
+    in its bytes, were already released."""
+
+    record: bytes
+    mark: int
+    released: int
+
+
 _HEAD_DECODER = msgspec.msgpack.Decoder(HeadRecord)
 _PENDING_DECODER = msgspec.msgpack.Decoder(PendingRecord)
 _TOMBSTONE_DECODER = msgspec.msgpack.Decoder(Tombstone)
+_SWEEP_DECODER = msgspec.msgpack.Decoder(SweepRecord)
 _LETTER_DECODER = msgspec.msgpack.Decoder(list[bytes])
 
 
-def encode_record(record: HeadRecord | PendingRecord | Tombstone, /) -> bytes:
+def encode_record(record: HeadRecord | PendingRecord | Tombstone | SweepRecord, /) -> bytes:
     return _ENCODER.encode(record)
 
 
@@ -368,6 +394,10 @@ def decode_pending(data: bytes, /) -> PendingRecord:
 
 def decode_tombstone(data: bytes, /) -> Tombstone:
     return _TOMBSTONE_DECODER.decode(data)
+
+
+def decode_sweep(data: bytes, /) -> SweepRecord:
+    return _SWEEP_DECODER.decode(data)
 
 
 def encode_letter(packs: list[bytes], /) -> bytes:

@@ -4,6 +4,10 @@ Reference counts (``ref/<id>``) hold, for every node, the number of references t
 indexed nodes and from manifests (their roots). Every change gc makes is one conditional
 write of the metadata store, so any number of writers and collectors may run at once and a
 crash between two writes leaves at worst a leak (bytes nothing reaches), never a loss.
+Every write fits the store's ``max_batch`` (at least :data:`MIN_BATCH`): what cannot (a
+node with thousands of children, a compaction of many records, a repair of many counts) is
+split into steps that are each safe on their own (see :mod:`.sweep`, :mod:`.packs`,
+:mod:`.audit` and :mod:`.batches`).
 
 Each part keeps its own invariant and says which in its module: :mod:`.retention` (which
 versions go, deleted through the catalog's :mod:`statebag.versions`), :mod:`.sweep`
@@ -37,10 +41,24 @@ __all__ = [
     "COMPACT_BYTES",
     "COMPACT_PACK_DEAD",
     "COMPACT_REPO_DEAD",
+    "MIN_BATCH",
     "Collector",
     "NodeReader",
     "select_for_deletion",
 ]
+
+
+MIN_BATCH = 20
+"""The smallest ``max_batch`` gc and audit repair work with: a version's delete is 17
+operations, a pack's retirement 9, a first slice of a wide node's sweep 12."""
+
+
+def _check_batch(meta: MetaStore) -> None:
+    if meta.max_batch is not None and meta.max_batch < MIN_BATCH:
+        raise ConfigError(
+            f"gc and audit repair need a metadata store that writes at least {MIN_BATCH} "
+            f"operations at once; {meta!r} takes {meta.max_batch}"
+        )
 
 
 class Collector:
@@ -64,7 +82,7 @@ class Collector:
         self._child_reader = ChildReader(read_nodes)
         self._versions = VersionDeleter(meta, forget=forget)
         self._retention = Retention(meta, self._versions)
-        self._sweeper = Sweeper(meta, self._child_reader)
+        self._sweeper = Sweeper(objects, meta, self._child_reader)
         self._packs = PackReclaimer(objects, meta, liveness=liveness, lease=lease)
         self._rollback = Rollback(objects, meta, liveness=liveness, packs=self._packs)
         self._auditor = Auditor(objects, meta, self._child_reader)
@@ -89,6 +107,7 @@ class Collector:
 
         ConfigError, before anything is done, when the metadata looks lost (see
         :mod:`.lost`): its records would no longer say what the packs hold."""
+        _check_batch(self._meta)
         lost = lost_metadata(self._meta, self._objects)
         if lost is not None:
             raise ConfigError(
@@ -119,4 +138,6 @@ class Collector:
 
     def audit(self, *, repair: bool, grace: float) -> AuditReport:
         """See :class:`~statebag.gc.audit.Auditor`."""
+        if repair:
+            _check_batch(self._meta)
         return self._auditor.audit(repair=repair, grace=grace)

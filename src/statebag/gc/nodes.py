@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from .. import dag
-from ..errors import IntegrityError
+from .. import codec, dag
+from ..errors import IntegrityError, NotFoundError
+from ..keys import IndexRecord
+from ..objects import ObjectStore
+from ..packs import pack_key
 
-__all__ = ["ChildReader", "NodeReader"]
+__all__ = ["ChildReader", "NodeReader", "read_at"]
 
 NodeReader = Callable[[Sequence[bytes]], Mapping[bytes, bytes]]
 """Verified node bytes by node id; IntegrityError when one cannot be read."""
@@ -48,3 +51,24 @@ class ChildReader:
             for node_id, raw in found.items():
                 children[node_id] = dag.children_of(raw, node_id=node_id.hex())
         return children, unreadable
+
+
+def read_at(objects: ObjectStore, node_id: bytes, record: IndexRecord, /) -> bytes:
+    """The bytes of node ``node_id`` where ``record`` says they are, verified, whether or not
+    the index still names them there (a node being swept in slices is no longer indexed);
+    IntegrityError if they cannot be read."""
+    key = pack_key(record.pack_id)
+    try:
+        frame = objects.get(key, offset=record.offset, length=record.length)
+    except NotFoundError as exc:
+        raise IntegrityError(
+            f"pack {record.pack_id.hex()} is missing; it holds node {node_id.hex()}",
+            object_id=record.pack_id.hex(),
+        ) from exc
+    if len(frame) != record.length:
+        raise IntegrityError(
+            f"pack {record.pack_id.hex()} is truncated: node {node_id.hex()} is cut short",
+            object_id=node_id.hex(),
+        )
+    (data,) = codec.decompress_batch([memoryview(frame)], sizes=[record.size], expected=[node_id])
+    return bytes(data)

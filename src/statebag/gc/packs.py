@@ -9,33 +9,51 @@ frames are copied into a new pack under a pending entry of its own (a compaction
 transaction like a save), and one write, conditional on every index record moved, moves the
 index, records the new pack and retires the old ones as dead packs. A crash between two
 steps leaves a dead letter or a pending entry for the next gc, never a node without its pack.
+
+Where that write does not fit ``max_batch``, the compaction goes in batches, each safe on its
+own: first the new pack is recorded with all its frames dead (``dead/<new>`` = its frames);
+then index records move in batches, each conditional on the compaction's pending entry and
+on every record it moves, and each moving frame bytes from live to dead in its counters (the
+new pack's ``dead/`` down, the old pack's up); the pending entry goes last. The old packs are
+then all dead and retired as any dead pack. A crash or a lost race at any point leaves every
+pack's ``dead/`` counter exact, so what is left is reclaimed by a later gc.
+
+A pack that holds the frame of a node being swept in slices (``sweep/<id>`` names it) is
+neither compacted nor deleted: the sweep still reads that node.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 
 from .._crash import crash_point
 from ..commit import Prepare, new_txn_id
-from ..errors import NotFoundError
+from ..errors import IntegrityError, NotFoundError
 from ..keys import (
     DEAD,
     STAT,
     STAT_BYTES_DEAD,
     STAT_BYTES_STORED,
     STAT_EPOCH,
+    STAT_NODES,
     STAT_PACKS,
     IndexRecord,
     PackRecord,
     dead_key,
+    decode_sweep,
+    encode_le64,
     encode_letter,
     id_of,
     node_key,
     pack_letter_key,
     pack_record_key,
     pending_key,
+    ref_key,
     sum_totals,
+    sweep_key,
+    zero_key,
 )
 from ..liveness import Liveness
 from ..meta import (
@@ -50,7 +68,8 @@ from ..meta import (
     Put,
 )
 from ..objects import ObjectStore
-from ..packs import PackWriter, pack_key, parse_footer
+from ..packs import PackEntry, PackWriter, pack_key, parse_footer
+from .batches import HeadFailed, write_items
 from .tally import Tally
 
 __all__ = ["COMPACT_BYTES", "COMPACT_PACK_DEAD", "COMPACT_REPO_DEAD", "PackReclaimer"]
@@ -121,19 +140,28 @@ class PackReclaimer:
 
     def keep_indexed(self, pack_id: bytes) -> bool:
         """Whether a pack that no committed write recorded has nodes indexed into it (by a
-        save whose references went in several batches before it was rolled back); if so the
-        pack is recorded, its other frames counted dead, for compaction to handle."""
+        save whose references went in several batches before it was rolled back) or a node
+        being swept in slices; if so the pack is recorded, its other frames counted dead,
+        for compaction to handle (and its indexed nodes counted in ``stat/nodes``, which only a
+        commit adds to). The nodes indexed there with a count of 0 and no ``zero/``
+        mark (no manifest reaches them: the save never committed) get a mark, so that the
+        sweep collects them."""
         try:
             entries = parse_footer(self._objects.get(pack_key(pack_id)), pack_id=pack_id.hex())
-        except NotFoundError:
+        except (NotFoundError, IntegrityError):
+            # Gone, or no pack at all (a save indexes nothing before its packs are whole):
+            # deleted, as on a store without batches.
             return False
         records = self._meta.get_many([node_key(e.node_id) for e in entries])
-        live = [
+        indexed = [
             e
             for e in entries
             if (r := records.get(node_key(e.node_id))) is not None
             and IndexRecord.decode(r, node_id=e.node_id.hex()).pack_id == pack_id
         ]
+        sweeping = self._sweeping(pack_id, entries)
+        keep = {e.node_id for e in indexed} | sweeping
+        live = [e for e in entries if e.node_id in keep]
         if not live:
             return False
         size = self._objects.stat(pack_key(pack_id))
@@ -147,9 +175,43 @@ class PackReclaimer:
                     Add(STAT_BYTES_DEAD, dead),
                     Add(STAT_PACKS, 1),
                     Add(STAT_BYTES_STORED, size),
+                    # Indexed by a save that never committed, so never counted: the sweep
+                    # will subtract them.
+                    Add(STAT_NODES, len(indexed)),
+                    Add(STAT_EPOCH, 1),
                 ]
             )
+        self._mark_unreferenced([e.node_id for e in indexed])
         return True
+
+    def _mark_unreferenced(self, node_ids: list[bytes]) -> None:
+        """Put ``zero/`` = now for each node of ``node_ids`` whose count is 0 and that has no
+        mark, each on condition that its count is still 0 (a save reusing it since keeps
+        it) and that it still has no mark."""
+        marks = self._meta.get_many([zero_key(node_id) for node_id in node_ids])
+        now = encode_le64(time.time_ns())
+        items: list[list[Op]] = []
+        for node_id in node_ids:
+            if zero_key(node_id) in marks or self._meta.counter(ref_key(node_id)) != 0:
+                continue
+            items.append(
+                [CheckCounter(ref_key(node_id), 0), Put(zero_key(node_id), now, expect=None)]
+            )
+        write_items(self._meta, items)
+
+    def _sweeping(self, pack_id: bytes, entries: list[PackEntry]) -> set[bytes]:
+        """The nodes of ``entries`` whose frame in ``pack_id`` a sweep in slices still
+        reads (``sweep/<id>`` names it there)."""
+        found = self._meta.get_many([sweep_key(e.node_id) for e in entries])
+        sweeping: set[bytes] = set()
+        for entry in entries:
+            value = found.get(sweep_key(entry.node_id))
+            if value is None:
+                continue
+            record = IndexRecord.decode(decode_sweep(value).record, node_id=entry.node_id.hex())
+            if record.pack_id == pack_id:
+                sweeping.add(entry.node_id)
+        return sweeping
 
     def _pack_gone_ops(self, pack_id: bytes, stored: bytes, dead: int) -> list[Op]:
         """Retire a pack: its record and counter go, a dead letter names it until its
@@ -170,16 +232,22 @@ class PackReclaimer:
     def _delete_pack(
         self, tally: Tally, pack_id: bytes, stored: bytes, record: PackRecord, dead: int
     ) -> None:
+        if self._retire(pack_id, stored, dead):
+            tally.packs_deleted += 1
+            tally.bytes_reclaimed += record.size
+
+    def _retire(self, pack_id: bytes, stored: bytes, dead: int) -> bool:
+        """Retire an all-dead pack and delete its object; False if its record or counter
+        changed since read."""
         try:
             self._meta.write(self._pack_gone_ops(pack_id, stored, dead))
         except ConditionFailed:
-            return
+            return False
         crash_point("gc.after_pack_record")
         self._objects.delete(pack_key(pack_id))
         crash_point("gc.after_pack_delete")
         self._meta.delete(pack_letter_key(pack_id))
-        tally.packs_deleted += 1
-        tally.bytes_reclaimed += record.size
+        return True
 
     def _candidate(
         self, tally: Tally, pack_id: bytes, stored: bytes, record: PackRecord, dead: int
@@ -202,6 +270,8 @@ class PackReclaimer:
             if old.pack_id == pack_id and old.offset == entry.offset:
                 frame = data[old.offset : old.offset + old.length]
                 live.append((entry.node_id, raw, old, frame))
+        if self._sweeping(pack_id, entries):
+            return None  # read after the records: a sweep that removed a node since fails a move
         if not live:
             self._delete_pack(tally, pack_id, stored, record, dead)
             return None
@@ -216,7 +286,8 @@ class PackReclaimer:
     def _compact(self, tally: Tally, group: list[_Candidate]) -> bool:
         """Copy the live frames of ``group`` into one new pack, move their index records and
         retire the old packs, in one write conditional on every record; False if a
-        condition failed (the new pack is then deleted)."""
+        condition failed (the new pack is then deleted). Where that write does not fit
+        ``max_batch``, in batches (see the module docstring)."""
         txn = new_txn_id()
         prepare = Prepare(
             self._objects,
@@ -226,6 +297,7 @@ class PackReclaimer:
             lease=self._lease,
             liveness=self._liveness,
         )
+        batched = False
         try:
             writer = PackWriter(prepare.salt)
             moving = [item for candidate in group for item in candidate.live]
@@ -234,34 +306,127 @@ class PackReclaimer:
             new_id, new_data, new_entries = writer.finish()
             prepare.ship(new_id, new_data, last=True)
             crash_point("gc.after_compact_upload")
-            ops: list[Op] = []
-            for (node_id, raw, old, _), entry in zip(moving, new_entries, strict=True):
-                moved = IndexRecord(new_id, entry.offset, entry.length, entry.size, old.flags)
-                ops.append(Put(node_key(node_id), moved.encode(), expect=raw))
-            ops.append(
-                Put(
-                    pack_record_key(new_id),
-                    PackRecord(len(new_data), sum(e.length for e in new_entries)).encode(),
-                    expect=None,
-                )
-            )
+            moves = [
+                (node_id, raw, old, IndexRecord(new_id, e.offset, e.length, e.size, old.flags))
+                for (node_id, raw, old, _), e in zip(moving, new_entries, strict=True)
+            ]
+            new_record = PackRecord(len(new_data), sum(e.length for e in new_entries))
+            ops: list[Op] = [
+                Put(node_key(node_id), moved.encode(), expect=raw)
+                for node_id, raw, _, moved in moves
+            ]
+            ops.append(Put(pack_record_key(new_id), new_record.encode(), expect=None))
             ops.append(Delete(pending_key(txn), expect=prepare.recorded))
             for candidate in group:
                 ops += self._pack_gone_ops(candidate.pack_id, candidate.stored, candidate.dead)
             ops += [Add(STAT_PACKS, 1), Add(STAT_BYTES_STORED, len(new_data))]
-            try:
-                self._meta.write(ops)
-            except ConditionFailed:
-                prepare.abandon()
-                return False
+            limit = self._meta.max_batch
+            if limit is not None and len(ops) > limit:
+                batched = True
+                if not self._move_in_batches(prepare, txn, new_id, new_record, moves):
+                    return False
+            else:
+                try:
+                    self._meta.write(ops)
+                except ConditionFailed:
+                    prepare.abandon()
+                    return False
             prepare.recorded = None
         finally:
             prepare.release()
         crash_point("gc.after_compact_index")
         for candidate in group:
-            self._objects.delete(pack_key(candidate.pack_id))
-            self._meta.delete(pack_letter_key(candidate.pack_id))
+            if batched:
+                # Every frame moved (or swept meanwhile) is dead there now: the old pack
+                # goes as any dead pack, unless a sweep in slices still reads a frame of it.
+                if not self._retire_if_dead(candidate.pack_id):
+                    continue
+            else:
+                self._objects.delete(pack_key(candidate.pack_id))
+                self._meta.delete(pack_letter_key(candidate.pack_id))
             tally.packs_compacted += 1
             tally.bytes_reclaimed += candidate.record.size
         tally.bytes_reclaimed -= len(new_data)
         return True
+
+    def _move_in_batches(
+        self,
+        prepare: Prepare,
+        txn: str,
+        new_id: bytes,
+        new_record: PackRecord,
+        moves: list[tuple[bytes, bytes, IndexRecord, IndexRecord]],
+    ) -> bool:
+        """Record the new pack all dead, move the index records into it in batches (each
+        moving its frames' bytes from dead to live there, and from live to dead in the old
+        pack), then delete the pending entry; every write conditional on that entry. False
+        when the compaction was rolled back meanwhile (what landed is exact as it is)."""
+        key = pending_key(txn)
+        expected: list[bytes | None] = [prepare.recorded]
+
+        def head() -> list[Op]:
+            return [Check(key, expected[0])]
+
+        def still_ours() -> bool:
+            # A failed condition on the entry: rolled back by gc (gone), or rewritten by
+            # the compaction's own lease renewal (then the new value is the one to expect).
+            current = self._meta.get(key)
+            expected[0] = current
+            return current is not None
+
+        frames = new_record.frames
+        items: list[list[Op]] = [
+            [
+                Put(pack_record_key(new_id), new_record.encode(), expect=None),
+                Add(dead_key(new_id), frames),
+                Add(STAT_BYTES_DEAD, frames),
+                Add(STAT_PACKS, 1),
+                Add(STAT_BYTES_STORED, new_record.size),
+            ]
+        ]
+        items += [
+            [
+                Put(node_key(node_id), moved.encode(), expect=raw),
+                Add(dead_key(old.pack_id), old.length),
+                Add(dead_key(new_id), -moved.length),
+                Add(STAT_BYTES_DEAD, old.length - moved.length),
+            ]
+            for node_id, raw, old, moved in moves
+        ]
+        first = True
+        while items:
+            try:
+                # The pack record goes first, alone with the conditions, so that nothing
+                # is indexed into a pack without a record.
+                write_items(
+                    self._meta, items[:1] if first else items, head=head, tail=[Add(STAT_EPOCH, 1)]
+                )
+            except HeadFailed as exc:
+                if not still_ours():
+                    if first:
+                        prepare.abandon()
+                    return False
+                done = set(exc.applied)
+                if first and 0 in done:
+                    first = False
+                    items = items[1:]
+                else:
+                    items = [item for index, item in enumerate(items) if index not in done]
+                continue
+            items = items[1:] if first else []
+            first = False
+        while True:
+            try:
+                self._meta.write([Delete(key, expect=expected[0])])
+                return True
+            except ConditionFailed:
+                if not still_ours():
+                    return False
+
+    def _retire_if_dead(self, pack_id: bytes) -> bool:
+        stored = self._meta.get(pack_record_key(pack_id))
+        if stored is None:
+            return False
+        record = PackRecord.decode(stored, pack_id=pack_id.hex())
+        dead = self._meta.counter(dead_key(pack_id))
+        return dead >= record.frames and self._retire(pack_id, stored, dead)
