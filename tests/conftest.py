@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, settings
 from statebag import _cdc_py, cli
 
 from .clihelp import Run
-from .repohelp import BATCHED_FLAKY, BATCHED_XFAIL
 
 settings.register_profile("default", max_examples=100, deadline=None)
 settings.register_profile(
@@ -50,13 +49,3 @@ def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
     """The CLI run in-process (see tests/clihelp.py), with no repository in the environment."""
     monkeypatch.delenv(cli.REPO_ENV, raising=False)
     return Run(capsys)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests of :data:`tests.repohelp.BATCHED_XFAIL` as strict expected failures."""
-    for item in items:
-        reason = BATCHED_XFAIL.get(item.nodeid)
-        if reason is not None:
-            item.add_marker(
-                pytest.mark.xfail(strict=item.nodeid not in BATCHED_FLAKY, reason=reason)
-            )

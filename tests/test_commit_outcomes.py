@@ -212,6 +212,23 @@ def test_a_commit_landing_late_but_before_gc_is_a_committed_version(max_batch: i
     _clean(repo)
 
 
+def test_an_unknown_reference_batch_fails_the_save_and_loses_nothing() -> None:
+    repo, meta = _repository(max_batch=25)
+    first = repo.save("c", _state(0))
+    meta.fail(_reference_batch, "deferred")
+    with pytest.raises(statebag.OutcomeUnknown, match="did not commit"):
+        repo.save("c", _state(1, size=60_000))
+    # Whether the batch lands before or after the rollback, counts stay exact.
+    assert meta.land() == [True]
+    time.sleep(0.4)
+    repo.gc(grace=0)
+    repo.gc(grace=0)
+    assert repo.load(first.manifest_id) == _state(0)
+    again = repo.save("c", _state(1, size=60_000))
+    assert repo.load(again.manifest_id) == _state(1, size=60_000)
+    _clean(repo)
+
+
 def test_a_running_save_renews_its_lease_and_is_not_rolled_back() -> None:
     repo, _ = _repository(max_batch=None, lease=0.3)
     repo.save("c", _state(0))
