@@ -305,8 +305,9 @@ def test_a_repair_during_a_batched_save_subtracts_none_of_its_references(
 def test_a_rolled_back_save_indexed_into_its_pack_is_collected(
     make_repo: Callable[..., statebag.Repository],
 ) -> None:
-    """A batched save indexed nodes into its pack and died before its commit; once rolled
-    back, its nodes (count 0, never marked) are marked by gc and swept with the pack."""
+    """A batched save indexed nodes into its pack (counting them in ``stat/nodes``, as its
+    batches do) and died before its commit; once rolled back, its nodes (count 0, never
+    marked) are marked by gc and swept with the pack."""
     repo = make_repo()
     repo.save("c", {"own": random.Random(5).randbytes(20_000)})
     # The save that died, as it left the metadata: its pack, its nodes indexed and the
@@ -324,6 +325,7 @@ def test_a_rolled_back_save_indexed_into_its_pack_is_collected(
     for key, record in scratch_meta.scan("node/"):
         meta.put(key, record)
         pack_ids.append(IndexRecord.decode(record, node_id=key).pack_id)
+        meta.add("stat/nodes", 1)  # a reference batch counts the nodes it indexes
     for key, count in scratch_meta.counters("ref/"):
         if key != ref_key(root):
             meta.add(key, count)

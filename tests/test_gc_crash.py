@@ -45,6 +45,12 @@ elif mode == "conflict":
         repo.save("c0", {"blob": os.urandom(300_000)})
     except statebag.ConflictError:
         pass
+elif mode == "save_batched":
+    # As on a store that caps a write: 60 new fields take several reference batches.
+    sys.path.insert(0, sys.argv[3])
+    from tests import internals
+    internals.meta(repo).max_batch = 25
+    repo.save("c0", {f"f{i}": os.urandom(5000) for i in range(60)})
 elif mode == "gc":
     repo.gc(grace=0)
 elif mode == "gc_batched":
@@ -65,6 +71,7 @@ MODES = {
     "save.after_upload": "save",
     "save.after_commit": "save",
     "save.after_abandon_record": "conflict",
+    "save.after_reference_batch": "save_batched",
     "delete_chain.after_head": "delete_chain",
     "gc.after_delete_manifest": "retain",
     "gc.after_sweep_slice": "gc_batched",

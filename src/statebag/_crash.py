@@ -21,6 +21,7 @@ CRASH_POINTS = (
     "save.after_upload",  # a pack is uploaded, nothing referenced
     "save.after_commit",  # the commit transaction landed, the writer's lock is still held
     "save.after_abandon_record",  # a lost race: dead letter written, packs not yet deleted
+    "save.after_reference_batch",  # capped stores: some index entries and counts landed
     # gc (gc/)
     "gc.after_rollback_record",  # a pending entry replaced by a dead letter, packs remain
     "gc.after_delete_manifest",  # one manifest deleted by retention, nothing swept

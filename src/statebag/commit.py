@@ -52,6 +52,7 @@ from .keys import (
     NODE,
     STAT,
     STAT_EPOCH,
+    STAT_NODES,
     HeadRecord,
     IndexRecord,
     PackRecord,
@@ -164,14 +165,25 @@ class _CommitWrite:
     guards: list[Check]
     root: Add  # the manifest's reference to its root
     totals: list[Op]  # the epoch shard's increment and the caller's extra ops
-    stats: dict[str, int]  # what the save adds to its chain's shards of the totals, by name
-    packs: list[Op]  # pack records and the dead bytes of nodes another save indexed first
+    # What the save adds to its chain's shards of the totals, by name: the version's own
+    # (manifests, bytes_logical, chains, nodes indexed in this write), and its packs'.
+    stats: dict[str, int]
+    packs: list[_PackRecords]
 
-    def stat_ops(self, chain: str) -> list[Op]:
-        return [Add(stat_shard(STAT + name, chain), delta) for name, delta in self.stats.items()]
+    def stat_ops(self, chain: str, *, packs: bool = True) -> list[Op]:
+        stats = dict(self.stats)
+        if packs:
+            for group in self.packs:
+                for name, delta in group.stats.items():
+                    stats[name] = stats.get(name, 0) + delta
+        return _stat_adds(stats, chain)
 
     def ops(self, chain: str) -> list[Op]:
-        return [*self.essential(), *self.stat_ops(chain), *self.packs]
+        return [
+            *self.essential(),
+            *self.stat_ops(chain),
+            *(op for group in self.packs for op in group.ops),
+        ]
 
     def essential(self) -> list[Op]:
         """What must land in one write: the manifest with its root's reference, the head
@@ -182,37 +194,45 @@ class _CommitWrite:
         return any(op is guard for guard in self.guards)
 
 
+@dataclass
+class _PackRecords:
+    """One pack's record, the dead bytes of the nodes another save indexed first (dead
+    space in this pack from the start), and what they add to the totals: whatever writes
+    a pack record adds its size to the totals in the same write."""
+
+    ops: list[Op]
+    stats: dict[str, int]
+
+
+def _stat_adds(stats: dict[str, int], chain: str) -> list[Op]:
+    return [Add(stat_shard(STAT + name, chain), delta) for name, delta in stats.items() if delta]
+
+
 def _commit_write(tx: Transaction, pending: bytes | None) -> _CommitWrite:
     """The manifest, the head move, the pending entry's removal and the totals. The pending
     entry must still be the one this save wrote: if gc rolled it back (and deleted the
     packs), the save must not commit."""
-    new_count = len(tx.new_nodes) - len(tx.reused_late)
+    # Nodes this save's reference batches indexed were counted by those batches.
+    new_count = len(tx.new_nodes) - len(tx.reused_late) - len(tx.indexed)
     stats = {"manifests": 1, "bytes_logical": tx.bytes_logical}
     if tx.expected_head is None:
         stats["chains"] = 1
     if new_count:
         stats["nodes"] = new_count
-    packs: list[Op] = []
-    if tx.packs:
-        stats["packs"] = len(tx.packs)
-        stats["bytes_stored"] = sum(size for _, size, _ in tx.packs)
-        packs.extend(
+    packs: list[_PackRecords] = []
+    for pack_id, size, entries in tx.packs:
+        ops: list[Op] = [
             Put(
                 pack_record_key(pack_id),
                 PackRecord(size, sum(entry.length for entry in entries)).encode(),
             )
-            for pack_id, size, entries in tx.packs
-        )
-        # A node another save indexed first is dead space in this save's pack from the start.
-        dead: dict[bytes, int] = {}
-        for pack_id, _, entries in tx.packs:
-            for entry in entries:
-                if entry.node_id in tx.reused_late:
-                    dead[pack_id] = dead.get(pack_id, 0) + entry.length
-        for pack_id, length in dead.items():
-            packs.append(Add(dead_key(pack_id), length))
+        ]
+        pack_stats = {"packs": 1, "bytes_stored": size}
+        dead = sum(entry.length for entry in entries if entry.node_id in tx.reused_late)
         if dead:
-            stats["bytes_dead"] = sum(dead.values())
+            ops.append(Add(dead_key(pack_id), dead))
+            pack_stats["bytes_dead"] = dead
+        packs.append(_PackRecords(ops, pack_stats))
     return _CommitWrite(
         manifest=Put(manifest_key(tx.manifest_id), tx.manifest, expect=None),
         head=Put(head_key(tx.chain), encode_record(tx.new_head), expect=tx.expected_head),
@@ -763,17 +783,18 @@ def _commit_batched(
                 retryable=False,
             )
         packs_first = len(final.ops(tx.chain)) > max_batch
-        stats_first = len(final.essential()) + len(final.stats) > max_batch
+        stats_first = len(final.essential()) + len(final.stat_ops(tx.chain, packs=False)) > (
+            max_batch
+        )
         if packs_first:
-            # Pack records before the commit, on condition of the entry: a pack recorded for
-            # a save that then fails is gc's to keep or retire, like any pack it names.
-            for start in range(0, len(final.packs), room):
-                part = final.packs[start : start + room]
-                prepared.write_checked(part)
+            # Pack records before the commit, each batch with what its packs add to the
+            # totals, on condition of the entry: a pack recorded for a save that then fails
+            # is gc's to keep or retire, like any pack a dead letter names.
+            _write_pack_records(tx, final.packs, room, prepared)
         if stats_first:
-            # The totals too, recorded in the entry by the same write, so that a rollback
-            # takes back exactly them.
-            prepared.add_to_totals(final.stats, final.stat_ops(tx.chain))
+            # The version's totals too, recorded in the entry by the same write, so that a
+            # rollback takes back exactly them.
+            prepared.add_to_totals(final.stats, final.stat_ops(tx.chain, packs=False))
         parts: list[_CommitWrite] = []
         try:
             prepared.guarded(
@@ -821,19 +842,38 @@ def _final_write(
     def build(recorded: bytes | None) -> list[Op]:
         final = _commit_write(tx, recorded)
         parts[:] = [final]
-        return [
-            *before,
-            *final.essential(),
-            *(final.stat_ops(tx.chain) if stats else []),
-            *(final.packs if packs else []),
-        ]
+        if packs and stats:
+            return [*before, *final.ops(tx.chain)]
+        stat_ops = final.stat_ops(tx.chain, packs=packs) if stats else []
+        pack_ops = [op for group in final.packs for op in group.ops] if packs else []
+        return [*before, *final.essential(), *stat_ops, *pack_ops]
 
     return build
+
+
+def _write_pack_records(
+    tx: Transaction, groups: list[_PackRecords], room: int, prepared: Prepare
+) -> None:
+    batch: list[_PackRecords] = []
+    for group in [*groups, None]:
+        size = sum(len(g.ops) for g in batch) + 3  # and three totals
+        if batch and (group is None or size + len(group.ops) > room):
+            stats: dict[str, int] = {}
+            for pack in batch:
+                for name, delta in pack.stats.items():
+                    stats[name] = stats.get(name, 0) + delta
+            prepared.write_checked(
+                [*(op for g in batch for op in g.ops), *_stat_adds(stats, tx.chain)]
+            )
+            batch = []
+        if group is not None:
+            batch.append(group)
 
 
 def _write_references(
     tx: Transaction, records: dict[bytes, IndexRecord], room: int, prepared: Prepare
 ) -> None:
+    room -= 1  # each batch also counts the nodes it indexes
     batch: list[list[Op]] = []
     size = 0
     for group in _reference_groups(tx, records):
@@ -862,7 +902,7 @@ def _write_large_group(tx: Transaction, group: list[Op], room: int, prepared: Pr
         prepared.write_checked(part)
         crash_point("save.after_reference_batch")
     try:
-        prepared.write_checked([put, *adds[split:]])
+        prepared.write_checked([put, *adds[split:], _nodes_added(tx, 1)])
     except _Refused as refused:
         node = _indexed_node(refused.op)
         if node is None:
@@ -878,12 +918,18 @@ def _write_large_group(tx: Transaction, group: list[Op], room: int, prepared: Pr
     tx.indexed.add(node)
 
 
+def _nodes_added(tx: Transaction, count: int) -> Add:
+    """Whatever indexes nodes counts them in the same write, so that ``stat/nodes`` is the
+    number of index records whichever batches of a save land."""
+    return Add(stat_shard(STAT_NODES, tx.chain), count)
+
+
 def _write_groups(tx: Transaction, groups: list[list[Op]], prepared: Prepare) -> None:
     """Write groups of reference ops at once, dropping nodes found already indexed."""
     while groups:
         ops = [op for group in groups for op in group]
         try:
-            prepared.write_checked(ops)
+            prepared.write_checked([*ops, _nodes_added(tx, len(groups))])
         except _Refused as refused:
             node = _indexed_node(refused.op)
             if node is None:

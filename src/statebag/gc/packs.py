@@ -24,24 +24,23 @@ neither compacted nor deleted: the sweep still reads that node.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 
 from .._crash import crash_point
 from ..commit import Prepare, new_txn_id
-from ..errors import IntegrityError, NotFoundError
+from ..errors import ConflictError, IntegrityError, NotFoundError
 from ..keys import (
     DEAD,
     STAT,
     STAT_BYTES_DEAD,
     STAT_BYTES_STORED,
     STAT_EPOCH,
-    STAT_NODES,
     STAT_PACKS,
     IndexRecord,
     PackRecord,
     dead_key,
+    decode_letter,
     decode_sweep,
     encode_le64,
     encode_letter,
@@ -95,6 +94,14 @@ class _Candidate:
         return sum(len(frame) for *_, frame in self.live)
 
 
+@dataclass(frozen=True)
+class Settled:
+    """What became of one pack of a dead letter (see :meth:`PackReclaimer.keep_indexed`)."""
+
+    delete: bool  # nothing indexed in it: the caller deletes its object
+    letter: bytes | None  # the letter as it is now; None once it is gone
+
+
 class PackReclaimer:
     """Deletes and compacts packs from their ``dead/`` counters; also records the packs of a
     rolled-back save that a committed batch indexed into (:meth:`keep_indexed`)."""
@@ -138,51 +145,83 @@ class PackReclaimer:
         if group:
             self._compact_group(tally, group)
 
-    def keep_indexed(self, pack_id: bytes) -> bool:
-        """Whether a pack that no committed write recorded has nodes indexed into it (by a
-        save whose references went in several batches before it was rolled back) or a node
-        being swept in slices; if so the pack is recorded, its other frames counted dead,
-        for compaction to handle (and its indexed nodes counted in ``stat/nodes``, which only a
-        commit adds to). The nodes indexed there with a count of 0 and no ``zero/``
-        mark (no manifest reaches them: the save never committed) get a mark, so that the
-        sweep collects them."""
+    def keep_indexed(self, pack_id: bytes, /, *, letter: str, value: bytes) -> Settled:
+        """Settle one pack of dead letter ``letter`` (as ``value``): the caller deletes the
+        object when the pack has no node indexed in it and no sweep reading it; otherwise
+        the pack is kept and taken out of the letter.
+
+        A kept pack (a save whose references went in several batches indexed nodes into it
+        before it failed) is recorded, its frames that are not live counted dead (so that
+        ``dead/`` ends exactly at what is not live, whatever the save counted before: a
+        commit that did not fit one write records its packs and their reused frames first),
+        its size in the totals, and its indexed nodes in ``stat/nodes``, which no commit
+        added. One write does it and takes the pack out of the letter, on condition of the
+        letter as read: exactly once, however many collectors drain it. The nodes indexed
+        there with a count of 0 and no ``zero/`` mark (no manifest reaches them) then get a
+        mark, so that the sweep collects them."""
         try:
             entries = parse_footer(self._objects.get(pack_key(pack_id)), pack_id=pack_id.hex())
         except (NotFoundError, IntegrityError):
-            # Gone, or no pack at all (a save indexes nothing before its packs are whole):
-            # deleted, as on a store without batches.
-            return False
-        records = self._meta.get_many([node_key(e.node_id) for e in entries])
-        indexed = [
-            e
-            for e in entries
-            if (r := records.get(node_key(e.node_id))) is not None
-            and IndexRecord.decode(r, node_id=e.node_id.hex()).pack_id == pack_id
-        ]
-        sweeping = self._sweeping(pack_id, entries)
-        keep = {e.node_id for e in indexed} | sweeping
-        live = [e for e in entries if e.node_id in keep]
-        if not live:
-            return False
-        size = self._objects.stat(pack_key(pack_id))
-        frames = sum(e.length for e in entries)
-        dead = frames - sum(e.length for e in live)
-        with contextlib.suppress(ConditionFailed):
-            self._meta.write(
-                [
-                    Put(pack_record_key(pack_id), PackRecord(size, frames).encode(), expect=None),
-                    Add(dead_key(pack_id), dead),
-                    Add(STAT_BYTES_DEAD, dead),
-                    Add(STAT_PACKS, 1),
-                    Add(STAT_BYTES_STORED, size),
-                    # Indexed by a save that never committed, so never counted: the sweep
-                    # will subtract them.
-                    Add(STAT_NODES, len(indexed)),
-                    Add(STAT_EPOCH, 1),
+            # Gone, or no pack at all (a save indexes nothing before its packs are whole).
+            return Settled(delete=True, letter=value)
+        for _ in range(8):
+            records = self._meta.get_many([node_key(e.node_id) for e in entries])
+            indexed = [
+                e
+                for e in entries
+                if (r := records.get(node_key(e.node_id))) is not None
+                and IndexRecord.decode(r, node_id=e.node_id.hex()).pack_id == pack_id
+            ]
+            keep = {e.node_id for e in indexed} | self._sweeping(pack_id, entries)
+            live = [e for e in entries if e.node_id in keep]
+            stored = self._meta.get(pack_record_key(pack_id))
+            if not live and stored is None:
+                return Settled(delete=True, letter=value)
+            counted = self._meta.counter(dead_key(pack_id))
+            rest = [p for p in decode_letter(value) if p != pack_id]
+            ops: list[Op] = [
+                Check(letter, value),
+                Put(letter, encode_letter(rest)) if rest else Delete(letter),
+                Check(pack_record_key(pack_id), stored),
+                CheckCounter(dead_key(pack_id), counted),
+                Add(STAT_EPOCH, 1),
+            ]
+            if not live:
+                # Recorded by a commit that did not land (one too big for a single write
+                # records its packs first): the record goes with the pack.
+                assert stored is not None
+                ops += [
+                    Delete(pack_record_key(pack_id)),
+                    DropCounter(dead_key(pack_id)),
+                    Add(STAT_PACKS, -1),
+                    Add(STAT_BYTES_STORED, -PackRecord.decode(stored, pack_id=pack_id.hex()).size),
+                    Add(STAT_BYTES_DEAD, -counted),
                 ]
-            )
-        self._mark_unreferenced([e.node_id for e in indexed])
-        return True
+            else:
+                frames = sum(e.length for e in entries)
+                dead = frames - sum(e.length for e in live)
+                ops += [
+                    Add(dead_key(pack_id), dead - counted),
+                    Add(STAT_BYTES_DEAD, dead - counted),
+                ]
+                if stored is None:
+                    size = self._objects.stat(pack_key(pack_id))
+                    ops += [
+                        Put(pack_record_key(pack_id), PackRecord(size, frames).encode()),
+                        Add(STAT_PACKS, 1),
+                        Add(STAT_BYTES_STORED, size),
+                    ]
+            try:
+                self._meta.write(ops)
+            except ConditionFailed:
+                current = self._meta.get(letter)
+                if current is None or pack_id not in decode_letter(current):
+                    return Settled(delete=False, letter=current)  # another collector did
+                value = current
+                continue  # a sweep counted a frame dead meanwhile: count again
+            self._mark_unreferenced([e.node_id for e in indexed])
+            return Settled(delete=not live, letter=encode_letter(rest) if rest else None)
+        raise ConflictError(f"pack {pack_id.hex()} kept changing while gc settled it; run gc again")
 
     def _mark_unreferenced(self, node_ids: list[bytes]) -> None:
         """Put ``zero/`` = now for each node of ``node_ids`` whose count is 0 and that has no

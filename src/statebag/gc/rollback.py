@@ -12,10 +12,8 @@ condition that it is unchanged.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
 
 from .._crash import crash_point
-from ..errors import IntegrityError
 from ..keys import (
     LETTER,
     PENDING,
@@ -56,9 +54,10 @@ class Rollback:
 
     def drain_letters(self, tally: Tally) -> None:
         for key, value in list(self._meta.scan(LETTER)):
-            self._discard(decode_letter(value))
-            with contextlib.suppress(ConditionFailed):
-                self._meta.write([Delete(key, expect=value)])
+            left = self._discard(key, value)
+            if left is not None:
+                with contextlib.suppress(ConditionFailed):
+                    self._meta.write([Delete(key, expect=left)])
             tally.dead_letters_processed += 1
 
     def roll_back(self, tally: Tally, *, now: int) -> None:
@@ -83,20 +82,26 @@ class Rollback:
                 except ConditionFailed:
                     continue  # it committed, or was rolled back, meanwhile
                 crash_point("gc.after_rollback_record")
-                self._discard(record.packs)
-                self._meta.delete(letter)
+                left = self._discard(letter, encode_letter(record.packs))
+                if left is not None:
+                    with contextlib.suppress(ConditionFailed):
+                        self._meta.write([Delete(letter, expect=left)])
 
-    def _discard(self, packs: Iterable[bytes]) -> None:
-        """Delete packs that no committed write indexed. A save whose references went in
-        several batches (any handle on a capped store may have written them) may have indexed
-        nodes into its packs before it failed: such a pack is kept (recorded, its other frames
-        dead) for the sweep and compaction to handle."""
-        for pack_id in packs:
-            try:
-                keep = self._packs.keep_indexed(pack_id)
-            except IntegrityError:
-                # Not a whole pack: a save indexes nodes only once its packs are uploaded.
-                keep = False
-            if keep:
+    def _discard(self, letter: str, value: bytes) -> bytes | None:
+        """Delete the packs of dead letter ``letter`` (as ``value``) that no committed write
+        indexed; return the letter as it is then (None once gone). A save whose references
+        went in several batches (any handle on a capped store may have written them) may
+        have indexed nodes into its packs before it failed: such a pack is kept (recorded,
+        its other frames dead) for the sweep and compaction to handle, and taken out of the
+        letter in the same write (see :meth:`PackReclaimer.keep_indexed`)."""
+        current: bytes | None = value
+        for pack_id in decode_letter(value):
+            if current is None:
+                return None  # another collector finished the letter
+            if pack_id not in decode_letter(current):
                 continue
-            self._objects.delete(pack_key(pack_id))
+            settled = self._packs.keep_indexed(pack_id, letter=letter, value=current)
+            if settled.delete:
+                self._objects.delete(pack_key(pack_id))
+            current = settled.letter
+        return current
