@@ -16,6 +16,7 @@ from .errors import (
     IntegrityError,
     InvalidInputError,
     NotFoundError,
+    OutcomeUnknown,
     StatebagError,
 )
 from .hydrator import Hydrator, HydratorStats
@@ -53,6 +54,7 @@ __all__ = [
     "LazyState",
     "ManifestInfo",
     "NotFoundError",
+    "OutcomeUnknown",
     "RepoStats",
     "Repository",
     "ResetResult",
