@@ -16,6 +16,7 @@ A save (:meth:`Writer.save`) reads the chain's head and the parent's fields, the
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -61,6 +62,11 @@ _LOOKUP_BYTES = 4 * MIB
 # Values shorter than _RECUT_MIN_BYTES are cut whole: that costs tens of microseconds.
 CUT_CACHE_BYTES = 128 * MIB
 _RECUT_MIN_BYTES = 64 * 1024
+
+# The tally a save opened for the write it calls (see Writer.write).
+_SAVE_TALLY: contextvars.ContextVar[metering.Tally | None] = contextvars.ContextVar(
+    "statebag_save_tally", default=None
+)
 
 _STAGES = ("encode", "chunk", "compress", "upload", "commit")
 _Jobs = list[tuple[list[NewNode], Future[list[tuple[bytes, Any]]]]]
@@ -195,19 +201,22 @@ class Writer:
     ) -> CommitResult:
         """The next version of ``chain`` on its head (arguments already checked)."""
         with metering.tally() as spent:
-            return self._save(
-                chain,
-                data,
-                parent=parent,
-                new_chain=new_chain,
-                hint=hint,
-                merged=merged,
-                meta_raw=meta_raw,
-                level=level,
-                hold_s=hold_s,
-                bag=bag,
-                spent=spent,
-            )
+            token = _SAVE_TALLY.set(spent)
+            try:
+                return self._save(
+                    chain,
+                    data,
+                    parent=parent,
+                    new_chain=new_chain,
+                    hint=hint,
+                    merged=merged,
+                    meta_raw=meta_raw,
+                    level=level,
+                    hold_s=hold_s,
+                    bag=bag,
+                )
+            finally:
+                _SAVE_TALLY.reset(token)
 
     def _save(
         self,
@@ -223,7 +232,6 @@ class Writer:
         level: int,
         hold_s: float | None,
         bag: StateBag | None,
-        spent: metering.Tally,
     ) -> CommitResult:
         others = self._catalog.other_parents(merged)
         head_bytes, head = self._catalog.head_record(chain)
@@ -274,8 +282,7 @@ class Writer:
                 meta_raw=meta_raw,
                 hold_s=hold_s,
                 bag=bag,
-            ),
-            spent=spent,
+            )
         )
 
     def _moved_under(
@@ -293,15 +300,20 @@ class Writer:
 
     # -- the pipeline ------------------------------------------------------------------------
 
-    def write(self, plan: VersionPlan, /, *, spent: metering.Tally | None = None) -> CommitResult:
+    def write(self, plan: VersionPlan, /) -> CommitResult:
         """Encode and commit one version: ``plan.data``'s fields are encoded (carried from
         ``plan.base`` per ``plan.hint``), ``plan.given``'s entries taken as they are stored.
 
-        The result's ``requests`` are those counted by ``spent`` (the caller's tally, which
-        also holds what it read before), or by a tally of this call alone."""
+        The result's ``requests`` are those of the calling :meth:`save` (with what it read
+        before), or of this call alone."""
+        spent = _SAVE_TALLY.get()
         if spent is None:
             with metering.tally() as own:
-                return self.write(plan, spent=own)
+                return self._write(plan, own)
+        _SAVE_TALLY.set(None)  # taken: a write inside this one counts on its own
+        return self._write(plan, spent)
+
+    def _write(self, plan: VersionPlan, spent: metering.Tally, /) -> CommitResult:
         started = time.perf_counter()
         txn = new_txn_id()
         prepare = Prepare(

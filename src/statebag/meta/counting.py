@@ -138,7 +138,10 @@ class CountingMetaStore(MetaStore):
             self._counts["ops_written"] += len(batch)
             if self._record:
                 self._keys.update(key for op in batch if (key := _written(op)) is not None)
-        self._inner.write(ops, durable=durable)
+        if durable:
+            self._inner.write(ops)  # as the caller wrote it: the default of every store
+        else:
+            self._inner.write(ops, durable=False)
 
     def add(self, key: str, delta: int, /) -> int:
         if self._meter:
