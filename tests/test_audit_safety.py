@@ -200,3 +200,17 @@ def test_repair_keeps_orphan_packs_while_nodes_are_missing(repo: statebag.Reposi
     assert not report.ok and report.missing_nodes == [root.hex()]
     assert report.orphan_packs == [record[:32].hex()]
     assert stored(repo) == objects_before
+
+
+def test_a_young_orphan_pack_in_a_new_repository_is_not_lost_metadata(tmp_path: Path) -> None:
+    """A save rolled back while its upload was in flight leaves a pack no record names; in a
+    repository with no version yet, it must not read as lost metadata (gc would refuse to
+    run) before the grace period, and the audit deletes it as an orphan only after it."""
+    with statebag.open(tmp_path / "repo", fsync=False, grace=3600) as repo:
+        pack_id = os.urandom(32)
+        internals.objects(repo).put(pack_key(pack_id), b"a late upload")
+        report = repo.audit()
+        assert report.metadata_lost == [] and report.orphan_packs == [pack_id.hex()], report
+        repo.gc(grace=0)  # runs: no ConfigError
+        assert repo.audit(repair=True).orphan_packs == [pack_id.hex()]
+        assert pack_key(pack_id) in set(internals.objects(repo).list("packs/"))  # too young

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import array
+import random
 from typing import Any
 
 import pytest
 from blake3 import blake3
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import statebag
@@ -132,36 +133,43 @@ def test_threads_give_identical_results(size: int, threads: int) -> None:
     assert chunker.cut_and_hash(data, threads=threads) == chunker.cut_and_hash(data, threads=1)
 
 
-def _edit_cost(chunker: Any, before: bytes, after: bytes) -> int:
-    """Chunks of ``after`` that ``before`` does not have (what a save would have to write)."""
+def _edit_cost(chunker: Any, before: bytes, after: bytes) -> tuple[int, int]:
+    """Chunks of ``after`` that ``before`` does not have (what a save would have to write),
+    and their bytes."""
     _, old = chunker.cut_and_hash(before)
-    _, new = chunker.cut_and_hash(after)
+    ends, new = chunker.cut_and_hash(after)
     known = set(old)
-    return sum(1 for digest in new if digest not in known)
+    starts = [0, *ends[:-1]]
+    fresh = [(start, end) for start, end, digest in zip(starts, ends, new, strict=True)]
+    fresh = [span for span, digest in zip(fresh, new, strict=True) if digest not in known]
+    return len(fresh), sum(end - start for start, end in fresh)
 
 
 BASE_4MIB = random_bytes(4 << 20, seed=4)
-EDIT_EXAMPLES = 40 if statebag.backend == "cython" else 4
 
 
-@settings(max_examples=EDIT_EXAMPLES)
-@given(
-    position=st.integers(min_value=0, max_value=(4 << 20) - 1),
-    inserted=st.binary(min_size=1, max_size=100),
-)
-def test_an_insertion_changes_at_most_three_chunks(position: int, inserted: bytes) -> None:
-    after = BASE_4MIB[:position] + inserted + BASE_4MIB[position:]
-    assert _edit_cost(statebag.Chunker(), BASE_4MIB, after) <= 3
-
-
-@settings(max_examples=EDIT_EXAMPLES)
-@given(
-    position=st.integers(min_value=0, max_value=(4 << 20) - 101),
-    length=st.integers(min_value=1, max_value=100),
-)
-def test_a_deletion_changes_at_most_three_chunks(position: int, length: int) -> None:
-    after = BASE_4MIB[:position] + BASE_4MIB[position + length :]
-    assert _edit_cost(statebag.Chunker(), BASE_4MIB, after) <= 3
+@needs_cython
+def test_small_edits_rewrite_a_few_chunks_near_them() -> None:
+    """Content-defined cuts resynchronise soon after an edit. Not within a fixed number of
+    chunks, though: when an edit moves a cut, the next cut may fall inside the minimum size
+    after it and be skipped, and the shift can run on for a few chunks (seen: 7 chunks, 130
+    kB, for a 29-byte deletion). So over 300 seeded insertions and deletions of 1 to 100
+    bytes: nearly all rewrite at most three chunks, none rewrites more than four times the
+    maximum chunk size."""
+    chunker = statebag.Chunker()
+    rng = random.Random(7)
+    costs = []
+    for _ in range(300):
+        position = rng.randrange(0, len(BASE_4MIB) - 100)
+        length = rng.randint(1, 100)
+        if rng.random() < 0.5:
+            after = BASE_4MIB[:position] + BASE_4MIB[position + length :]
+        else:
+            after = BASE_4MIB[:position] + rng.randbytes(length) + BASE_4MIB[position:]
+        costs.append(_edit_cost(chunker, BASE_4MIB, after))
+    assert sum(1 for chunks, _ in costs if chunks <= 3) >= 0.95 * len(costs), costs
+    assert max(written for _, written in costs) <= 4 * chunker.max_size, costs
+    assert all(chunks >= 1 for chunks, _ in costs)  # an edit always writes its own chunk
 
 
 # ---------------------------------------------------------------------------- bad input

@@ -762,10 +762,19 @@ def _commit_batched(
             if not late:
                 break
             _reuse(meta, tx, late)
+        final = _commit_write(tx, prepared.recorded)
+        if len(final.essential()) > max_batch:
+            raise BackendError(
+                f"the commit of chain {tx.chain!r} needs {len(final.essential())} operations "
+                f"in one write, more than the metadata store's max_batch {max_batch}",
+                retryable=False,
+            )
         # Once counted, a found node cannot be swept: one check of each after the counts
-        # shows it was still stored when they landed.
+        # shows it was still stored when they landed. They go in the commit write when they
+        # fit beside it, else in batches of their own first.
+        inline = len(tx.found) + len(final.ops(tx.chain)) <= max_batch
         start = 0
-        while start < len(tx.found):
+        while not inline and start < len(tx.found):
             part = _found_checks(tx)[start : start + room]
             try:
                 prepared.write_checked(part)
@@ -775,14 +784,7 @@ def _commit_batched(
                     return gone
                 continue  # nodes a compaction moved: check their new records
             start += room
-        final = _commit_write(tx, prepared.recorded)
-        if len(final.essential()) > max_batch:
-            raise BackendError(
-                f"the commit of chain {tx.chain!r} needs {len(final.essential())} operations "
-                f"in one write, more than the metadata store's max_batch {max_batch}",
-                retryable=False,
-            )
-        packs_first = len(final.ops(tx.chain)) > max_batch
+        packs_first = not inline and len(final.ops(tx.chain)) > max_batch
         stats_first = len(final.essential()) + len(final.stat_ops(tx.chain, packs=False)) > (
             max_batch
         )
@@ -795,22 +797,31 @@ def _commit_batched(
             # The version's totals too, recorded in the entry by the same write, so that a
             # rollback takes back exactly them.
             prepared.add_to_totals(final.stats, final.stat_ops(tx.chain, packs=False))
-        parts: list[_CommitWrite] = []
-        try:
-            prepared.guarded(
-                _final_write(tx, [], parts, packs=not packs_first, stats=not stats_first)
-            )
-            prepared.recorded = None
-        except _Refused as refused:
-            prepared.hand_over()
-            if parts[0].is_guard(refused.op):
-                raise _guard_conflict(tx, refused.op) from refused.error
-            raise _conflict(meta, tx) from refused.error
-        except OutcomeUnknown as exc:
-            if _committed(meta, tx):
+        for _ in range(_MAX_ATTEMPTS):
+            checks = _found_checks(tx) if inline else []
+            parts: list[_CommitWrite] = []
+            try:
+                prepared.guarded(
+                    _final_write(tx, checks, parts, packs=not packs_first, stats=not stats_first)
+                )
                 prepared.recorded = None
                 return []
-            raise _unknown(tx, exc) from exc
+            except _Refused as refused:
+                if any(refused.op is check for check in checks):
+                    gone = _recheck_found(meta, tx)
+                    if gone:
+                        return gone
+                    continue  # nodes a compaction moved: check their new records
+                prepared.hand_over()
+                if parts[0].is_guard(refused.op):
+                    raise _guard_conflict(tx, refused.op) from refused.error
+                raise _conflict(meta, tx) from refused.error
+            except OutcomeUnknown as exc:
+                if _committed(meta, tx):
+                    prepared.recorded = None
+                    return []
+                raise _unknown(tx, exc) from exc
+        raise BackendError(f"commit of chain {tx.chain!r} kept racing compactions", retryable=True)
     except _CommitUnknown:
         raise
     except OutcomeUnknown as exc:
@@ -824,7 +835,6 @@ def _commit_batched(
     except BackendError:
         prepared.hand_over()
         raise
-    return []
 
 
 def _final_write(

@@ -131,6 +131,7 @@ class Repository:
             read_nodes=self._reader.read,
             forget=self._catalog.forget,
             lease=lease,
+            grace=config.grace,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -75,9 +75,11 @@ class Collector:
         read_nodes: NodeReader,
         forget: Callable[[bytes], None],
         lease: float,
+        grace: float,
     ) -> None:
         self._objects = objects
         self._meta = meta
+        self._grace = grace  # the repository's, not one run's
         # One reader for the sweep and the audit alike: swapping it swaps it for both.
         self._child_reader = ChildReader(read_nodes)
         self._versions = VersionDeleter(meta, forget=forget)
@@ -108,7 +110,7 @@ class Collector:
         ConfigError, before anything is done, when the metadata looks lost (see
         :mod:`.lost`): its records would no longer say what the packs hold."""
         _check_batch(self._meta)
-        lost = lost_metadata(self._meta, self._objects)
+        lost = lost_metadata(self._meta, self._objects, young_s=self._grace)
         if lost is not None:
             raise ConfigError(
                 f"{lost} ({self._meta!r}); gc deletes nothing until the metadata is back: "

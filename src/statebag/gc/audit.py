@@ -198,7 +198,7 @@ class Auditor:
         under += sorted(f"fork:{m.hex()}" for m, delta in fork_fix.items() if delta > 0)
         over += sorted(f"fork:{m.hex()}" for m, delta in fork_fix.items() if delta < 0)
         orphans = sorted(p.hex() for p in listed if p not in pack_records and p not in owned)
-        lost = lost_metadata(meta, self._objects)
+        lost = lost_metadata(meta, self._objects, young_s=grace)
         # In flight at the start or at the end (a save that began and ended in between
         # moved the epoch): see the module docstring.
         quiet = (

@@ -14,6 +14,9 @@ create a repository over the packs.
 
 from __future__ import annotations
 
+import time
+
+from ..errors import NotFoundError
 from ..keys import CONFIG, LETTER, MANIFEST, PENDING, TOMB, decode_letter, decode_pending
 from ..meta import MetaStore
 from ..objects import ObjectStore
@@ -22,8 +25,14 @@ from ..packs import PACKS_PREFIX, pack_id_of
 __all__ = ["lost_metadata"]
 
 
-def lost_metadata(meta: MetaStore, objects: ObjectStore, /) -> str | None:
+def lost_metadata(meta: MetaStore, objects: ObjectStore, /, *, young_s: float) -> str | None:
     """Why the metadata looks lost (a sentence), or None when it does not.
+
+    With the configuration present, packs modified less than ``young_s`` seconds ago do not
+    count: a save rolled back while one of its uploads was in flight leaves a pack that no
+    record names, until the audit deletes it as an orphan once the grace period has passed;
+    in a repository with no version yet it would look like lost metadata. gc and the audit
+    pass the repository's grace: the audit deletes no orphan younger than that either.
 
     Costs three small reads on a repository with versions; the object store is listed only
     when the metadata has no configuration or no version and no tombstone.
@@ -34,10 +43,14 @@ def lost_metadata(meta: MetaStore, objects: ObjectStore, /) -> str | None:
     owned = {p for _, v in meta.scan(PENDING) for p in decode_pending(v).packs}
     owned.update(p for _, v in meta.scan(LETTER) for p in decode_letter(v))
     packs = 0
+    cutoff = time.time_ns() - int(young_s * 1e9)
     for key in objects.list(PACKS_PREFIX):
         pack_id = pack_id_of(key)
-        if pack_id is not None and pack_id not in owned:
-            packs += 1
+        if pack_id is None or pack_id in owned:
+            continue
+        if has_config and _modified_after(objects, key, cutoff):
+            continue
+        packs += 1
     if not packs:
         return None
     missing = "no configuration" if not has_config else "no version and no tombstone"
@@ -45,6 +58,13 @@ def lost_metadata(meta: MetaStore, objects: ObjectStore, /) -> str | None:
         f"the metadata has {missing}, but the object store holds {packs} pack(s) that no "
         f"save in flight accounts for: the metadata looks lost or emptied"
     )
+
+
+def _modified_after(objects: ObjectStore, key: str, cutoff: int) -> bool:
+    try:
+        return objects.modified_ns(key) > cutoff
+    except NotFoundError:
+        return True  # deleted meanwhile: not a pack the metadata lost
 
 
 def _any(meta: MetaStore, prefix: str) -> bool:
