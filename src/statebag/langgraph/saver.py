@@ -43,6 +43,8 @@ import asyncio
 import contextlib
 import math
 import random
+import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, unquote
@@ -82,6 +84,8 @@ _WRITE = "w/"
 # A write's first record carries its header; the rest of a large value follows in parts.
 _PART_BYTES = MAX_RECORD_BYTES - 16 * 1024
 _META_VERSION = 1
+# Versions whose stored form the saver keeps after putting them (see StatebagSaver).
+_RECENT_VERSIONS = 4
 
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder()
@@ -200,6 +204,12 @@ class StatebagSaver(BaseCheckpointSaver[str]):
             )
         super().__init__(serde=serde)
         self.repo = repo
+        # The stored form (fields of [type, bytes]) of the versions this saver put last, by
+        # manifest id: LangGraph reads the checkpoint it just put at the start of the next
+        # run, and a version never changes, so that read needs no storage. Values are
+        # deserialized afresh on every read, so no caller shares an object with another.
+        self._recent: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     # -- serialization ------------------------------------------------------------------------
 
@@ -248,14 +258,31 @@ class StatebagSaver(BaseCheckpointSaver[str]):
             return None
         return meta
 
+    def _remember(self, manifest_id: str, state: Mapping[str, Any]) -> None:
+        with self._recent_lock:
+            self._recent[manifest_id] = state
+            self._recent.move_to_end(manifest_id)
+            while len(self._recent) > _RECENT_VERSIONS:
+                self._recent.popitem(last=False)
+
+    def _stored(self, manifest_id: str) -> Mapping[str, Any] | None:
+        with self._recent_lock:
+            state = self._recent.get(manifest_id)
+        if state is not None:
+            return state
+        try:
+            loaded = self.repo.load(manifest_id)
+        except NotFoundError:
+            return None  # deleted meanwhile
+        assert isinstance(loaded, dict)
+        return loaded
+
     def _tuple(
         self, chain: str, manifest_id: str, meta: Mapping[str, Any]
     ) -> CheckpointTuple | None:
-        try:
-            state = self.repo.load(manifest_id)
-        except NotFoundError:
-            return None  # deleted meanwhile
-        assert isinstance(state, dict)
+        state = self._stored(manifest_id)
+        if state is None:
+            return None
         thread_id, ns = meta["thread_id"], meta["checkpoint_ns"]
         parent_id = meta.get("parent_checkpoint_id")
         return CheckpointTuple(
@@ -449,12 +476,14 @@ class StatebagSaver(BaseCheckpointSaver[str]):
             merged = [parent] if parent is not None and parent != previous else None
             try:
                 if previous is None:
-                    return self.repo.save(
-                        chain, state, new_chain=True, merged=merged, meta=meta
-                    ).manifest_id
-                saved = self.repo.save(chain, state, parent=previous, merged=merged, meta=meta)
+                    saved = self.repo.save(chain, state, new_chain=True, merged=merged, meta=meta)
+                else:
+                    saved = self.repo.save(chain, state, parent=previous, merged=merged, meta=meta)
             except ConflictError:
                 continue  # the chain or the parent changed since they were read: read again
+            self._remember(saved.manifest_id, state)
+            if previous is None:
+                return saved.manifest_id
             # Replaced again, or deleted, meanwhile: then nothing of ours is left to remove.
             with contextlib.suppress(ConflictError, NotFoundError):
                 self.repo.delete(previous)
