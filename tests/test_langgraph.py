@@ -542,3 +542,45 @@ def test_the_core_does_not_import_langgraph() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_put_racing_the_deletion_of_its_parent_reads_again(
+    saver: StatebagSaver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parent = _put(saver, "t", {"x": 1})
+    parent_id = parent["configurable"]["checkpoint_id"]
+    save = saver.repo.save
+    calls: list[str] = []
+
+    def save_after_the_parent_went(chain: str, state: Any, **options: Any) -> Any:
+        if not calls:  # the parent's chain is deleted between the put's reads and its save
+            saver.delete_thread("t")
+        calls.append(chain)
+        return save(chain, state, **options)
+
+    monkeypatch.setattr(saver.repo, "save", save_after_the_parent_went)
+    child = _put(saver, "t", {"x": 2}, parent=parent_id)
+    assert len(calls) == 2  # the first save lost its race with the delete and was retried
+    found = saver.get_tuple(child)
+    assert found is not None and found.checkpoint["channel_values"] == {"x": 2}
+    assert found.parent_config is not None  # LangGraph's parent id is kept as it was given
+    assert saver.get_tuple(parent) is None
+    assert saver.repo.audit().ok
+
+
+def test_putting_a_checkpoint_id_again_replaces_it_and_keeps_its_writes(
+    saver: StatebagSaver,
+) -> None:
+    checkpoint = generate_checkpoint(channel_values={"x": 1})
+    config = _config("t", checkpoint_ns="")
+    stored = saver.put(config, checkpoint, generate_metadata(step=1), {"x": 1})
+    saver.put_writes(stored, [("ch", "w")], "task")
+    again = {**checkpoint, "channel_values": {"x": 2}}
+    assert saver.put(config, again, generate_metadata(step=2), {"x": 2}) == stored
+    found = saver.get_tuple(stored)
+    assert found is not None
+    assert found.checkpoint["channel_values"] == {"x": 2}
+    assert found.metadata["step"] == 2
+    assert found.pending_writes == [("task", "ch", "w")]
+    assert len(list(saver.list(None))) == 1
+    assert saver.repo.stats().manifests == 1  # the replaced version was deleted

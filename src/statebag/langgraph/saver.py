@@ -479,8 +479,10 @@ class StatebagSaver(BaseCheckpointSaver[str]):
                     saved = self.repo.save(chain, state, new_chain=True, merged=merged, meta=meta)
                 else:
                     saved = self.repo.save(chain, state, parent=previous, merged=merged, meta=meta)
-            except ConflictError:
-                continue  # the chain or the parent changed since they were read: read again
+            except (ConflictError, NotFoundError):
+                # The chain moved, or the parent was deleted, since they were read (a parent
+                # deleted before the save is NotFoundError, during it ConflictError).
+                continue
             self._remember(saved.manifest_id, state)
             if previous is None:
                 return saved.manifest_id
