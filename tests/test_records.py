@@ -11,7 +11,7 @@ import pytest
 
 import statebag
 from statebag import InvalidInputError, NotFoundError, Repository
-from statebag.keys import RECORD, record_prefix
+from statebag.keys import RECORD, record_prefix, records_counter_key
 from statebag.meta.memory import MemoryMetaStore
 from statebag.records import MAX_RECORD_BYTES, Records
 
@@ -108,8 +108,8 @@ def test_delete_chain_deletes_the_records_and_only_that_chains(repo: Repository)
 class _WriteDuringScan(MemoryMetaStore):
     """A store on which one records write lands while the first scan of records runs."""
 
-    def __init__(self, chain: str) -> None:
-        super().__init__()
+    def __init__(self, chain: str, *, max_batch: int | None = None) -> None:
+        super().__init__(max_batch=max_batch)
         self.chain = chain
         self.fired = False
 
@@ -123,13 +123,26 @@ class _WriteDuringScan(MemoryMetaStore):
         yield from found
 
 
-def test_a_records_write_racing_the_delete_is_deleted_too() -> None:
-    meta = _WriteDuringScan("c")
+@pytest.mark.parametrize("max_batch", [None, 3])
+def test_a_records_write_racing_the_delete_is_deleted_too(max_batch: int | None) -> None:
+    meta = _WriteDuringScan("c", max_batch=max_batch)
     records = Records(meta)
     records.put("c", {"early": b"x"}, replace=True)
     assert records.delete("c") == 2  # read again after the late write: both deleted
     assert meta.fired
     assert records.get("c") == {}
+    assert meta.counter(records_counter_key("c")) == 0
+
+
+def test_a_store_that_caps_a_write_deletes_many_records_in_several() -> None:
+    meta = MemoryMetaStore(max_batch=4)
+    records = Records(meta)
+    for n in range(0, 10, 2):  # two records per write: within the cap
+        records.put("c", {f"r{n}": b"x", f"r{n + 1}": b"y"}, replace=True)
+    records.put("d", {"other": b"z"}, replace=True)
+    assert records.delete("c") == 10
+    assert records.get("c") == {}
+    assert records.get("d") == {"other": b"z"}
 
 
 def test_concurrent_inserts_of_one_name_keep_exactly_one_value(repo: Repository) -> None:

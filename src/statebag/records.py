@@ -122,21 +122,30 @@ class Records:
         }
 
     def delete(self, chain: str, /) -> int:
-        """Delete every record beside ``chain`` in one write, conditional on no records
-        write landing since the scan; the number deleted."""
+        """Delete every record beside ``chain``, conditional on no records write landing
+        since the scan; the number deleted. One write, or on a store that caps a write
+        (``max_batch``) several, each conditional on the same count: a write landing between
+        two of them makes the delete scan again."""
         counter = records_counter_key(chain)
+        # Two operations of each write are the condition and, in the last, the drop.
+        step = None if self._meta.max_batch is None else max(1, self._meta.max_batch - 2)
         for _ in range(_ATTEMPTS):
             written = self._meta.counter(counter)
             keys = [key for key, _ in self._meta.scan(record_prefix(chain))]
             if not keys and not written:
                 return 0
-            ops: list[Op] = [
-                CheckCounter(counter, written),
-                *(Delete(key) for key in keys),
-                DropCounter(counter),
-            ]
+            batches = (
+                [keys] if step is None else [keys[i : i + step] for i in range(0, len(keys), step)]
+            ) or [[]]
             try:
-                self._meta.write(ops)
+                for index, batch in enumerate(batches):
+                    ops: list[Op] = [
+                        CheckCounter(counter, written),
+                        *(Delete(key) for key in batch),
+                    ]
+                    if index == len(batches) - 1:
+                        ops.append(DropCounter(counter))
+                    self._meta.write(ops)
             except ConditionFailed:
                 continue
             return len(keys)
