@@ -26,7 +26,6 @@ from .errors import (
 )
 from .ids import MIN_PREFIX_LENGTH, ContentId, looks_like_hex, looks_like_id
 from .keys import (
-    HEAD,
     MANIFEST,
     STAT,
     STAT_EPOCH,
@@ -172,8 +171,8 @@ class Catalog:
         _, record = self.head_record(chain)
         return record.head if record is not None else None
 
-    def chains(self) -> Iterator[str]:
-        for key, _ in self._meta.scan(HEAD):
+    def chains(self, *, prefix: str = "") -> Iterator[str]:
+        for key, _ in self._meta.scan(head_key(prefix)):
             yield chain_of(key)
 
     def log(self, chain: str, head: bytes, /) -> Iterator[ManifestInfo]:

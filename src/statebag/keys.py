@@ -23,10 +23,12 @@ prefix constant (for scans), a builder and, where keys are scanned, a parser.
 | ``pack/<id>`` | pack record | :class:`PackRecord` |
 | ``pending/<txn>`` | a save or compaction in progress | :class:`PendingRecord` |
 | ``dlq/<name>`` | dead letter: pack ids to delete | :func:`encode_letter` |
+| ``rec/<chain hash>/<name>`` | a caller's record beside a chain | the caller's bytes |
 | counter ``ref/<id>`` | reference count of a node | |
 | counter ``dead/<pack id>`` | dead frame bytes of a pack | |
 | counter ``fork/<id>`` | chains other than its own headed by a version | |
 | counter ``stat/<name>`` | repository totals | |
+| counter ``recs/<chain hash>`` | writes of records beside the chain so far | |
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ __all__ = [
     "PACK",
     "PENDING",
     "PIN",
+    "RECORD",
+    "RECORDS",
     "REF",
     "STAT",
     "STAT_BYTES_DEAD",
@@ -100,6 +104,10 @@ __all__ = [
     "pack_record_key",
     "pending_key",
     "pin_key",
+    "record_key",
+    "record_name_of",
+    "record_prefix",
+    "records_counter_key",
     "ref_key",
     "stat_name",
     "stat_shard",
@@ -135,6 +143,8 @@ DEAD = "dead/"
 FORK = "fork/"
 STAT = "stat/"
 DISCARDS_SEEN = "gc/discards"
+RECORD = "rec/"
+RECORDS = "recs/"
 
 STAT_CHAINS = "stat/chains"
 STAT_MANIFESTS = "stat/manifests"
@@ -288,6 +298,22 @@ def version_key(chain: str, seq: int, manifest_id: bytes, /) -> str:
     return f"{version_prefix(chain)}{seq:016x}/{manifest_id.hex()}"
 
 
+def record_prefix(chain: str, /) -> str:
+    """``rec/<chain hash>/``: every record beside one chain, in name order."""
+    return f"{RECORD}{chain_hash(chain)}/"
+
+
+def record_key(chain: str, name: str, /) -> str:
+    """``rec/<chain hash>/<name>`` -> the caller's bytes (see ``statebag.records``)."""
+    return record_prefix(chain) + name
+
+
+def records_counter_key(chain: str, /) -> str:
+    """Counter ``recs/<chain hash>``: bumped by every write of records beside the chain, so
+    that deleting them, conditional on it, removes every record the delete scanned."""
+    return RECORDS + chain_hash(chain)
+
+
 # -- parsers -----------------------------------------------------------------------------------
 
 
@@ -307,6 +333,14 @@ def version_of(key: str, /) -> tuple[int, bytes]:
         raise ValueError(f"key {key!r} is not a version key")
     _, _, seq, manifest_id = key.split("/")
     return int(seq, 16), bytes.fromhex(manifest_id)
+
+
+def record_name_of(key: str, chain: str, /) -> str:
+    """The name a record key of ``chain`` names."""
+    prefix = record_prefix(chain)
+    if not key.startswith(prefix):
+        raise ValueError(f"key {key!r} is not a record of chain {chain!r}")
+    return key[len(prefix) :]
 
 
 def chain_of(key: str, /) -> str:

@@ -50,6 +50,7 @@ from .objects.counting import CountingObjectStore, IOCounters
 from .objects.discarding import DiscardingObjectStore
 from .opening import open
 from .reader import LazyState, NodeReader
+from .records import Records, check_records
 from .results import (
     AuditReport,
     CommitResult,
@@ -123,6 +124,7 @@ class Repository:
             cache_bytes=CUT_CACHE_BYTES if cache_bytes is None else cache_bytes,
         )
         self._branches = Branches(self._catalog, self._reader, self._writer)
+        self._records = Records(counted_meta)
         self._verifier = Verifier(self._catalog, self._reader, self._objects, counted_meta)
         self._collector = Collector(
             self._objects,
@@ -337,10 +339,13 @@ class Repository:
         head = self._catalog.head(check_chain(chain))
         return head.hex() if head is not None else None
 
-    def chains(self) -> Iterator[str]:
-        """The names of every chain with a head, sorted."""
+    def chains(self, *, prefix: str = "") -> Iterator[str]:
+        """The names of every chain with a head, sorted; with ``prefix``, only the names
+        that start with it (one range scan, however many other chains there are)."""
         self._check_open()
-        yield from self._catalog.chains()
+        if not isinstance(prefix, str):
+            raise InvalidInputError(f"prefix must be a str, not {prefix!r}", path="prefix")
+        yield from self._catalog.chains(prefix=prefix)
 
     def log(self, chain: str, *, graph: bool = False) -> Iterator[ManifestInfo]:
         """The versions of ``chain`` from its head back along first parents, newest first,
@@ -372,6 +377,30 @@ class Repository:
         """The log entry of one version."""
         raw = _parse_id(manifest_id)
         return self._catalog.info(raw, self._catalog.manifest(raw))
+
+    # -- records beside chains ---------------------------------------------------------------
+
+    def put_records(
+        self, chain: str, records: Mapping[str, bytes], /, *, replace: bool = True
+    ) -> int:
+        """Keep ``records`` (names to bytes) beside ``chain``, in one atomic write; the
+        number written. With ``replace=False`` a name that already holds a record keeps it
+        (an idempotent insert). The chain need not have a version yet.
+
+        Records are no part of any version (no id, field or size changes); ``delete_chain``
+        deletes them. A name is 1..512 bytes of UTF-8 without NUL, a value at most 256 KiB
+        (``statebag.records.MAX_RECORD_BYTES``). InvalidInputError names a bad record, and
+        nothing is written."""
+        self._check_open()
+        chain = check_chain(chain)
+        if not isinstance(replace, bool):
+            raise InvalidInputError(f"replace must be a bool, not {replace!r}", path="replace")
+        return self._records.put(chain, check_records(records), replace=replace)
+
+    def records(self, chain: str, /) -> dict[str, bytes]:
+        """The records beside ``chain``, in name order; empty when it has none."""
+        self._check_open()
+        return self._records.get(check_chain(chain))
 
     # -- branches ----------------------------------------------------------------------------
 
@@ -471,8 +500,9 @@ class Repository:
 
     def delete_chain(self, chain: str, /) -> int:
         """Delete ``chain``: its head first (a save racing it gets ConflictError), then every
-        version, pinned ones too; the number of versions deleted. Running it again finishes
-        a run that was interrupted."""
+        version, pinned ones too, then the records beside it (:meth:`put_records`); the
+        number of versions deleted. Running it again finishes a run that was interrupted.
+        NotFoundError when the chain has no head, version or record."""
         self._check_open()
         return self._catalog.delete_chain(check_chain(chain))
 

@@ -44,6 +44,7 @@ from .keys import (
 )
 from .manifests import decode_manifest
 from .meta import Add, Check, CheckCounter, ConditionFailed, Delete, MetaStore, Op, Put
+from .records import Records
 
 __all__ = ["ReachabilityChanged", "VersionDeleter", "accounted_for"]
 
@@ -166,8 +167,9 @@ class VersionDeleter:
         raise ConflictError(f"manifest {text} kept changing while being deleted; retry")
 
     def delete_chain(self, chain: str, /) -> int:
-        """Remove ``chain``'s head, then every version of it; the number deleted. The head
-        goes first, so that a save in flight on the chain fails its head condition."""
+        """Remove ``chain``'s head, then every version of it, then the records beside it;
+        the number of versions deleted. The head goes first, so that a save in flight on the
+        chain fails its head condition."""
         head_bytes = self._meta.get(head_key(chain))
         while head_bytes is not None:
             head = decode_head(head_bytes).head
@@ -200,7 +202,8 @@ class VersionDeleter:
             except ConflictError:
                 # A new chain of the same name was started meanwhile: its head stays.
                 continue
-        if not had_head and not found:
+        had_records = Records(self._meta).delete(chain) > 0
+        if not had_head and not found and not had_records:
             raise NotFoundError(f"chain {chain!r} does not exist")
         return deleted
 
