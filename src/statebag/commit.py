@@ -530,7 +530,8 @@ class Prepare:
         pending entry becomes a dead letter at once, and gc decides pack by pack (a pack
         another save may have found nodes in is kept and its other frames counted dead)."""
         with contextlib.suppress(Exception):
-            self._to_letter()
+            if self._to_letter():
+                crash_point("save.after_abandon_record")
 
     def release(self) -> None:
         """End the save: stop renewing its lease; let gc know its writer no longer runs."""
