@@ -14,20 +14,27 @@ Invariant: every node a committed manifest reaches is indexed, counted and reada
    record must still be the one the save read, and the new one carries the txn id.
 4. **Finish**: delete the pending entry, on condition that it is the one this save wrote.
 
-Where the metadata store takes every operation in one atomic write (SQLite, memory), steps
-2 to 4 are that one write: a lost race applies nothing, and the packs, which nothing then
-indexes, are deleted at once (through a dead letter, so that a failure to delete them is
-finished by gc). Where it caps a write (``max_batch``, as DynamoDB does), step 2 runs in
-batches before step 3; a lost race then takes the references back (counts only ever
-over-count in between, which an audit can see and repair) and leaves the packs to garbage
-collection, because a concurrent save may already have reused a node indexed into them.
+Whenever steps 2 to 4 fit in one write of the metadata store (always on SQLite and memory,
+which take any number of operations) they are that one write: a lost race applies nothing,
+and the packs, which nothing then indexes, are deleted at once (through a dead letter, so
+that a failure to delete them is finished by gc). Otherwise (``max_batch``, as DynamoDB
+caps a write) step 2 runs in batches before step 3, each conditional on the pending entry.
+Nothing a batch wrote is ever taken back: an indexed node's children are counted, so the
+counts agree with the index whichever batches landed, and the root is counted in the
+commit write itself. A save that does not commit hands its entry to gc as a dead letter,
+and gc keeps a pack that has nodes indexed in it (a concurrent save may have reused them).
 
 A node found already indexed when its index write is tried (another save stored the same
 bytes first) becomes a reused node: its own children are not counted again, and its copy
 in this save's pack is dead space (counted in ``dead/<pack>``). A found node that gc swept
-is written again, into one more pack, and the commit retried. When a write fails without
-an answer (a timeout), the head is read back: a head carrying this txn id means the commit
-happened.
+is written again, into one more pack, and the commit retried.
+
+Every write of a save after its first pending put is conditional on that entry, and gc's
+rollback deletes the entry on condition before anything else: a write still landing after
+the rollback (a store's ``OutcomeUnknown``) applies nothing. After an unknown outcome the
+commit reads back (the head carrying this txn id, or the manifest stored); if it cannot see
+its commit it raises OutcomeUnknown and leaves the entry for gc after the lease. Where gc
+cannot tell a running writer from a gone one, the save renews its lease while it runs.
 """
 
 from __future__ import annotations
@@ -124,14 +131,6 @@ class Transaction:
     reused_late: set[bytes] = field(default_factory=set)
     indexed: set[bytes] = field(default_factory=set)
     timings: dict[str, float] = field(default_factory=dict)
-    requests: dict[str, int] = field(
-        default_factory=lambda: {
-            "object_puts": 0,
-            "object_deletes": 0,
-            "meta_reads": 0,
-            "meta_writes": 0,
-        }
-    )
 
 
 def _reference_groups(tx: Transaction, records: dict[bytes, IndexRecord]) -> list[list[Op]]:
@@ -318,7 +317,6 @@ class Prepare:
         self._started = time.time_ns()
         self._uploads: list[Future[None]] = []
         self.pack_ids: list[bytes] = []
-        self.requests = {"object_puts": 0, "object_deletes": 0, "meta_reads": 0, "meta_writes": 0}
         self.upload_seconds = 0.0
 
     @property
@@ -352,7 +350,6 @@ class Prepare:
         one of this save's values (a late put landed) becomes the one last written; an
         absent entry, once one was written, was rolled back."""
         current = self._meta.get(self._key)
-        self.requests["meta_reads"] += 1
         if current is None:
             if self.recorded is None:
                 return
@@ -370,12 +367,10 @@ class Prepare:
                 # write syncs it too.
                 self._meta.write([Put(self._key, value, expect=self.recorded)], durable=False)
             except (ConditionFailed, OutcomeUnknown):
-                self.requests["meta_writes"] += 1
                 self._sync()
                 if self.recorded == value:
                     return
                 continue
-            self.requests["meta_writes"] += 1
             self.recorded = value
             return
         raise OutcomeUnknown(
@@ -421,13 +416,11 @@ class Prepare:
                 try:
                     self._meta.write(ops)
                 except ConditionFailed as exc:
-                    self.requests["meta_writes"] += 1
                     failed = ops[exc.index]
                     if failed.key != self._key:
                         raise _Refused(failed, exc) from exc
                     self._sync()
                     continue
-                self.requests["meta_writes"] += 1
                 return ops
         raise self._rolled_back()
 
@@ -468,7 +461,6 @@ class Prepare:
             self.upload_seconds += time.perf_counter() - started
             crash_point("save.after_upload")
 
-        self.requests["object_puts"] += 1
         if self._submit is None or last:
             upload()
             return
@@ -521,9 +513,7 @@ class Prepare:
         crash_point("save.after_abandon_record")
         for pack_id in self.pack_ids:
             self._objects.delete(pack_key(pack_id))
-            self.requests["object_deletes"] += 1
         self._meta.delete(letter_key(self._txn))
-        self.requests["meta_writes"] += 1
 
     def hand_over(self) -> None:
         """End a save whose reference batches may have indexed nodes into its packs: the
@@ -612,9 +602,6 @@ def commit(
                 f"commit of chain {tx.chain!r} kept racing garbage collection", retryable=True
             )
     finally:
-        for key, count in prepared.requests.items():
-            tx.requests[key] += count
-        prepared.requests = dict.fromkeys(prepared.requests, 0)
         tx.timings["upload"] = prepared.upload_seconds
     crash_point("save.after_commit")
 
@@ -634,7 +621,6 @@ def _recheck_found(meta: MetaStore, tx: Transaction) -> list[bytes]:
     compaction) and return the nodes that are gone (swept), to be written again."""
     keys = [node_key(node_id) for node_id in tx.found]
     current = meta.get_many(keys)
-    tx.requests["meta_reads"] += 1
     gone: list[bytes] = []
     for node_id, key in zip(list(tx.found), keys, strict=True):
         record = current.get(key)
@@ -650,7 +636,6 @@ def _reuse(meta: MetaStore, tx: Transaction, nodes: list[bytes]) -> None:
     nodes. One that is already gone again (swept) is indexed from this save's pack."""
     keys = [node_key(node_id) for node_id in nodes]
     current = meta.get_many(keys)
-    tx.requests["meta_reads"] += 1
     for node_id, key in zip(nodes, keys, strict=True):
         record = current.get(key)
         if record is None:
@@ -957,12 +942,10 @@ def _committed(meta: MetaStore, tx: Transaction) -> bool:
     """Whether this save's commit landed though its answer was lost: the head carries its
     txn id, or (the head moved on since) its manifest is stored."""
     current = meta.get(head_key(tx.chain))
-    tx.requests["meta_reads"] += 1
     if current is not None:
         record = decode_head(current)
         if record.txn == tx.txn and record.head == tx.manifest_id:
             return True
-    tx.requests["meta_reads"] += 1
     return meta.get(manifest_key(tx.manifest_id)) is not None
 
 
