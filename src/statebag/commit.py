@@ -695,14 +695,9 @@ def _commit_atomic(
                 continue
             # A definite refusal applied nothing, and nothing else of this save is indexed.
             _quietly(prepared.abandon)
-            if final.is_guard(failed):
-                raise _guard_conflict(tx, failed) from refused.error
-            raise _conflict(meta, tx) from refused.error
+            raise _lost_race(meta, tx, final, failed) from refused.error
         except OutcomeUnknown as exc:
-            if _committed(meta, tx):
-                prepared.recorded = None
-                return []
-            raise _unknown(tx, exc) from exc
+            return _read_back(meta, tx, prepared, exc)
         except RolledBack:
             raise
         except BackendError:
@@ -712,10 +707,7 @@ def _commit_atomic(
         except StatebagError:
             raise
         except Exception as exc:  # not a store's error: whether the write landed is unknown
-            if _committed(meta, tx):
-                prepared.recorded = None
-                return []
-            raise _unknown(tx, exc) from exc
+            return _read_back(meta, tx, prepared, exc)
     raise BackendError(
         f"commit of chain {tx.chain!r} kept racing other writers' index entries",
         retryable=True,
@@ -799,14 +791,9 @@ def _commit_batched(
                         return gone
                     continue  # nodes a compaction moved: check their new records
                 prepared.hand_over()
-                if parts[0].is_guard(refused.op):
-                    raise _guard_conflict(tx, refused.op) from refused.error
-                raise _conflict(meta, tx) from refused.error
+                raise _lost_race(meta, tx, parts[0], refused.op) from refused.error
             except OutcomeUnknown as exc:
-                if _committed(meta, tx):
-                    prepared.recorded = None
-                    return []
-                raise _unknown(tx, exc) from exc
+                return _read_back(meta, tx, prepared, exc)
         raise BackendError(f"commit of chain {tx.chain!r} kept racing compactions", retryable=True)
     except _CommitUnknown:
         raise
@@ -947,6 +934,24 @@ def _committed(meta: MetaStore, tx: Transaction) -> bool:
         if record.txn == tx.txn and record.head == tx.manifest_id:
             return True
     return meta.get(manifest_key(tx.manifest_id)) is not None
+
+
+def _read_back(
+    meta: MetaStore, tx: Transaction, prepared: Prepare, exc: BaseException
+) -> list[bytes]:
+    """After the commit write's outcome was lost: [] when it landed, else OutcomeUnknown
+    (the pending entry stays for gc)."""
+    if not _committed(meta, tx):
+        raise _unknown(tx, exc) from exc
+    prepared.recorded = None
+    return []
+
+
+def _lost_race(meta: MetaStore, tx: Transaction, final: _CommitWrite, failed: Op) -> ConflictError:
+    """What a commit write refused by a condition other than a node's raises."""
+    if final.is_guard(failed):
+        return _guard_conflict(tx, failed)
+    return _conflict(meta, tx)
 
 
 def _conflict(meta: MetaStore, tx: Transaction) -> ConflictError:

@@ -16,10 +16,11 @@ A save (:meth:`Writer.save`) reads the chain's head and the parent's fields, the
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -70,6 +71,17 @@ _SAVE_TALLY: contextvars.ContextVar[metering.Tally | None] = contextvars.Context
 
 _STAGES = ("encode", "chunk", "compress", "upload", "commit")
 _Jobs = list[tuple[list[NewNode], Future[list[tuple[bytes, Any]]]]]
+
+
+@contextlib.contextmanager
+def _save_tally() -> Iterator[None]:
+    """Count the requests of one save, for the write it calls (see Writer.write)."""
+    with metering.tally() as spent:
+        token = _SAVE_TALLY.set(spent)
+        try:
+            yield
+        finally:
+            _SAVE_TALLY.reset(token)
 
 
 class _Cut(NamedTuple):
@@ -200,90 +212,58 @@ class Writer:
         bag: StateBag | None,
     ) -> CommitResult:
         """The next version of ``chain`` on its head (arguments already checked)."""
-        with metering.tally() as spent:
-            token = _SAVE_TALLY.set(spent)
-            try:
-                return self._save(
-                    chain,
-                    data,
-                    parent=parent,
-                    new_chain=new_chain,
-                    hint=hint,
-                    merged=merged,
-                    meta_raw=meta_raw,
+        with _save_tally():
+            others = self._catalog.other_parents(merged)
+            head_bytes, head = self._catalog.head_record(chain)
+            if new_chain and head is not None:
+                raise ConflictError(
+                    f"chain {chain!r} already exists (its head is {head.head.hex()}); "
+                    "new_chain=True saves only a chain's first version"
+                )
+            if parent is not None and (head is None or head.head != parent):
+                now = head.head.hex() if head is not None else None
+                raise ConflictError(
+                    f"chain {chain!r} is at {now}, not at parent {parent.hex()}; load the "
+                    "head and apply the step again"
+                )
+            if head is not None and head.head in {other.manifest_id for other in others}:
+                raise InvalidInputError(
+                    f"merged names the parent {head.head.hex()} again", path="merged"
+                )
+            base: FieldsTable | None = None
+            extra: list[Op] = []
+            if head is not None:
+                try:
+                    parent_manifest = self._catalog.manifest(head.head)
+                    base = self._reader.fields_table(parent_manifest.root)
+                except (NotFoundError, IntegrityError) as exc:
+                    raise self._moved_under(chain, head_bytes, exc) from exc
+                extra += self._catalog.leave_head(chain, head.head, parent_manifest)
+            if hint is not None:
+                _check_changed(hint, data, base)
+            if head is None:
+                hint = None  # nothing to carry over
+            elif hint is None and bag is not None and bag.base == head.head.hex():
+                hint = set(bag.dirty)
+            parents = ([head.head] if head is not None else []) + [o.manifest_id for o in others]
+            seqs = ([head.seq] if head is not None else []) + [other.seq for other in others]
+            return self.write(
+                VersionPlan(
+                    chain=chain,
+                    data=data,
+                    parents=parents,
+                    seq=max(seqs, default=0) + 1,
+                    head_bytes=head_bytes,
                     level=level,
+                    base=base,
+                    hint=hint,
+                    guards=[other.guard for other in others],
+                    extra=extra,
+                    meta_raw=meta_raw,
                     hold_s=hold_s,
                     bag=bag,
                 )
-            finally:
-                _SAVE_TALLY.reset(token)
-
-    def _save(
-        self,
-        chain: str,
-        data: Mapping[str, Any],
-        /,
-        *,
-        parent: bytes | None,
-        new_chain: bool,
-        hint: set[str] | None,
-        merged: Iterable[str] | None,
-        meta_raw: msgspec.Raw | None,
-        level: int,
-        hold_s: float | None,
-        bag: StateBag | None,
-    ) -> CommitResult:
-        others = self._catalog.other_parents(merged)
-        head_bytes, head = self._catalog.head_record(chain)
-        if new_chain and head is not None:
-            raise ConflictError(
-                f"chain {chain!r} already exists (its head is {head.head.hex()}); "
-                "new_chain=True saves only a chain's first version"
             )
-        if parent is not None and (head is None or head.head != parent):
-            now = head.head.hex() if head is not None else None
-            raise ConflictError(
-                f"chain {chain!r} is at {now}, not at parent {parent.hex()}; load the "
-                "head and apply the step again"
-            )
-        if head is not None and head.head in {other.manifest_id for other in others}:
-            raise InvalidInputError(
-                f"merged names the parent {head.head.hex()} again", path="merged"
-            )
-        base: FieldsTable | None = None
-        extra: list[Op] = []
-        if head is not None:
-            try:
-                parent_manifest = self._catalog.manifest(head.head)
-                base = self._reader.fields_table(parent_manifest.root)
-            except (NotFoundError, IntegrityError) as exc:
-                raise self._moved_under(chain, head_bytes, exc) from exc
-            extra += self._catalog.leave_head(chain, head.head, parent_manifest)
-        if hint is not None:
-            _check_changed(hint, data, base)
-        if head is None:
-            hint = None  # nothing to carry over
-        elif hint is None and bag is not None and bag.base == head.head.hex():
-            hint = set(bag.dirty)
-        parents = ([head.head] if head is not None else []) + [o.manifest_id for o in others]
-        seqs = ([head.seq] if head is not None else []) + [other.seq for other in others]
-        return self.write(
-            VersionPlan(
-                chain=chain,
-                data=data,
-                parents=parents,
-                seq=max(seqs, default=0) + 1,
-                head_bytes=head_bytes,
-                level=level,
-                base=base,
-                hint=hint,
-                guards=[other.guard for other in others],
-                extra=extra,
-                meta_raw=meta_raw,
-                hold_s=hold_s,
-                bag=bag,
-            )
-        )
 
     def _moved_under(
         self, chain: str, head_bytes: bytes | None, error: StatebagError
