@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import statebag
-from statebag import ConflictError, InvalidInputError, NotFoundError, codec, dag
+from statebag import ConflictError, InvalidInputError, NotFoundError, codec, dag, merging
 from statebag.codec import _child_path
 
 from . import internals
@@ -890,3 +890,28 @@ def test_merge_matches_the_model(
         _, branches, heads = build(repo, base, sides)
         result = repo.merge("t", branches, strategy=strategy, on_conflict="last_wins")
         check_merged(repo, result, "t", branches, heads, expected)
+
+
+def _nested(depth: int, leaf: Any) -> Any:
+    value = leaf
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+def test_deep_merge_of_a_conflict_at_the_nesting_limit_from_deep_in_the_stack() -> None:
+    """Dicts as deep as values may be (the nesting limit, 512 levels) merge key by key
+    without recursion: also when the caller's stack is already deep."""
+    depth = codec.NESTING_LIMIT - 1  # the leaf list is the last level
+    base = _nested(depth, [0])
+    target, branch = _nested(depth, [0, 1]), _nested(depth, [0, 2])
+
+    def merged_at(frames: int) -> Any:
+        if frames:
+            return merged_at(frames - 1)
+        return merging.deep_merge("f", base, [target, branch], "raise", merging.Conflicts())
+
+    assert merged_at(500) == _nested(depth, [0, 1, 2])
+    conflicts = merging.Conflicts()
+    merging.deep_merge("f", base, [_nested(depth, 1), _nested(depth, 2)], "raise", conflicts)
+    assert conflicts.paths == ["f" + ".k" * depth]

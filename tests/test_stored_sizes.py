@@ -284,3 +284,20 @@ def test_blake3_of_crafted_nodes_is_their_id(repo: statebag.Repository) -> None:
     (node_id,) = store_nodes(repo, [b"crafted"])
     assert node_id == blake3(b"crafted").digest()
     assert internals.reader(repo).read([node_id]) == {node_id: b"crafted"}
+
+
+def test_an_interior_node_that_does_not_parse_is_reported_missing_by_the_audit(
+    repo: statebag.Repository,
+) -> None:
+    """A node whose bytes match its id but are no node at all (an index node cut off inside
+    a child's entry): the audit cannot know what it references, and reports it missing
+    rather than failing."""
+    _, _, entries = saved(repo)
+    entry = entries["items"]
+    assert isinstance(entry, dag.TreeField)
+    broken = index_node(1, [(entry.root, 100)])[:-3]
+    (root,) = store_nodes(repo, [broken], interior=True)
+    craft_version(repo, "c", {**entries, "items": retree(entry, root=root)})
+    report = repo.audit()
+    assert not report.ok
+    assert root.hex() in report.missing_nodes, report

@@ -49,7 +49,12 @@ class ChildReader:
                     except IntegrityError:
                         unreadable.add(node_id)
             for node_id, raw in found.items():
-                children[node_id] = dag.children_of(raw, node_id=node_id.hex())
+                try:
+                    children[node_id] = dag.children_of(raw, node_id=node_id.hex())
+                except IntegrityError:
+                    # Its bytes match its id but do not parse (written so on purpose, or by a
+                    # broken writer): what it references cannot be known.
+                    unreadable.add(node_id)
         return children, unreadable
 
 
