@@ -232,7 +232,9 @@ def test_id_prefixes_unique_ambiguous_too_short(run: Run, path: Path) -> None:
         first = repo.load(main[0])
         # Two made-up versions whose ids start like main's first: only their keys exist,
         # which is all a prefix lookup reads.
-        twins = [main[0][:10] + c * 54 for c in "01"]
+        # Their 11th digit differs from main's first, so that 11 characters tell them apart.
+        digits = [c for c in "0123456789abcdef" if c != main[0][10]]
+        twins = [main[0][:10] + c * 54 for c in digits[:2]]
         internals.meta(repo).write([Put(keys.manifest_key(bytes.fromhex(t)), b"") for t in twins])
 
     # Unique: the 12 characters log shows, or any unique prefix of 8 or more.
