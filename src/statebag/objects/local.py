@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import random
 import secrets
 import stat
 import time
@@ -47,7 +48,7 @@ TEMP_DIR = ".tmp"
 # A temp file older than this belongs to a writer that died: no put takes an hour.
 TEMP_MAX_AGE = 3600.0
 # How often a put retries when concurrent deletes keep pruning the directories it needs.
-_PLACE_ATTEMPTS = 16
+_PLACE_ATTEMPTS = 32
 
 _O_BINARY: int = getattr(os, "O_BINARY", 0)
 _O_CLOEXEC: int = getattr(os, "O_CLOEXEC", 0)
@@ -286,7 +287,10 @@ class LocalObjectStore(ObjectStore):
     def _place(self, tmp: str, key: str, *, link: bool) -> bool:
         """Publish ``tmp`` as ``key``; False only if ``link`` and the key already exists."""
         final = self._path(key)
-        for _ in range(_PLACE_ATTEMPTS):
+        for attempt in range(_PLACE_ATTEMPTS):
+            if attempt >= 4:
+                # Deletes pruning this directory keep winning: let them finish first.
+                time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** (attempt - 4))))
             try:
                 if link:
                     os.link(tmp, final)
