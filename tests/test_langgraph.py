@@ -27,6 +27,8 @@ from langgraph.types import Command, Send, interrupt
 import statebag
 from statebag import InvalidInputError, Repository
 from statebag.langgraph import CHAIN_ROOT, StatebagSaver
+from statebag.meta.memory import MemoryMetaStore
+from statebag.objects.memory import MemoryObjectStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,11 +51,21 @@ def _config(thread: str, **more: Any) -> dict[str, Any]:
 # -- the conformance suite ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["local", "memory"])
+def _open_kind(kind: str, tmp_path: Path) -> Repository:
+    """A repository of ``kind``: ``local``, ``memory``, or ``capped`` (stores supplied, the
+    metadata store taking at most 25 operations per write, as a remote one caps them)."""
+    if kind == "capped":
+        return statebag.open(
+            objects=MemoryObjectStore(), meta=MemoryMetaStore(max_batch=25), create=True
+        )
+    where = str(tmp_path / uuid.uuid4().hex) if kind == "local" else f"memory://{uuid.uuid4()}"
+    return statebag.open(where)
+
+
+@pytest.mark.parametrize("url", ["local", "memory", "capped"])
 def test_the_conformance_suite_passes_in_full(tmp_path: Path, url: str) -> None:
     async def make() -> Any:
-        where = str(tmp_path / uuid.uuid4().hex) if url == "local" else f"memory://{uuid.uuid4()}"
-        with statebag.open(where) as repository:
+        with _open_kind(url, tmp_path) as repository:
             yield StatebagSaver(repository)
 
     registered = checkpointer_test(name=f"StatebagSaver-{url}")(make)
