@@ -23,8 +23,10 @@ from statebag.liveness import Liveness
 from statebag.meta import ConditionFailed, MetaStore, Op, Put
 from statebag.meta.memory import MemoryMetaStore
 from statebag.objects.memory import MemoryObjectStore
+from statebag.testing import run_threads
 
 from . import internals
+from .repohelp import recount, stored_counts
 
 Predicate = Callable[[Sequence[Op]], bool]
 
@@ -265,3 +267,24 @@ def test_a_small_commit_on_a_capped_store_is_one_write() -> None:
     repo.save("c", {"a": 2})
     # The pending entry, then one atomic commit: no reference batches.
     assert meta.writes - before <= 2
+
+
+def test_wide_nodes_saved_by_racing_saves_on_a_capped_store_are_counted_once() -> None:
+    """Four saves of one state with a fields node of 60 references (more than a batch of
+    25 holds) race on four chains: one indexes each node, the others reuse it and take back
+    the increments they wrote first; the counts are exactly the references."""
+    repo, _ = _repository(max_batch=25)
+    state = {f"f{i:02}": bytes([i]) * 6_000 for i in range(60)}
+    barrier = threading.Barrier(4)
+
+    def save(i: int) -> str:
+        barrier.wait()
+        return repo.save(f"c{i}", state).manifest_id
+
+    saved = run_threads(4, save)
+    for manifest_id in saved:
+        assert repo.load(manifest_id) == state
+    counts, _ = recount(repo)
+    assert stored_counts(repo) == counts
+    report = repo.audit()
+    assert report.ok and not report.over_counted and not report.under_counted, report

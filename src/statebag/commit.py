@@ -656,6 +656,15 @@ def _quietly(action: Callable[[], None]) -> None:
         action()
 
 
+def _reuse_late(meta: MetaStore, tx: Transaction) -> bool:
+    """Take the records of the nodes the last batches found indexed by another save, to be
+    checked at the commit; whether there were any."""
+    late = [node for node in tx.reused_late if node not in tx.found]
+    if late:
+        _reuse(meta, tx, late)
+    return bool(late)
+
+
 def _unknown(tx: Transaction, exc: BaseException) -> OutcomeUnknown:
     return _CommitUnknown(
         f"the commit of chain {tx.chain!r} (version {tx.manifest_id.hex()}) may or may not "
@@ -733,13 +742,47 @@ def _commit_batched(
     room = max_batch - Prepare.CHECKED_OVERHEAD
     try:
         for _ in range(_MAX_ATTEMPTS):
-            _write_references(tx, records, room, prepared)
+            # The last groups that fit beside the commit write go in it (one write fewer).
+            final = _commit_write(tx, prepared.recorded)
+            spare = max_batch - len(tx.found) - len(final.ops(tx.chain)) - 1
+            _write_references(tx, records, room, prepared, keep=max(spare, 0))
             # A node another save indexed first and gc swept since is indexed from this
             # save's pack after all: write references again until none is left.
-            late = [node for node in tx.reused_late if node not in tx.found]
-            if not late:
+            if not _reuse_late(meta, tx):
                 break
-            _reuse(meta, tx, late)
+        for _ in range(_MAX_ATTEMPTS):
+            final = _commit_write(tx, prepared.recorded)
+            tail = [op for group in _reference_groups(tx, records) for op in group]
+            checks = _found_checks(tx)
+            if len(tail) + len(checks) + len(final.ops(tx.chain)) > max_batch:
+                if not tail:
+                    break  # the commit write is too big on its own: split it below
+                _write_references(tx, records, room, prepared, keep=0)
+                _reuse_late(meta, tx)
+                continue
+            parts: list[_CommitWrite] = []
+            try:
+                prepared.guarded(_final_write(tx, [*tail, *checks], parts))
+                prepared.recorded = None
+                return []
+            except _Refused as refused:
+                node = _indexed_node(refused.op)
+                if node is not None:
+                    _reuse(meta, tx, [node])  # another save indexed it first
+                    continue
+                if any(refused.op is check for check in checks):
+                    gone = _recheck_found(meta, tx)
+                    if gone:
+                        return gone
+                    continue  # nodes a compaction moved: check their new records
+                prepared.hand_over()
+                raise _lost_race(meta, tx, parts[0], refused.op) from refused.error
+            except OutcomeUnknown as exc:
+                return _read_back(meta, tx, prepared, exc)
+        else:
+            raise BackendError(
+                f"commit of chain {tx.chain!r} kept racing other writers", retryable=True
+            )
         final = _commit_write(tx, prepared.recorded)
         if len(final.essential()) > max_batch:
             raise BackendError(
@@ -777,7 +820,7 @@ def _commit_batched(
             prepared.add_to_totals(final.stats, final.stat_ops(tx.chain, packs=False))
         for _ in range(_MAX_ATTEMPTS):
             checks = _found_checks(tx) if inline else []
-            parts: list[_CommitWrite] = []
+            parts = []
             try:
                 prepared.guarded(
                     _final_write(tx, checks, parts, packs=not packs_first, stats=not stats_first)
@@ -854,38 +897,59 @@ def _write_pack_records(
 
 
 def _write_references(
-    tx: Transaction, records: dict[bytes, IndexRecord], room: int, prepared: Prepare
+    tx: Transaction,
+    records: dict[bytes, IndexRecord],
+    room: int,
+    prepared: Prepare,
+    *,
+    keep: int,
 ) -> None:
+    """Write the reference groups still to write in batches of at most ``room`` operations,
+    but for the last ones whose operations add up to at most ``keep`` (left for the commit
+    write).
+
+    A node with more references than one batch holds (a wide index or fields node) has its
+    increments written first, packed with other groups, and its index put after them with
+    the last of its increments: counting before indexing means a crash in between
+    over-counts (a leak an audit repairs), never under-counts."""
     room -= 1  # each batch also counts the nodes it indexes
+    groups = _reference_groups(tx, records)
+    small = [group for group in groups if len(group) <= room]
+    large = [group for group in groups if len(group) > room]
+    kept = 0
+    while small and kept + len(small[-1]) <= keep:
+        kept += len(small.pop())
+    # Items that may land in any batch before the large nodes' puts: whole small groups, and
+    # the first increments of each large node one by one.
+    items: list[list[Op]] = list(small)
+    early: dict[int, list[Op]] = {}
+    for index, group in enumerate(large):
+        split = len(group) - room  # the put and room - 1 increments go last
+        early[index] = group[1 : 1 + split]
+        items.extend([op] for op in early[index])
     batch: list[list[Op]] = []
     size = 0
-    for group in _reference_groups(tx, records):
-        if len(group) > room:
-            _write_large_group(tx, group, room, prepared)
-            continue
-        if size + len(group) > room:
+    for item in items:
+        if size + len(item) > room:
             _write_groups(tx, batch, prepared)
             batch, size = [], 0
-        batch.append(group)
-        size += len(group)
+        batch.append(item)
+        size += len(item)
     if batch:
         _write_groups(tx, batch, prepared)
+    for index, group in enumerate(large):
+        _index_wide_node(tx, group, early[index], room, prepared)
 
 
-def _write_large_group(tx: Transaction, group: list[Op], room: int, prepared: Prepare) -> None:
-    """A node with more references than one write takes: increments first, in batches, then
-    its index put with the last of them. Counting before indexing means a crash in between
-    over-counts (a leak an audit repairs), never under-counts. If the put finds the node
-    already indexed (another save's), the increments, which did land, are taken back."""
-    put, adds = group[0], group[1:]
-    split = len(adds) - (room - 1)
-    early = adds[:split]
-    for start in range(0, len(early), room):
-        part = early[start : start + room]
-        prepared.write_checked(part)
-        crash_point("save.after_reference_batch")
+def _index_wide_node(
+    tx: Transaction, group: list[Op], early: list[Op], room: int, prepared: Prepare
+) -> None:
+    """The index put of a node whose ``early`` increments landed, with the rest of them. If
+    the put finds the node already indexed (another save's), those increments are taken
+    back: they landed, so the take-back is exact."""
+    put, rest = group[0], group[1 + len(early) :]
     try:
-        prepared.write_checked([put, *adds[split:], _nodes_added(tx, 1)])
+        prepared.write_checked([put, *rest, _nodes_added(tx, 1)])
     except _Refused as refused:
         node = _indexed_node(refused.op)
         if node is None:
@@ -893,12 +957,12 @@ def _write_large_group(tx: Transaction, group: list[Op], room: int, prepared: Pr
         tx.reused_late.add(node)
         undo: list[Op] = [Add(op.key, -op.delta) for op in early if isinstance(op, Add)]
         for start in range(0, len(undo), room):
-            part = undo[start : start + room]
-            prepared.write_checked(part)
+            prepared.write_checked(undo[start : start + room])
         return
     node = _indexed_node(put)
     assert node is not None
     tx.indexed.add(node)
+    crash_point("save.after_reference_batch")
 
 
 def _nodes_added(tx: Transaction, count: int) -> Add:
@@ -908,11 +972,13 @@ def _nodes_added(tx: Transaction, count: int) -> Add:
 
 
 def _write_groups(tx: Transaction, groups: list[list[Op]], prepared: Prepare) -> None:
-    """Write groups of reference ops at once, dropping nodes found already indexed."""
+    """Write groups of reference ops at once (a node's index put and its increments, or a
+    lone increment), dropping nodes found already indexed."""
     while groups:
         ops = [op for group in groups for op in group]
+        indexes = sum(1 for group in groups if _indexed_node(group[0]) is not None)
         try:
-            prepared.write_checked([*ops, _nodes_added(tx, len(groups))])
+            prepared.write_checked([*ops, *([_nodes_added(tx, indexes)] if indexes else [])])
         except _Refused as refused:
             node = _indexed_node(refused.op)
             if node is None:
