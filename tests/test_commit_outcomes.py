@@ -9,6 +9,7 @@ anything back, and that a commit landing after its rollback applies nothing.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import uuid
@@ -288,3 +289,32 @@ def test_wide_nodes_saved_by_racing_saves_on_a_capped_store_are_counted_once() -
     assert stored_counts(repo) == counts
     report = repo.audit()
     assert report.ok and not report.over_counted and not report.under_counted, report
+
+
+def test_a_commit_too_big_for_one_capped_write_splits_and_counts_exactly() -> None:
+    """A save of 30 packs (30 pack records) and then one that finds 60 nodes stored (60
+    checks) each need more than 25 operations beside their commit: checks and pack records
+    go first in batches, and the totals still say exactly what is stored."""
+    repo = statebag.open(
+        objects=MemoryObjectStore(),
+        meta=MemoryMetaStore(max_batch=25),
+        create=True,
+        pack_size=1 << 20,
+        compression_level=0,
+    )
+    rng = random.Random(3)
+    state = {f"f{i:02}": rng.randbytes(500_000) for i in range(60)}
+    first = repo.save("a", state)
+    assert len(first.pack_keys) >= 25, first.pack_keys
+    second = repo.save("b", state)  # every value found stored
+    assert repo.load(first.manifest_id) == repo.load(second.manifest_id) == state
+    meta, objects = internals.meta(repo), internals.objects(repo)
+    totals = repo.stats()
+    assert totals.packs == len(list(objects.list("packs/")))
+    assert totals.nodes == len(list(meta.scan("node/")))
+    assert totals.bytes_stored == sum(objects.stat(key) for key in objects.list("packs/"))
+    counts, _ = recount(repo)
+    assert stored_counts(repo) == counts
+    report = repo.audit()
+    assert report.ok and not report.over_counted and not report.under_counted, report
+    repo.close()

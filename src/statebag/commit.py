@@ -783,19 +783,11 @@ def _commit_batched(
             raise BackendError(
                 f"commit of chain {tx.chain!r} kept racing other writers", retryable=True
             )
-        final = _commit_write(tx, prepared.recorded)
-        if len(final.essential()) > max_batch:
-            raise BackendError(
-                f"the commit of chain {tx.chain!r} needs {len(final.essential())} operations "
-                f"in one write, more than the metadata store's max_batch {max_batch}",
-                retryable=False,
-            )
-        # Once counted, a found node cannot be swept: one check of each after the counts
-        # shows it was still stored when they landed. They go in the commit write when they
-        # fit beside it, else in batches of their own first.
-        inline = len(tx.found) + len(final.ops(tx.chain)) <= max_batch
+        # Too big for one write even with every reference written: the found-node checks
+        # first, in batches of their own (once counted, a found node cannot be swept: one
+        # check of each after the counts shows it was still stored when they landed).
         start = 0
-        while not inline and start < len(tx.found):
+        while start < len(tx.found):
             part = _found_checks(tx)[start : start + room]
             try:
                 prepared.write_checked(part)
@@ -805,7 +797,14 @@ def _commit_batched(
                     return gone
                 continue  # nodes a compaction moved: check their new records
             start += room
-        packs_first = not inline and len(final.ops(tx.chain)) > max_batch
+        final = _commit_write(tx, prepared.recorded)
+        if len(final.essential()) > max_batch:
+            raise BackendError(
+                f"the commit of chain {tx.chain!r} needs {len(final.essential())} operations "
+                f"in one write, more than the metadata store's max_batch {max_batch}",
+                retryable=False,
+            )
+        packs_first = len(final.ops(tx.chain)) > max_batch
         stats_first = len(final.essential()) + len(final.stat_ops(tx.chain, packs=False)) > (
             max_batch
         )
@@ -818,26 +817,18 @@ def _commit_batched(
             # The version's totals too, recorded in the entry by the same write, so that a
             # rollback takes back exactly them.
             prepared.add_to_totals(final.stats, final.stat_ops(tx.chain, packs=False))
-        for _ in range(_MAX_ATTEMPTS):
-            checks = _found_checks(tx) if inline else []
-            parts = []
-            try:
-                prepared.guarded(
-                    _final_write(tx, checks, parts, packs=not packs_first, stats=not stats_first)
-                )
-                prepared.recorded = None
-                return []
-            except _Refused as refused:
-                if any(refused.op is check for check in checks):
-                    gone = _recheck_found(meta, tx)
-                    if gone:
-                        return gone
-                    continue  # nodes a compaction moved: check their new records
-                prepared.hand_over()
-                raise _lost_race(meta, tx, parts[0], refused.op) from refused.error
-            except OutcomeUnknown as exc:
-                return _read_back(meta, tx, prepared, exc)
-        raise BackendError(f"commit of chain {tx.chain!r} kept racing compactions", retryable=True)
+        parts = []
+        try:
+            prepared.guarded(
+                _final_write(tx, [], parts, packs=not packs_first, stats=not stats_first)
+            )
+        except _Refused as refused:
+            prepared.hand_over()
+            raise _lost_race(meta, tx, parts[0], refused.op) from refused.error
+        except OutcomeUnknown as exc:
+            return _read_back(meta, tx, prepared, exc)
+        prepared.recorded = None
+        return []
     except _CommitUnknown:
         raise
     except OutcomeUnknown as exc:
