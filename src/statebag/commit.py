@@ -130,6 +130,9 @@ class Transaction:
     # happens to the save, see _commit_batched).
     reused_late: set[bytes] = field(default_factory=set)
     indexed: set[bytes] = field(default_factory=set)
+    # Set once the batched path ran: from then on the save stays on it (its packs may hold
+    # nodes it indexed, which only gc may decide about).
+    batched: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -611,6 +614,8 @@ def _fits_one_write(
 ) -> bool:
     if meta.max_batch is None:
         return True
+    if tx.batched:
+        return False
     references = sum(len(group) for group in _reference_groups(tx, records))
     final = _commit_write(tx, prepared.recorded)
     return references + len(tx.found) + len(final.ops(tx.chain)) <= meta.max_batch
@@ -739,6 +744,7 @@ def _commit_batched(
     """
     if prepared.recorded is None:
         prepared.record()  # the batches below are made on condition of it
+    tx.batched = True
     room = max_batch - Prepare.CHECKED_OVERHEAD
     try:
         for _ in range(_MAX_ATTEMPTS):

@@ -157,8 +157,8 @@ class PackReclaimer:
         its size in the totals, and its indexed nodes in ``stat/nodes``, which no commit
         added. One write does it and takes the pack out of the letter, on condition of the
         letter as read: exactly once, however many collectors drain it. The nodes indexed
-        there with a count of 0 and no ``zero/`` mark (no manifest reaches them) then get a
-        mark, so that the sweep collects them."""
+        there with a count of 0 and no ``zero/`` mark (no manifest reaches them) get a mark
+        first, so that the sweep collects them."""
         try:
             entries = parse_footer(self._objects.get(pack_key(pack_id)), pack_id=pack_id.hex())
         except (NotFoundError, IntegrityError):
@@ -177,6 +177,9 @@ class PackReclaimer:
             stored = self._meta.get(pack_record_key(pack_id))
             if not live and stored is None:
                 return Settled(delete=True, letter=value)
+            # Marked before the pack leaves the letter: a mark that fails to land is put
+            # again by the next collector draining the letter; once settled, none would.
+            self._mark_unreferenced([e.node_id for e in indexed])
             counted = self._meta.counter(dead_key(pack_id))
             rest = [p for p in decode_letter(value) if p != pack_id]
             ops: list[Op] = [
@@ -219,7 +222,6 @@ class PackReclaimer:
                     return Settled(delete=False, letter=current)  # another collector did
                 value = current
                 continue  # a sweep counted a frame dead meanwhile: count again
-            self._mark_unreferenced([e.node_id for e in indexed])
             return Settled(delete=not live, letter=encode_letter(rest) if rest else None)
         raise ConflictError(f"pack {pack_id.hex()} kept changing while gc settled it; run gc again")
 
