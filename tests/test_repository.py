@@ -923,18 +923,18 @@ def test_a_failing_save_deletes_the_packs_it_already_shipped(tmp_path: Path) -> 
         state = {f"a{i}": rng.randbytes(700_000) for i in range(6)}  # several packs first
         state["z_bad"] = {"tags": {1, 2}}
         shipped: list[int] = []
-        original = statebag.commit.Prepare.abandon
+        original = statebag.prepare.Prepare.abandon
 
-        def spy(self: statebag.commit.Prepare) -> None:
+        def spy(self: statebag.prepare.Prepare) -> None:
             shipped.append(len(self.pack_ids))
             original(self)
 
-        statebag.commit.Prepare.abandon = spy  # type: ignore[method-assign]
+        statebag.prepare.Prepare.abandon = spy  # type: ignore[method-assign]
         try:
             with pytest.raises(InvalidInputError) as info:
                 repo.save("c", state)
         finally:
-            statebag.commit.Prepare.abandon = original  # type: ignore[method-assign]
+            statebag.prepare.Prepare.abandon = original  # type: ignore[method-assign]
         assert shipped and shipped[0] >= 1  # packs had shipped before the bad field
         assert info.value.path == "z_bad.tags"
         assert sorted(internals.objects(repo).list("")) == before

@@ -16,7 +16,6 @@ import msgspec
 
 from . import codec
 from .caches import Recent
-from .commit import new_txn_id
 from .errors import (
     BackendError,
     IntegrityError,
@@ -46,6 +45,7 @@ from .keys import (
 )
 from .manifests import Manifest, decode_manifest
 from .meta import Add, Check, ConditionFailed, MetaStore, Op, Put
+from .prepare import new_txn_id
 from .results import ManifestInfo
 from .validation import check_chain
 from .versions import VersionDeleter

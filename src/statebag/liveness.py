@@ -30,7 +30,7 @@ class Liveness:
     """No knowledge: gc relies on leases alone."""
 
     # Whether gc can tell a running writer from a gone one; where it cannot, a running save
-    # renews its lease (see statebag.commit.Prepare) so that gc rolls back only dead ones.
+    # renews its lease (see statebag.prepare.Prepare) so that gc rolls back only dead ones.
     knows_writers: bool = False
 
     def acquire(self, txn: str, /) -> None:

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlparse
 
-from .commit import DEFAULT_LEASE
 from .config import check_config, load_or_create_config
 from .durations import as_seconds
 from .errors import ConfigError, InvalidInputError, NotFoundError
@@ -44,6 +43,7 @@ from .objects import ObjectStore
 from .objects.local import TEMP_DIR, LocalObjectStore
 from .objects.memory import MemoryObjectStore
 from .packs import PACKS_PREFIX, pack_id_of
+from .prepare import DEFAULT_LEASE
 from .validation import check_handle_options
 
 if TYPE_CHECKING:

@@ -33,7 +33,6 @@ from . import codec, dag, merging
 from .bag import StateBag, loaded_bag
 from .branches import Branches
 from .catalog import Catalog
-from .commit import DEFAULT_LEASE
 from .config import FORMAT_VERSION, Config
 from .dag import Entry, NodeLimits
 from .durations import as_seconds
@@ -49,6 +48,7 @@ from .objects import ObjectStore
 from .objects.counting import CountingObjectStore, IOCounters
 from .objects.discarding import DiscardingObjectStore
 from .opening import open
+from .prepare import DEFAULT_LEASE
 from .reader import LazyState, NodeReader
 from .records import Records, check_records
 from .results import (

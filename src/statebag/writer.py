@@ -32,7 +32,7 @@ from .bag import StateBag
 from .caches import Recent
 from .catalog import Catalog
 from .chunking import Chunker, recut
-from .commit import Prepare, Transaction, commit, new_txn_id
+from .commit import Transaction, commit
 from .config import FORMAT_VERSION, Config
 from .dag import Entry, InlineField, NewNode, TreeField
 from .errors import ConflictError, IntegrityError, InvalidInputError, NotFoundError, StatebagError
@@ -43,6 +43,7 @@ from .manifests import MANIFEST_ENCODER, Manifest
 from .meta import Check, MetaStore, Op, Put
 from .objects import ObjectStore
 from .packs import PackWriter, pack_key
+from .prepare import Prepare, new_txn_id
 from .reader import FieldsTable, NodeReader
 from .results import CommitResult
 from .validation import field_path

@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass
 
 from .._crash import crash_point
-from ..commit import Prepare, new_txn_id
 from ..errors import ConflictError, IntegrityError, NotFoundError
 from ..keys import (
     DEAD,
@@ -68,6 +67,7 @@ from ..meta import (
 )
 from ..objects import ObjectStore
 from ..packs import PackEntry, PackWriter, pack_key, parse_footer
+from ..prepare import Prepare, new_txn_id
 from .batches import HeadFailed, write_items
 from .tally import Tally
 
