@@ -13,7 +13,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -23,6 +23,7 @@ from statebag._typing import Buffer
 from statebag.liveness import Liveness
 from statebag.meta import ConditionFailed, MetaStore, Op, Put
 from statebag.meta.memory import MemoryMetaStore
+from statebag.meta.wrapping import WrappedMetaStore
 from statebag.objects.memory import MemoryObjectStore
 from statebag.testing import run_threads
 
@@ -32,12 +33,11 @@ from .repohelp import recount, stored_counts
 Predicate = Callable[[Sequence[Op]], bool]
 
 
-class Scripted(MetaStore):
+class Scripted(WrappedMetaStore):
     """Passes everything through but the writes a test scripted to fail."""
 
     def __init__(self, inner: MetaStore) -> None:
-        self.inner = inner
-        self.max_batch = inner.max_batch
+        super().__init__(inner)
         self._rules: list[tuple[Predicate, str]] = []
         self.deferred: list[list[Op]] = []
         self.writes = 0
@@ -70,35 +70,15 @@ class Scripted(MetaStore):
                     del self._rules[index]
                     break
         if how is None:
-            self.inner.write(ops, durable=durable)
+            super().write(ops, durable=durable)
         elif how == "lost":
-            self.inner.write(ops, durable=durable)
+            super().write(ops, durable=durable)
             raise statebag.OutcomeUnknown("the answer was lost")
         elif how == "unknown":
             raise statebag.OutcomeUnknown("timed out")
         else:
             self.deferred.append(list(ops))
             raise statebag.OutcomeUnknown("still landing")
-
-    def get(self, key: str, /) -> bytes | None:
-        return self.inner.get(key)
-
-    def get_many(self, keys: Iterable[str], /) -> dict[str, bytes]:
-        return self.inner.get_many(keys)
-
-    def scan(
-        self, prefix: str, /, *, start_after: str | None = None, limit: int | None = None
-    ) -> Iterator[tuple[str, bytes]]:
-        return self.inner.scan(prefix, start_after=start_after, limit=limit)
-
-    def counter(self, key: str, /) -> int:
-        return self.inner.counter(key)
-
-    def counters(self, prefix: str, /) -> Iterator[tuple[str, int]]:
-        return self.inner.counters(prefix)
-
-    def add(self, key: str, delta: int, /) -> int:
-        return self.inner.add(key, delta)
 
 
 def _commits(ops: Sequence[Op]) -> bool:

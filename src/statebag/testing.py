@@ -72,6 +72,7 @@ from .meta.base import (
     Put,
     plan_batch,
 )
+from .meta.wrapping import WrappedMetaStore
 from .objects.base import ObjectStore
 
 __all__ = [
@@ -129,7 +130,7 @@ META_FAULTS = (
 """Every kind of fault :class:`FaultyMetaStore` injects; see its docstring."""
 
 
-class FaultyMetaStore(MetaStore):
+class FaultyMetaStore(WrappedMetaStore):
     """A metadata store that fails the way a remote one does, reproducibly (``seed``).
 
     Each ``write`` (so also ``put``, ``put_if_absent``, ``put_if_value`` and ``delete``,
@@ -173,7 +174,7 @@ class FaultyMetaStore(MetaStore):
         for name, value in (("rate", rate), ("land_rate", land_rate)):
             if not 0.0 <= value <= 1.0:
                 raise InvalidInputError(f"{name} must be in [0, 1], not {value!r}", path=name)
-        self._inner = inner
+        super().__init__(inner)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.rate = rate
@@ -182,14 +183,6 @@ class FaultyMetaStore(MetaStore):
         self._add_faults = "add_applied_then_raises" in faults
         self._deferred: list[tuple[list[Op], bool]] = []
         self._injected: dict[str, int] = dict.fromkeys((*META_FAULTS, "landed", "dropped"), 0)
-
-    @property
-    def inner(self) -> MetaStore:
-        return self._inner
-
-    @property
-    def max_batch(self) -> int | None:  # type: ignore[override]
-        return self._inner.max_batch
 
     def faults_off(self) -> None:
         """Inject no more faults; deferred batches still land (see :meth:`land_deferred`)."""
@@ -281,26 +274,6 @@ class FaultyMetaStore(MetaStore):
                 self._injected[fault] += 1
             raise OutcomeUnknown(f"injected {fault}: the answer of an add to {key!r} was lost")
         return value
-
-    def get(self, key: str, /) -> bytes | None:
-        return self._inner.get(key)
-
-    def get_many(self, keys: Iterable[str], /) -> dict[str, bytes]:
-        return self._inner.get_many(keys)
-
-    def scan(
-        self, prefix: str, /, *, start_after: str | None = None, limit: int | None = None
-    ) -> Iterator[tuple[str, bytes]]:
-        return self._inner.scan(prefix, start_after=start_after, limit=limit)
-
-    def counter(self, key: str, /) -> int:
-        return self._inner.counter(key)
-
-    def counters(self, prefix: str, /) -> Iterator[tuple[str, int]]:
-        return self._inner.counters(prefix)
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import msgspec
 
 from .. import metering
 from .base import Add, Delete, DropCounter, MetaStore, Op, Put
+from .wrapping import WrappedMetaStore
 
 __all__ = ["PAGE_ITEMS", "CountingMetaStore", "MetaCounters"]
 
@@ -56,7 +57,7 @@ def _written(op: Op) -> str | None:
     return None  # a Check or CheckCounter, or not an operation (the store refuses it)
 
 
-class CountingMetaStore(MetaStore):
+class CountingMetaStore(WrappedMetaStore):
     """Passes every call to ``inner`` and counts it; ``record_keys`` keeps the keys written
     (off by default: a long-lived wrapper would otherwise grow without bound); ``meter``
     also adds each request to the open :mod:`statebag.metering` tallies (the repository's
@@ -65,20 +66,12 @@ class CountingMetaStore(MetaStore):
     def __init__(
         self, inner: MetaStore, /, *, record_keys: bool = False, meter: bool = False
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._meter = meter
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(MetaCounters.__struct_fields__, 0)
         self._record = record_keys
         self._keys: set[str] = set()
-
-    @property
-    def inner(self) -> MetaStore:
-        return self._inner
-
-    @property
-    def max_batch(self) -> int | None:  # type: ignore[override]
-        return self._inner.max_batch
 
     def snapshot(self) -> MetaCounters:
         with self._lock:
@@ -138,10 +131,7 @@ class CountingMetaStore(MetaStore):
             self._counts["ops_written"] += len(batch)
             if self._record:
                 self._keys.update(key for op in batch if (key := _written(op)) is not None)
-        if durable:
-            self._inner.write(ops)  # as the caller wrote it: the default of every store
-        else:
-            self._inner.write(ops, durable=False)
+        super().write(ops, durable=durable)
 
     def add(self, key: str, delta: int, /) -> int:
         if self._meter:
@@ -152,6 +142,3 @@ class CountingMetaStore(MetaStore):
             if self._record:
                 self._keys.add(key)
         return self._inner.add(key, delta)
-
-    def close(self) -> None:
-        self._inner.close()
