@@ -28,8 +28,13 @@ REQUEST_KINDS = (
     "object_lists",
     "meta_reads",
     "meta_writes",
+    "meta_items",
 )
-"""The kinds of request a tally counts (the keys of ``CommitResult.requests``)."""
+"""The kinds of request a tally counts (the keys of ``CommitResult.requests``).
+
+``meta_items`` is not a request but what the metadata writes carried: every operation of
+every write (puts, deletes, counter changes and conditions alike), as a transactional store
+such as DynamoDB counts the items of a transaction."""
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")

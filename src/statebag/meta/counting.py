@@ -126,6 +126,7 @@ class CountingMetaStore(WrappedMetaStore):
         batch = ops if isinstance(ops, (list, tuple)) else ()
         if self._meter:
             metering.note("meta_writes")
+            metering.note("meta_items", len(batch))
         with self._lock:
             self._counts["writes"] += 1
             self._counts["ops_written"] += len(batch)
@@ -136,6 +137,7 @@ class CountingMetaStore(WrappedMetaStore):
     def add(self, key: str, delta: int, /) -> int:
         if self._meter:
             metering.note("meta_writes")
+            metering.note("meta_items")
         with self._lock:
             self._counts["writes"] += 1
             self._counts["ops_written"] += 1
