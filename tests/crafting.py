@@ -76,7 +76,7 @@ def craft_version(
     """A new head of ``chain`` (on its current head) whose fields table is ``entries``,
     taken as given; its manifest says ``size`` logical bytes (default: what the entries
     say). The repository's counters are not touched."""
-    root, nodes = dag.build_fields(sorted(entries.items()))
+    root, nodes = dag.build_fields(sorted(entries.items()), grouping=dag.GROUPINGS[1])
     store_nodes(repo, [bytes(node.data) for node in nodes], interior=True)
     head = decode_head(internals.meta(repo).get(head_key(chain)) or b"")
     claimed = sum(dag.entry_size(entry) for entry in entries.values())

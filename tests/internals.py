@@ -72,3 +72,9 @@ def drop_caches(repo: Repository) -> None:
     repo._catalog.clear_cache()
     repo._reader.clear_caches()
     repo._writer.clear_cuts()
+
+
+def count_key(repo: Repository, node_id: bytes | str) -> str:
+    """The counter that holds a node's reference count in this repository."""
+    raw = bytes.fromhex(node_id) if isinstance(node_id, str) else node_id
+    return repo.config.count_keys.key(raw)

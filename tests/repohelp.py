@@ -142,8 +142,8 @@ def recount(repo: Repository) -> tuple[Counter[bytes], set[bytes]]:
 def stored_counts(repo: Repository) -> Counter[bytes]:
     return Counter(
         {
-            bytes.fromhex(key[len("ref/") :]): value
-            for key, value in internals.meta(repo).counters("ref/")
+            bytes.fromhex(key[len(repo.config.count_keys.prefix) :]): value
+            for key, value in internals.meta(repo).counters(repo.config.count_keys.prefix)
             if value
         }
     )

@@ -261,7 +261,7 @@ def test_audit_finds_a_lowered_count_and_exits_non_zero(run: Run, tmp_path: Path
     ids = make_repo(path, {"a": 2})
     with statebag.open(path) as repo:
         root = root_of(repo, ids["a"][-1])
-        internals.meta(repo).add(f"ref/{root}", -1)
+        internals.meta(repo).add(internals.count_key(repo, root), -1)
 
     report = run.json("-r", str(path), "audit", "--json", code=errors.IntegrityError.exit_code)
     assert report["ok"] is False and report["under_counted"] == [root]

@@ -15,6 +15,8 @@ from statebag.hashing import hash_bytes
 
 from .datagen import json_like_bytes, random_bytes
 
+FORMAT2 = dag.GROUPINGS[2]
+
 
 def _store(nodes: Sequence[dag.NewNode]) -> dict[bytes, bytes]:
     store: dict[bytes, bytes] = {}
@@ -57,11 +59,15 @@ def test_head_length_refuses_scalars() -> None:
         dag.head_length(codec.encode(12345))
 
 
-def _split(value: object) -> tuple[dag.TreeField, list[dag.NewNode]]:
+def _split(
+    value: object, *, grouping: dag.Groupings = FORMAT2
+) -> tuple[dag.TreeField, list[dag.NewNode]]:
     encoded = codec.encode(value)
     head = dag.head_length(encoded)
     offsets, digests = statebag.Chunker().cut_and_hash(memoryview(encoded)[head:])
-    return dag.split_value(encoded[:head], memoryview(encoded)[head:], offsets, digests)
+    return dag.split_value(
+        encoded[:head], memoryview(encoded)[head:], offsets, digests, grouping=grouping
+    )
 
 
 @settings(max_examples=30, deadline=None)
@@ -75,12 +81,10 @@ def test_value_trees_round_trip(size: int, seed: int) -> None:
     assert dag.entry_size(entry) == len(codec.encode(value))
 
 
-def test_index_splits_into_levels_when_wide(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dag, "INDEX_MIN", 4)
-    monkeypatch.setattr(dag, "INDEX_MASK", 3)
-    monkeypatch.setattr(dag, "INDEX_MAX", 8)
+def test_index_splits_into_levels_when_wide() -> None:
+    narrow = FORMAT2._replace(index_nodes=dag.Grouping(2, 0, 0, 8))
     value = json_like_bytes(3_000_000, seed=4)
-    entry, nodes = _split(value)
+    entry, nodes = _split(value, grouping=narrow)
     assert entry.level >= 3
     store = _store(nodes)
     leaves = dag.leaves_of(entry, _fetcher(store))
@@ -132,7 +136,7 @@ def _entries(count: int, seed: int) -> list[tuple[str, dag.Entry]]:
 @given(count=st.integers(0, 3000), seed=st.integers(0, 10**6))
 def test_fields_tree_round_trip(count: int, seed: int) -> None:
     entries = _entries(count, seed)
-    root, nodes = dag.build_fields(entries)
+    root, nodes = dag.build_fields(entries, grouping=FORMAT2)
     store = _store(nodes)
     fetch = _fetcher(store)
     assert list(dag.iter_fields(root, fetch)) == entries
@@ -144,7 +148,7 @@ def test_fields_tree_round_trip(count: int, seed: int) -> None:
 
 def test_fields_tree_references_are_exact() -> None:
     entries = _entries(2000, 1)
-    root, nodes = dag.build_fields(entries)
+    root, nodes = dag.build_fields(entries, grouping=FORMAT2)
     assert nodes[-1].node_id == root
     store = _store(nodes)
     referenced = [
@@ -160,19 +164,21 @@ def test_fields_tree_references_are_exact() -> None:
 
 def test_one_value_change_rewrites_one_path() -> None:
     entries = _entries(10_000, 2)
-    root, nodes = dag.build_fields(entries)
+    root, nodes = dag.build_fields(entries, grouping=FORMAT2)
     changed = list(entries)
     name, _ = changed[4321]
     changed[4321] = (name, dag.InlineField(codec.encode("changed")))
-    root2, nodes2 = dag.build_fields(changed)
+    root2, nodes2 = dag.build_fields(changed, grouping=FORMAT2)
     before = {node.node_id for node in nodes}
     fresh = [node for node in nodes2 if node.node_id not in before]
     assert root2 != root
-    assert 2 <= len(fresh) <= 3  # the leaf and the path to the root
+    # The leaf and the path to the root: one node per level.
+    levels = dag.parse_fields_node(_store(nodes)[root], node_id="root")[0] + 1
+    assert levels >= 3 and len(fresh) == levels
 
 
 def test_empty_fields_table_is_one_node() -> None:
-    root, nodes = dag.build_fields([])
+    root, nodes = dag.build_fields([], grouping=FORMAT2)
     assert len(nodes) == 1 and nodes[0].node_id == root
     assert list(dag.iter_fields(root, _fetcher(_store(nodes)))) == []
 
@@ -196,8 +202,18 @@ def test_fields_node_parsing_refuses_garbage() -> None:
 
 # Frozen for format version 1: a change to encoding, splitting or hashing changes these, and
 # would silently break deduplication against existing repositories.
-GOLDEN_STATE_ROOT = "07a8c8cf36bada64f5051ea9b8e6a03e489d49b9841e70548c3da3d98b434634"
-GOLDEN_TREE_ROOT = "aad0c1bcc6ca84610b3490881debe77f3e9ecf50802b718088349569db8aa194"
+# Per format: (root of the golden state's fields tree, root of its attachment's tree). They
+# never change for a format once a repository of it exists.
+GOLDEN_ROOTS = {
+    1: (
+        "07a8c8cf36bada64f5051ea9b8e6a03e489d49b9841e70548c3da3d98b434634",
+        "aad0c1bcc6ca84610b3490881debe77f3e9ecf50802b718088349569db8aa194",
+    ),
+    2: (
+        "c3f97e4e560daec6460c0ac42b324686f43cd79a6b265ac62b15037e1bae231b",
+        "d11f25a68cd0d2930e97cdc45fa7805b24ca60a8a1401e2cf99a5022ec3c91ef",
+    ),
+}
 
 
 def golden_state() -> dict[str, object]:
@@ -212,7 +228,9 @@ def golden_state() -> dict[str, object]:
     }
 
 
-def test_golden_ids_are_frozen() -> None:
+@pytest.mark.parametrize("fmt", sorted(GOLDEN_ROOTS))
+def test_golden_ids_are_frozen(fmt: int) -> None:
+    grouping = dag.GROUPINGS[fmt]
     state = golden_state()
     entries: list[tuple[str, dag.Entry]] = []
     for name in sorted(state):
@@ -220,7 +238,96 @@ def test_golden_ids_are_frozen() -> None:
         if len(encoded) < 512:
             entries.append((name, dag.InlineField(encoded)))
         else:
-            entries.append((name, _split(state[name])[0]))
+            entries.append((name, _split(state[name], grouping=grouping)[0]))
     tree = dict(entries)["attachment"]
-    root, _ = dag.build_fields(entries)
-    assert (root.hex(), tree.root.hex()) == (GOLDEN_STATE_ROOT, GOLDEN_TREE_ROOT)
+    root, _ = dag.build_fields(entries, grouping=grouping)
+    assert (root.hex(), tree.root.hex()) == GOLDEN_ROOTS[fmt]
+
+
+# -- format 2 grouping ------------------------------------------------------------------------
+
+
+def _boundaries(keys: list[int], grouping: dag.Grouping) -> list[int]:
+    return [end for _, end in grouping.groups(keys)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    keys=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=600),
+    data=st.data(),
+)
+def test_format2_groups_move_only_near_an_edit(keys: list[int], data: st.DataObject) -> None:
+    """A local maximum depends on the keys within its window only: replacing, inserting or
+    deleting one key moves no group end farther than the window from it (unless a forced
+    end at ``most`` intervenes, which random keys practically never reach)."""
+    grouping = FORMAT2.index_nodes
+    window = grouping.window
+    at = data.draw(st.integers(0, len(keys) - 1))
+    kind = data.draw(st.sampled_from(["replace", "insert", "delete"]))
+    edited = list(keys)
+    if kind == "replace":
+        edited[at] = data.draw(st.integers(0, 2**32 - 1))
+        shift = 0
+    elif kind == "insert":
+        edited.insert(at, data.draw(st.integers(0, 2**32 - 1)))
+        shift = 1
+    else:
+        del edited[at]
+        shift = -1
+    before = _boundaries(keys, grouping)
+    after = _boundaries(edited, grouping)
+    assert before[-1] == len(keys) and after[-1] == len(edited)
+    sizes = [end - start for start, end in zip([0, *before[:-1]], before, strict=True)]
+    if max(sizes) >= grouping.most:
+        return  # a forced end: position-defined, so it may move with the edit
+    # Compare the group ends far from the edit, in the coordinates of the original list.
+    far_before = {end for end in before if end <= at - window - 1 or end >= at + window + 2}
+    far_after = {end - shift if end > at else end for end in after}
+    far_after = {end for end in far_after if end <= at - window - 1 or end >= at + window + 2}
+    assert far_before - {len(keys)} == far_after - {len(keys)}
+    # Every group but the last holds more than the window, so each level narrows.
+    assert all(size > window for size in sizes[:-1])
+
+
+@settings(max_examples=40, deadline=None)
+@given(size=st.integers(1, 2_000_000), seed=st.integers(0, 1000))
+def test_format2_trees_round_trip_and_stay_narrow(size: int, seed: int) -> None:
+    value = random_bytes(size, seed)
+    entry, nodes = _split(value)
+    store = _store(nodes)
+    leaves = dag.leaves_of(entry, _fetcher(store))
+    assert dag.decode_value(entry.head, [store[node_id] for node_id, _ in leaves]) == value
+    for node in nodes:
+        if node.children:
+            assert len(node.children) <= FORMAT2.index_nodes.most
+
+
+@settings(max_examples=40, deadline=None)
+@given(count=st.integers(1, 3000), seed=st.integers(0, 10**6), data=st.data())
+def test_format2_fields_edit_rewrites_its_path_only(
+    count: int, seed: int, data: st.DataObject
+) -> None:
+    """Changing one field's value rewrites the nodes on its path and nothing else; adding
+    or removing a field rewrites at most the groups within a window of it on each level."""
+    entries = _entries(count, seed)
+    root, nodes = dag.build_fields(entries, grouping=FORMAT2)
+    before = {node.node_id for node in nodes}
+    levels = dag.parse_fields_node(_store(nodes)[root], node_id="root")[0] + 1
+    at = data.draw(st.integers(0, count - 1))
+    changed = list(entries)
+    changed[at] = (changed[at][0], dag.InlineField(codec.encode(f"changed {seed}")))
+    _, nodes2 = dag.build_fields(changed, grouping=FORMAT2)
+    fresh = [node for node in nodes2 if node.node_id not in before]
+    assert len(fresh) == levels
+    removed = entries[:at] + entries[at + 1 :]
+    _, nodes3 = dag.build_fields(removed, grouping=FORMAT2)
+    fresh = [node for node in nodes3 if node.node_id not in before]
+    assert len(fresh) <= 3 * levels
+    assert (
+        list(
+            dag.iter_fields(
+                dag.build_fields(removed, grouping=FORMAT2)[0], _fetcher(_store(nodes3))
+            )
+        )
+        == removed
+    )

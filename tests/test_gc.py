@@ -457,7 +457,7 @@ def test_audit_finds_a_lowered_count_and_repair_fixes_it(repo: statebag.Reposito
     first = repo.save("c", state(random.Random(11), 2))
     root = internals.manifest(repo, first.manifest_id).root.hex()
     clean(repo.audit())
-    internals.meta(repo).add(f"ref/{root}", -1)
+    internals.meta(repo).add(internals.count_key(repo, root), -1)
     report = repo.audit()
     assert not report.ok and report.under_counted == [root]
     assert repo.audit(repair=True).repaired == 1
@@ -521,7 +521,8 @@ def test_audit_finds_an_over_count_and_repair_frees_it(repo: statebag.Repository
     first = repo.save("c", state(random.Random(13), 2))
     repo.save("c", {"other": 1})
     root = internals.manifest(repo, first.manifest_id).root.hex()
-    internals.meta(repo).add(f"ref/{root}", 1)  # a leak: deleting the version leaves it counted
+    # A leak: deleting the version leaves it counted.
+    internals.meta(repo).add(internals.count_key(repo, root), 1)
     repo.delete(first.manifest_id)
     assert repo.gc(grace=0).nodes_freed == 0
     report = repo.audit()
@@ -630,7 +631,7 @@ def test_delete_racing_a_delete_of_the_same_version_is_not_an_integrity_error(
         real_counter = internals.meta(repo).counter
 
         def counter_after_a_rival_delete(key: str) -> int:
-            if key == f"ref/{root}":
+            if key == internals.count_key(repo, root):
                 monkeypatch.setattr(internals.meta(repo), "counter", real_counter)
                 other.delete(first)  # lands between this delete's reads
             return real_counter(key)
@@ -652,19 +653,19 @@ def test_save_whose_parent_is_collected_under_it_conflicts(
             internals.catalog(repo).clear_cache()
             internals.writer(repo).clear_cuts()
             internals.reader(repo).clear_caches(tables=False)
-        real_leaves = internals.reader(repo).leaves
+        real_tree_nodes = internals.reader(repo).tree_nodes
 
-        def leaves_after_rival(entry: Any) -> Any:
+        def tree_nodes_after_rival(entry: Any) -> Any:
             # The save has read the head (parent); a rival moves it on, deletes the parent
             # and collects it before the save reads the parent's tree.
-            monkeypatch.setattr(internals.reader(repo), "leaves", real_leaves)
+            monkeypatch.setattr(internals.reader(repo), "tree_nodes", real_tree_nodes)
             rival.save("s", {"other": 1})
             rival.delete(parent)
             rival.gc(grace=0)
             internals.reader(repo).clear_caches(tables=False)
-            return real_leaves(entry)
+            return real_tree_nodes(entry)
 
-        monkeypatch.setattr(internals.reader(repo), "leaves", leaves_after_rival)
+        monkeypatch.setattr(internals.reader(repo), "tree_nodes", tree_nodes_after_rival)
         internals.writer(repo).clear_cuts()  # so that the save reads the parent's leaves
         with pytest.raises(ConflictError, match="moved"):
             repo.save("s", {"blob": os.urandom(200_000), "n": 1})

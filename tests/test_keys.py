@@ -20,7 +20,8 @@ ID_FAMILIES = [
     (keys.fork_key, keys.FORK),
     (keys.node_key, keys.NODE),
     (keys.zero_key, keys.ZERO),
-    (keys.ref_key, keys.REF),
+    (keys.COUNTS_WITH_RECORDS.key, keys.NODE),
+    (keys.SEPARATE_COUNTS.key, keys.REF),
     (keys.pack_record_key, keys.PACK),
     (keys.dead_key, keys.DEAD),
 ]

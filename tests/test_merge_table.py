@@ -772,15 +772,16 @@ def test_a_merge_writes_only_fields_table_nodes_for_fields_taken_from_a_side(
     assert result.bytes_new_raw < 1000
     assert result.bytes_logical == sum(len(codec.encode(v)) for v in merged.values())
     # One fields table per version the merge compares (base, target, branch), and the
-    # index node of each tree it carries over (whose length it checks before counting it in
+    # index nodes of each tree it carries over (whose length it checks before counting it in
     # the version's logical bytes); no chunk.
     tables = {internals.manifest(repo, i).root for i in (base_id, *result.parents)}
     carried = internals.reader(repo).fields_table(internals.manifest(repo, result.manifest_id).root)
-    index_roots = {
-        entry.root for entry in carried.entries.values() if getattr(entry, "level", 0) >= 1
-    }
-    assert len(index_roots) == 2
-    assert set(reads) <= tables | index_roots, len(reads)
+    trees = [entry for entry in carried.entries.values() if getattr(entry, "level", 0) >= 1]
+    assert len(trees) == 2
+    index_nodes = {i for tree in trees for i in internals.reader(repo).tree_nodes(tree)[1]}
+    chunks = {i for tree in trees for i, _ in internals.reader(repo).leaves(tree)}
+    assert set(reads) <= tables | index_nodes, len(reads)
+    assert not set(reads) & chunks
     assert recount(repo)[0] == stored_counts(repo)
     assert repo.verify().ok and repo.audit().ok
 

@@ -52,7 +52,8 @@ def test_outcomes_under_faults_are_applied_refused_or_declared_unknown() -> None
 
 def test_counting_counts_each_kind_of_request_and_records_written_keys() -> None:
     store = CountingMetaStore(MemoryMetaStore(), record_keys=True)
-    store.write([Put("a", b"1"), Check("b", None), Add("n", 2)])
+    # The value and the counter of "a" are one item: four operations, three items.
+    store.write([Put("a", b"1"), Check("b", None), Add("n", 2), Add("a", 1)])
     store.put("c", b"2")
     store.add("m", 1)
     with pytest.raises(ConditionFailed):
@@ -61,9 +62,9 @@ def test_counting_counts_each_kind_of_request_and_records_written_keys() -> None
     store.get_many(["a", "b", "c"])
     store.counter("n")
     assert list(store.scan("")) == [("a", b"1"), ("c", b"2")]
-    assert dict(store.counters("")) == {"m": 1, "n": 2}
+    assert dict(store.counters("")) == {"a": 1, "m": 1, "n": 2}
     assert store.snapshot() == MetaCounters(
-        gets=1, get_manys=1, scans=1, counter_reads=2, writes=4, ops_written=6
+        gets=1, get_manys=1, scans=1, counter_reads=2, writes=4, ops_written=7, items_written=6
     )
     assert store.snapshot().reads == 5
     # A condition-only op writes nothing; a refused write was still tried on its key.

@@ -31,6 +31,7 @@ from statebag import (
     InvalidInputError,
     NotFoundError,
     StateBag,
+    dag,
 )
 from statebag.caches import Recent
 from statebag.packs import pack_key
@@ -247,21 +248,25 @@ def test_identical_resave_writes_nothing(any_repo: statebag.Repository) -> None:
 
 
 @pytest.mark.parametrize("hinted", [False, True])
-def test_one_small_field_of_ten_thousand_writes_at_most_three_nodes(
+def test_one_small_field_of_ten_thousand_writes_a_node_a_level(
     repo: statebag.Repository, hinted: bool
 ) -> None:
     state = {f"field_{i:05d}": {"value": i, "label": f"item {i}"} for i in range(10_000)}
     repo.save("wide", state)
     state["field_04321"] = {"value": -1, "label": "changed"}
     result = repo.save("wide", state, changed=["field_04321"] if hinted else None)
-    assert 1 <= result.nodes_written <= 3, result
+    # The fields tree's node on each level, nothing else (four levels here; format 1's wide
+    # nodes had three, at ~100 metadata items more: docs/FORMAT.md, "Formats").
+    root = internals.manifest(repo, result.manifest_id).root
+    levels = dag.parse_fields_node(internals.reader(repo).read([root])[root], node_id="r")[0] + 1
+    assert result.nodes_written == levels <= 6, result
     assert repo.load_latest("wide", fields=["field_04321"]) == {
         "field_04321": {"label": "changed", "value": -1}
     }
 
 
 @pytest.mark.parametrize("hinted", [False, True])
-def test_appending_one_message_writes_at_most_four_nodes(
+def test_appending_one_message_writes_at_most_six_nodes(
     repo: statebag.Repository, hinted: bool
 ) -> None:
     rng = random.Random(5)
@@ -278,7 +283,8 @@ def test_appending_one_message_writes_at_most_four_nodes(
         state["step"] = step
         result = repo.save("thread", state, changed=["messages", "step"] if hinted else None)
         counts.append(result.nodes_written)
-    assert max(counts) <= 4, counts
+    # The last chunk or two, an index node a level (three here) and the fields node.
+    assert max(counts) <= 6, counts
     assert repo.load_latest("thread")["messages"] == messages
 
 

@@ -39,7 +39,7 @@ def repo() -> Iterator[statebag.Repository]:
 
 def base_state() -> dict[str, Any]:
     return {
-        "items": [f"item {i} " + "word " * (i % 7) for i in range(6000)],  # ~150 kB: 3+ chunks
+        "items": [f"item {i} " + "word " * (i % 7) for i in range(3000)],  # ~75 kB: 3-5 chunks
         "blob": os.urandom(4000),  # one chunk (at most min_size)
         "n": 1,
     }
@@ -240,7 +240,7 @@ def _names(count: int, length: int, level: int = 0) -> list[str]:
     while len(names) < count:
         name = f"{index:08d}".ljust(length, "n")
         index += 1
-        if dag.name_hash(name)[level] & dag.FIELDS_FANOUT_MASK:
+        if dag.name_hash(name)[level] & dag.GROUPINGS[1].fields.mask:
             names.append(name)
     return sorted(names)
 
@@ -258,7 +258,8 @@ def test_the_largest_fields_node_a_save_can_write_is_within_the_bound(inline_max
     tree = dag.TreeField(b"\xdd\xff\xff\xff\xff", bytes(32), 2**64 - 1, dag.TREE_LEVEL_MAX)
     sizes = []
     for entry in (dag.InlineField(largest_inline), tree):
-        _, nodes = dag.build_fields([(name, entry) for name in names])
+        # Format 1's grouping: the widest fields nodes any format writes.
+        _, nodes = dag.build_fields([(name, entry) for name in names], grouping=dag.GROUPINGS[1])
         assert len(nodes) == 1  # one level 0 node with every row
         sizes.append(len(nodes[0].data))
     assert max(sizes) <= limits.fields_node

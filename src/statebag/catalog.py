@@ -28,6 +28,7 @@ from .keys import (
     MANIFEST,
     STAT,
     STAT_EPOCH,
+    CountKeys,
     HeadRecord,
     chain_of,
     decode_head,
@@ -68,10 +69,10 @@ class OtherParent(msgspec.Struct, frozen=True):
 class Catalog:
     """Manifests, heads, tombstones and fork counts of one repository; thread-safe."""
 
-    def __init__(self, meta: MetaStore, /) -> None:
+    def __init__(self, meta: MetaStore, /, *, counts: CountKeys) -> None:
         self._meta = meta
         self._manifests: Recent[Manifest] = Recent(_MANIFEST_CACHE)
-        self._versions = VersionDeleter(meta, forget=self.forget)
+        self._versions = VersionDeleter(meta, forget=self.forget, counts=counts)
 
     # -- manifests -------------------------------------------------------------------------
 

@@ -55,6 +55,7 @@ from .keys import (
     STAT,
     STAT_EPOCH,
     STAT_NODES,
+    CountKeys,
     HeadRecord,
     IndexRecord,
     PackRecord,
@@ -68,7 +69,6 @@ from .keys import (
     node_key,
     pack_record_key,
     pending_key,
-    ref_key,
     stat_shard,
 )
 from .meta import ANY, Add, Check, Delete, MetaStore, Op, Put
@@ -95,6 +95,7 @@ class Transaction:
     # not kept once it is on its way, so a large save holds about one pack at a time.
     packs: list[tuple[bytes, int, list[PackEntry]]]
     new_nodes: dict[bytes, NewNode]  # every node stored in the packs
+    counts: CountKeys  # where the repository keeps reference counts
     lease: float = DEFAULT_LEASE
     # Nodes of this version found already indexed, with the index record as read: the
     # commit lands only if each is still indexed there (else gc swept or moved it meanwhile,
@@ -128,7 +129,7 @@ def _reference_groups(tx: Transaction, records: dict[bytes, IndexRecord]) -> lis
         if node.children:
             record = record._replace(flags=FLAG_INTERIOR)
         group: list[Op] = [Put(node_key(node_id), record.encode(), expect=None)]
-        group.extend(Add(ref_key(child), 1) for child in node.children)
+        group.extend(Add(tx.counts.key(child), 1) for child in node.children)
         groups.append(group)
     return groups
 
@@ -221,7 +222,7 @@ def _commit_write(tx: Transaction, pending: bytes | None) -> _CommitWrite:
         head=Put(head_key(tx.chain), encode_record(tx.new_head), expect=tx.expected_head),
         finish=Delete(pending_key(tx.txn), expect=pending if pending is not None else ANY),
         guards=list(tx.guards),
-        root=Add(ref_key(tx.root), 1),
+        root=Add(tx.counts.key(tx.root), 1),
         totals=[Add(stat_shard(STAT_EPOCH, tx.chain), 1), *tx.extra],
         stats=stats,
         packs=packs,

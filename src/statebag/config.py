@@ -10,13 +10,15 @@ import msgspec
 from . import codec
 from .chunking import Chunker
 from .errors import ConfigError, IntegrityError, InvalidInputError, NotFoundError
-from .keys import CONFIG
+from .keys import CONFIG, COUNTS_WITH_RECORDS, SEPARATE_COUNTS, CountKeys
 from .manifests import MANIFEST_ENCODER
-from .meta import MetaStore
+from .meta import ConditionFailed, MetaStore, Put
 
-__all__ = ["FORMAT_VERSION", "Config", "check_config", "load_or_create_config"]
+__all__ = ["FORMAT_VERSION", "Config", "check_config", "load_or_create_config", "upgrade_config"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The format new repositories are created with; every format from 1 up to it is read and
+written (a repository keeps its own: see :meth:`statebag.Repository.upgrade`)."""
 MIB = 1 << 20
 
 
@@ -33,6 +35,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     inline_max: int = 512
     fsync: bool = True
     grace: int = 3600
+    # Whether each node's count is the counter under its index record's key (node/<id>):
+    # true for repositories created at format 2 or later, absent (false) before.
+    counts_with_records: bool = False
+
+    @property
+    def count_keys(self) -> CountKeys:
+        return COUNTS_WITH_RECORDS if self.counts_with_records else SEPARATE_COUNTS
 
 
 _DECODER = msgspec.msgpack.Decoder(Config)
@@ -77,7 +86,13 @@ def check_config(given: dict[str, Any]) -> Config:
             raise InvalidInputError(
                 f"option {name} must be {expected.__name__}, not {value!r}", path=name
             )
-    config = Config(**given)
+    version = given.get("format", FORMAT_VERSION)
+    if not 1 <= version <= FORMAT_VERSION:
+        raise InvalidInputError(
+            f"format must be from 1 to {FORMAT_VERSION}, not {version}", path="format"
+        )
+    # A repository made at format 2 or later counts references under its nodes' own keys.
+    config = Config(**given, counts_with_records=version >= 2)
     try:
         Chunker(config.min_size, config.avg_size, config.max_size, config.seed)
     except ValueError as exc:
@@ -95,3 +110,25 @@ def check_config(given: dict[str, Any]) -> Config:
     if config.grace < 0:
         raise InvalidInputError(f"grace must be seconds >= 0, not {config.grace}", path="grace")
     return config
+
+
+def upgrade_config(meta: MetaStore, config: Config, /, *, where: str) -> Config:
+    """Record the newest format in the repository's configuration (a no-op when it has it).
+
+    Only ``format`` changes: the chunker, the pack size and everything else stay, so every
+    node already stored is still what a save of the same value would reuse. The write is
+    conditional on the configuration as read, so of two upgrades one writes and the other
+    finds the result.
+    """
+    stored = meta.get(CONFIG)
+    if stored is None:
+        raise NotFoundError(f"no repository at {where}: its configuration is gone")
+    current = _DECODER.decode(stored)
+    if current.format >= FORMAT_VERSION:
+        return current
+    upgraded = msgspec.structs.replace(current, format=FORMAT_VERSION)
+    try:
+        meta.write([Put(CONFIG, MANIFEST_ENCODER.encode(upgraded), expect=stored)])
+    except ConditionFailed:
+        return _DECODER.decode(meta.get(CONFIG) or b"")
+    return upgraded

@@ -22,7 +22,7 @@ costs more than the whole rest of a save for lists of small records.)
 The **fields table** maps every field name to its entry, sorted by name. It is stored as a
 tree of *fields nodes*: a level 0 node lists entries; a level k node lists (first name,
 child id, field count) of nodes of level k - 1. A group ends after a name whose BLAKE3 has a
-chosen byte with its low 6 bits zero (so about 64 per node), which depends only on the name:
+chosen byte with its low bits zero (:class:`Grouping`), which depends only on the name:
 changing a field's value never moves a boundary, and changing one field of 10,000 rewrites
 one leaf and the path above it.
 
@@ -44,12 +44,14 @@ from .errors import IntegrityError, InvalidInputError
 from .hashing import DIGEST_SIZE, hash_bytes
 
 __all__ = [
-    "FIELDS_FANOUT_MASK",
+    "FIELDS_MAX",
     "FIELDS_NAMES_MAX",
+    "GROUPINGS",
     "INDEX_MAX",
-    "INDEX_MIN",
     "TREE_LEVEL_MAX",
     "Entry",
+    "Grouping",
+    "Groupings",
     "InlineField",
     "NewNode",
     "NodeLimits",
@@ -70,17 +72,64 @@ __all__ = [
 INDEX_TAG = 0x69  # "i"
 _INDEX_ENTRY = struct.Struct("<32sQ")
 INDEX_ENTRY_SIZE = _INDEX_ENTRY.size  # 40
-# An index node holds at least INDEX_MIN children before a content-defined boundary may end
-# it, so a value of up to INDEX_MIN chunks (16 MiB at the default average) has a single index
-# node, and an append to it writes at most: the changed chunks, that node, and the fields leaf.
-INDEX_MIN = 1024
-INDEX_MASK = (1 << 10) - 1
-INDEX_MAX = 4096
+INDEX_MAX = 4096  # the most children an index node of any format has (a reader's bound)
 
 # --- fields nodes ------------------------------------------------------------------------------
 
-FIELDS_FANOUT_MASK = 0x3F  # about 64 names per fields node
-FIELDS_MAX = 1024
+FIELDS_MAX = 1024  # the most rows a fields node of any format has (a reader's bound)
+
+
+class Grouping(NamedTuple):
+    """How one format groups the children of a level into nodes, by content.
+
+    Every child has a 32-bit *key*: an index node's child ``le32(child_id[28:32])``, a fields
+    row the name hash's bytes for its level (:func:`_fields_keys`). Format 1 (``window`` 0)
+    ends a group after a key with ``key & mask == 0`` once the group holds ``least`` children.
+    Format 2 (``window`` k > 0) ends a group after the child whose key is the largest of the
+    keys within k positions on either side (ties go to the leftmost), from the (k+1)-th child
+    of the list on. Either way a group also ends when it reaches ``most`` children, and the
+    last ends with the list. docs/FORMAT.md gives the numbers and why.
+    """
+
+    window: int
+    least: int
+    mask: int
+    most: int
+
+    def groups(self, keys: list[int], /) -> Iterator[tuple[int, int]]:
+        """The ``(start, end)`` slices of the groups of ``keys``, in order."""
+        if self.window:
+            return _local_max_groups(keys, self.window, self.most)
+        return _threshold_groups(keys, self.least, self.mask, self.most)
+
+
+class Groupings(NamedTuple):
+    """The groupings of one format: index nodes, and each level of the fields tree (level 0
+    may hold groups of one row; higher levels need two, so the tree always narrows)."""
+
+    index_nodes: Grouping
+    fields: Grouping
+    fields_upper: Grouping
+
+
+GROUPINGS: dict[int, Groupings] = {
+    # Format 1: wide nodes (1,024-4,096 children, ~64 rows). Every rewritten node takes a
+    # reference on each child, so a 1 KiB edit in 64 MiB wrote ~2,900 metadata items.
+    1: Groupings(
+        index_nodes=Grouping(0, 1024, 0x3FF, 4096),
+        fields=Grouping(0, 1, 0x3F, 1024),
+        fields_upper=Grouping(0, 2, 0x3F, 1024),
+    ),
+    # Format 2: narrow nodes (about 9 children, 13 rows), so a change writes
+    # O(depth x fan-out) items; local maxima, so an edit moves no boundary far from itself.
+    2: Groupings(
+        index_nodes=Grouping(4, 0, 0, 48),
+        fields=Grouping(6, 0, 0, 64),
+        fields_upper=Grouping(6, 0, 0, 64),
+    ),
+}
+
+
 KIND_INLINE = 0
 KIND_TREE = 1
 # The UTF-8 bytes of the names one fields node lists (field names in a level 0 node, first
@@ -90,12 +139,48 @@ FIELDS_NAMES_MAX = 4 * 1024 * 1024
 # A fields node is [level, rows], each row an array of scalars and bins: three levels.
 _FIELDS_NESTING = 3
 
+
+def _threshold_groups(
+    keys: list[int], least: int, mask: int, most: int
+) -> Iterator[tuple[int, int]]:
+    start = 0
+    count = len(keys)
+    for position in range(count):
+        size = position + 1 - start
+        if size >= most or (size >= least and keys[position] & mask == 0):
+            yield start, position + 1
+            start = position + 1
+    if start < count or count == 0:
+        yield start, count
+
+
+def _local_max_groups(keys: list[int], window: int, most: int) -> Iterator[tuple[int, int]]:
+    # A local maximum depends on the keys within the window only, never on where the group
+    # began: an edit changes the groups within a window of it, and nothing cascades. Two
+    # local maxima are more than ``window`` apart, so groups but the last (and one a forced
+    # end at ``most`` leaves behind) hold more than ``window`` children.
+    start = 0
+    count = len(keys)
+    for position in range(count):
+        size = position + 1 - start
+        key = keys[position]
+        if size >= most or (
+            position >= window
+            and key > max(keys[position - window : position])
+            and key >= max(keys[position + 1 : position + 1 + window], default=0)
+        ):
+            yield start, position + 1
+            start = position + 1
+    if start < count or count == 0:
+        yield start, count
+
+
 # --- trees -------------------------------------------------------------------------------------
 
-# Index levels a value's tree can have: every index node but the last of a level has at least
-# INDEX_MIN children, so a tree of level 8 would list more than 1024**7 chunks (more than
-# 2**70 bytes).
-TREE_LEVEL_MAX = 8
+# Index levels a value's tree can have: every index node but the last of a level has more
+# than the window's children (4 in format 2), so a tree of level 24 would list more than
+# 5**23 chunks (more than 2**53: no value is that long).
+TREE_LEVEL_MAX = 24
 
 _ENCODER = msgspec.msgpack.Encoder(order="deterministic")
 _DECODER = msgspec.msgpack.Decoder()
@@ -213,6 +298,7 @@ def split_value(
     digests: Sequence[bytes],
     /,
     *,
+    grouping: Groupings,
     unless: Entry | None = None,
 ) -> tuple[TreeField, list[NewNode]]:
     """The tree of a value whose encoding is ``head`` (:func:`head_length` bytes) then
@@ -228,7 +314,7 @@ def split_value(
         raise AssertionError("chunk offsets must cover the body")
     starts = [0, *offsets[:-1]]
     lengths = [end - start for start, end in zip(starts, offsets, strict=True)]
-    root, level, index_nodes = build_index(list(digests), lengths)
+    root, level, index_nodes = build_index(list(digests), lengths, grouping=grouping)
     entry = TreeField(head, root, view.nbytes, level)
     if entry == unless:
         return entry, []
@@ -240,7 +326,9 @@ def split_value(
     return entry, nodes
 
 
-def build_index(ids: list[bytes], lengths: list[int], /) -> tuple[bytes, int, list[NewNode]]:
+def build_index(
+    ids: list[bytes], lengths: list[int], /, *, grouping: Groupings
+) -> tuple[bytes, int, list[NewNode]]:
     """Index nodes over chunks ``ids`` of ``lengths`` bytes: (root id, root level, nodes)."""
     nodes: list[NewNode] = []
     level = 0
@@ -248,7 +336,7 @@ def build_index(ids: list[bytes], lengths: list[int], /) -> tuple[bytes, int, li
         level += 1
         next_ids: list[bytes] = []
         next_lengths: list[int] = []
-        for lo, hi in _index_groups(ids):
+        for lo, hi in _index_groups(ids, grouping.index_nodes):
             group_ids = ids[lo:hi]
             group_lengths = lengths[lo:hi]
             data = bytes((INDEX_TAG, level)) + b"".join(
@@ -262,18 +350,8 @@ def build_index(ids: list[bytes], lengths: list[int], /) -> tuple[bytes, int, li
     return ids[0], level, nodes
 
 
-def _index_groups(ids: list[bytes]) -> Iterator[tuple[int, int]]:
-    start = 0
-    count = len(ids)
-    for position in range(count):
-        size = position + 1 - start
-        if size >= INDEX_MAX or (
-            size >= INDEX_MIN and int.from_bytes(ids[position][-4:], "little") & INDEX_MASK == 0
-        ):
-            yield start, position + 1
-            start = position + 1
-    if start < count:
-        yield start, count
+def _index_groups(ids: list[bytes], grouping: Grouping) -> Iterator[tuple[int, int]]:
+    return grouping.groups([int.from_bytes(node_id[28:], "little") for node_id in ids])
 
 
 def parse_index_node(data: bytes, /, *, node_id: str) -> tuple[int, list[tuple[bytes, int]]]:
@@ -378,6 +456,7 @@ def build_fields(
     entries: Sequence[tuple[str, Entry]],
     /,
     *,
+    grouping: Groupings,
     hashes: dict[str, bytes] | None = None,
 ) -> tuple[bytes, list[NewNode]]:
     """The fields tree of ``entries`` (sorted by name, unique): (root id, all its nodes).
@@ -400,7 +479,7 @@ def build_fields(
     firsts = [name for name, _ in entries]
     level = 0
     while True:
-        groups = list(_fields_groups(name_hashes, level))
+        groups = list(_fields_groups(name_hashes, level, grouping))
         next_rows: list[list[Any]] = []
         next_refs: list[tuple[bytes, ...]] = []
         next_counts: list[int] = []
@@ -440,27 +519,27 @@ def _check_names(names: list[str]) -> None:
     longest = max(names, key=len)
     raise InvalidInputError(
         f"field names are too long: those stored together with {longest[:40]!r}... take more "
-        f"than {FIELDS_NAMES_MAX} bytes of UTF-8 (names are grouped about 64 to a node)",
+        f"than {FIELDS_NAMES_MAX} bytes of UTF-8 (names are grouped by their hashes)",
         path=longest,
     )
 
 
-def _fields_groups(name_hashes: list[bytes], level: int) -> Iterator[tuple[int, int]]:
-    # Level 0 may end a group after any entry; higher levels need two entries per group so
-    # every level has fewer nodes than the one below and the tree always reaches one root.
-    least = 1 if level == 0 else 2
-    byte = level % DIGEST_SIZE
-    start = 0
-    count = len(name_hashes)
-    for position in range(count):
-        size = position + 1 - start
-        if size >= FIELDS_MAX or (
-            size >= least and name_hashes[position][byte] & FIELDS_FANOUT_MASK == 0
-        ):
-            yield start, position + 1
-            start = position + 1
-    if start < count or count == 0:
-        yield start, count
+def _fields_groups(
+    name_hashes: list[bytes], level: int, groupings: Groupings
+) -> Iterator[tuple[int, int]]:
+    grouping = groupings.fields if level == 0 else groupings.fields_upper
+    return grouping.groups(_fields_keys(name_hashes, level, grouping))
+
+
+def _fields_keys(name_hashes: list[bytes], level: int, grouping: Grouping) -> list[int]:
+    """Each row's key at ``level``: format 1 byte ``level mod 32`` of the name hash, format
+    2 ``le32`` of bytes ``4 * (level mod 8)`` onwards (another part of the hash per level,
+    so a level's boundaries are not its children's)."""
+    if not grouping.window:
+        byte = level % DIGEST_SIZE
+        return [digest[byte] for digest in name_hashes]
+    at = 4 * (level % 8)
+    return [int.from_bytes(digest[at : at + 4], "little") for digest in name_hashes]
 
 
 def parse_fields_node(data: bytes, /, *, node_id: str) -> tuple[int, list[Any]]:

@@ -44,6 +44,7 @@ from .hashing import hash_bytes
 
 __all__ = [
     "CONFIG",
+    "COUNTS_WITH_RECORDS",
     "DEAD",
     "DISCARDS_SEEN",
     "FLAG_INTERIOR",
@@ -60,6 +61,7 @@ __all__ = [
     "RECORD",
     "RECORDS",
     "REF",
+    "SEPARATE_COUNTS",
     "STAT",
     "STAT_BYTES_DEAD",
     "STAT_BYTES_LOGICAL",
@@ -74,6 +76,7 @@ __all__ = [
     "TOMB",
     "VERSION",
     "ZERO",
+    "CountKeys",
     "HeadRecord",
     "IndexRecord",
     "PackRecord",
@@ -108,7 +111,6 @@ __all__ = [
     "record_name_of",
     "record_prefix",
     "records_counter_key",
-    "ref_key",
     "stat_name",
     "stat_shard",
     "sum_totals",
@@ -254,8 +256,24 @@ def sweep_key(node_id: bytes, /) -> str:
     return SWEEP + node_id.hex()
 
 
-def ref_key(node_id: bytes, /) -> str:
-    return REF + node_id.hex()
+class CountKeys(NamedTuple):
+    """Where a repository keeps each node's reference count: the counter ``<prefix><id>``.
+
+    Repositories created before format 2 count under ``ref/``; those created since under
+    ``node/``, the key of the node's index record, so that a store keeping a key's value
+    and counter in one item (DynamoDB) keeps a node's record and count in one, and a new
+    node is one item of a write, not two. Chosen at creation and kept: an upgrade moves no
+    counter (docs/FORMAT.md, "Formats").
+    """
+
+    prefix: str
+
+    def key(self, node_id: bytes, /) -> str:
+        return self.prefix + node_id.hex()
+
+
+SEPARATE_COUNTS = CountKeys(REF)
+COUNTS_WITH_RECORDS = CountKeys(NODE)
 
 
 def pack_record_key(pack_id: bytes, /) -> str:

@@ -32,9 +32,10 @@ REQUEST_KINDS = (
 )
 """The kinds of request a tally counts (the keys of ``CommitResult.requests``).
 
-``meta_items`` is not a request but what the metadata writes carried: every operation of
-every write (puts, deletes, counter changes and conditions alike), as a transactional store
-such as DynamoDB counts the items of a transaction."""
+``meta_items`` is not a request but what the metadata writes carried: the items of every
+write (:func:`statebag.meta.base.batch_items`: its distinct keys, conditions included, a
+key's value and counter being one item), as a transactional store such as DynamoDB counts
+the items of a transaction."""
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")

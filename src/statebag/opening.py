@@ -354,6 +354,7 @@ def open(
     inline_max: int | None = None,
     fsync: bool | None = None,
     grace: int | None = None,
+    format: int | None = None,
     cache_bytes: int | None = None,
 ) -> Repository:
     """Open the repository at ``url``, or the one held by the stores ``objects`` and ``meta``.
@@ -367,7 +368,9 @@ def open(
 
     Options set the repository's configuration at creation. On an existing repository an
     option that differs from the recorded one raises :class:`ConfigError`, as does a
-    repository of a newer format than this version of statebag reads.
+    repository of a newer format than this version of statebag reads. ``format`` (default
+    the newest, :data:`statebag.FORMAT_VERSION`) makes a repository of an older format,
+    which an older statebag can read too (docs/FORMAT.md, "Formats").
 
     ``lease``, ``threads`` and ``cache_bytes`` belong to this handle, not to the repository:
     ``lease`` (seconds or a timedelta, > 0; default 24 h) is how long a save of this handle
@@ -385,6 +388,7 @@ def open(
         "inline_max": inline_max,
         "fsync": fsync,
         "grace": grace,
+        "format": format,
     }
     given = {name: value for name, value in options.items() if value is not None}
     check_handle_options(threads=threads, cache_bytes=cache_bytes)

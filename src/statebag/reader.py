@@ -315,6 +315,16 @@ class NodeReader:
     def leaves(self, entry: TreeField) -> list[tuple[bytes, int]]:
         return dag.leaves_of(entry, self.index_nodes)
 
+    def tree_nodes(self, entry: TreeField) -> tuple[list[tuple[bytes, int]], set[bytes]]:
+        """The (chunk id, length) list of a tree, and the ids of its index nodes."""
+        interior: set[bytes] = set()
+
+        def fetch(ids: Sequence[bytes]) -> Mapping[bytes, bytes]:
+            interior.update(ids)
+            return self.index_nodes(ids)
+
+        return dag.leaves_of(entry, fetch), interior
+
     def check_lengths(self, trees: Mapping[str, TreeField]) -> None:
         """IntegrityError naming the field unless each entry's length is what its chunks
         hold, by the index nodes and the chunks' index records (as :meth:`materialize`

@@ -33,7 +33,7 @@ from . import codec, dag, merging
 from .bag import StateBag, loaded_bag
 from .branches import Branches
 from .catalog import Catalog
-from .config import FORMAT_VERSION, Config
+from .config import FORMAT_VERSION, Config, upgrade_config
 from .dag import Entry, NodeLimits
 from .durations import as_seconds
 from .errors import IntegrityError, InvalidInputError, NotFoundError, StatebagError
@@ -105,7 +105,7 @@ class Repository:
         )
         self._lock = threading.Lock()
         self._closed = False
-        self._catalog = Catalog(counted_meta)
+        self._catalog = Catalog(counted_meta, counts=config.count_keys)
         self._reader = NodeReader(
             self._objects,
             counted_meta,
@@ -134,6 +134,7 @@ class Repository:
             forget=self._catalog.forget,
             lease=lease,
             grace=config.grace,
+            counts=config.count_keys,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -158,6 +159,18 @@ class Repository:
     @property
     def config(self) -> Config:
         return self._config
+
+    def upgrade(self) -> int:
+        """Move a repository of an older format to the newest (``FORMAT_VERSION``); returns
+        the format it has now. Nothing stored is rewritten: versions saved before stay as
+        they are and read as before, and saves from now on write the new format's nodes
+        (docs/FORMAT.md, "Formats"). Other handles already open keep writing the format they
+        opened with until reopened, which every format reads."""
+        self._check_open()
+        with self._lock:
+            self._config = upgrade_config(self._meta, self._config, where=self._url or "here")
+            self._writer.use_config(self._config)
+            return self._config.format
 
     def io_counters(self) -> IOCounters:
         """Object-store requests and bytes of this handle so far (every thread's); subtract

@@ -25,6 +25,7 @@ from .keys import (
     STAT_EPOCH,
     STAT_MANIFESTS,
     VERSION,
+    CountKeys,
     Tombstone,
     decode_head,
     encode_le64,
@@ -36,7 +37,6 @@ from .keys import (
     manifest_key,
     orphan_key,
     pin_key,
-    ref_key,
     tomb_key,
     version_key,
     version_prefix,
@@ -79,9 +79,12 @@ class VersionDeleter:
     """Deletes versions (one, or a whole chain) and pins them. ``forget`` drops a deleted
     version from the repository's caches."""
 
-    def __init__(self, meta: MetaStore, /, *, forget: Callable[[bytes], None]) -> None:
+    def __init__(
+        self, meta: MetaStore, /, *, forget: Callable[[bytes], None], counts: CountKeys
+    ) -> None:
         self._meta = meta
         self._forget = forget
+        self._counts = counts
 
     def delete(
         self, manifest_id: bytes, /, *, force_pinned: bool = False, discards: int | None = None
@@ -116,7 +119,7 @@ class VersionDeleter:
             pinned = self._meta.get(pin_key(manifest_id))
             if pinned is not None and not force_pinned:
                 raise ConflictError(f"manifest {text} is pinned; unpin it first")
-            root_key = ref_key(manifest.root)
+            root_key = self._counts.key(manifest.root)
             count = self._meta.counter(root_key)
             if count < 1:
                 # The reads above are not one snapshot: a delete of this very version may

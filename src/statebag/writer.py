@@ -33,7 +33,7 @@ from .caches import Recent
 from .catalog import Catalog
 from .chunking import Chunker, recut
 from .commit import Transaction, commit
-from .config import FORMAT_VERSION, Config
+from .config import Config
 from .dag import Entry, InlineField, NewNode, TreeField
 from .errors import ConflictError, IntegrityError, InvalidInputError, NotFoundError, StatebagError
 from .ids import ContentId
@@ -93,6 +93,7 @@ class _Cut(NamedTuple):
     body: memoryview
     offsets: list[int]
     digests: list[bytes]
+    index_ids: frozenset[bytes]  # the tree's index nodes: known stored once it is saved
 
 
 @dataclass
@@ -183,9 +184,15 @@ class Writer:
         self._liveness = liveness
         self._lease = lease
         self._chunker = Chunker(config.min_size, config.avg_size, config.max_size, config.seed)
+        self._grouping = dag.GROUPINGS[config.format]
         # One version of each value is kept (a new cut replaces its parent's), not a history
         # that would push out the values the next save needs.
         self._cuts: Recent[_Cut] = Recent(cache_bytes, weigh=lambda cut: cut.body.nbytes)
+
+    def use_config(self, config: Config, /) -> None:
+        """Write with ``config`` from now on (after an upgrade changed its format)."""
+        self._config = config
+        self._grouping = dag.GROUPINGS[config.format]
 
     def clear_cuts(self) -> None:
         """Forget the cached cuts: the next save of each value cuts it whole."""
@@ -331,7 +338,7 @@ class Writer:
         spent: metering.Tally,
     ) -> CommitResult:
         manifest = Manifest(
-            format=FORMAT_VERSION,
+            format=self._config.format,
             chain=plan.chain,
             seq=plan.seq,
             parents=plan.parents,
@@ -363,6 +370,7 @@ class Writer:
             root=encoded.root,
             packs=encoded.packs,
             new_nodes=run.new_nodes,
+            counts=self._config.count_keys,
             lease=self._lease,
             found=run.found,
             guards=plan.guards,
@@ -459,7 +467,7 @@ class Writer:
 
         ordered = sorted(run.entries.items())
         name_hashes = dict(base.name_hashes) if base is not None else {}
-        root, fields_nodes = dag.build_fields(ordered, hashes=name_hashes)
+        root, fields_nodes = dag.build_fields(ordered, grouping=self._grouping, hashes=name_hashes)
         known = base.node_ids if base is not None else set()
         unknown = [node for node in fields_nodes if node.node_id not in known]
         packer.reused += len(fields_nodes) - len(unknown)
@@ -501,18 +509,29 @@ class Writer:
             )
         else:
             offsets, digests = self._chunker.cut_and_hash(body, threads=threads)
-        entry, nodes = dag.split_value(head, body, offsets, digests, unless=old)
+        entry, nodes = dag.split_value(
+            head, body, offsets, digests, grouping=self._grouping, unless=old
+        )
+        if nodes:
+            index_ids = frozenset(node.node_id for node in nodes if node.children)
+        else:  # unchanged: split_value listed nothing, and the tree is the parent's
+            index_ids = previous.index_ids if previous is not None else frozenset()
         if len(body) >= _RECUT_MIN_BYTES:
             self._cuts.put(
                 entry.root,
-                _Cut(body, offsets, digests),
+                _Cut(body, offsets, digests, index_ids),
                 replaces=old.root if type(old) is TreeField else None,
             )
         if type(old) is TreeField and old != entry:
+            # The parent's nodes need no lookup, and no check at commit: the parent is the
+            # head the commit is conditional on, so none of its nodes can be swept meanwhile.
             if previous is not None:
                 run.seen.update(previous.digests)
+                run.seen.update(previous.index_ids)
             else:
-                run.seen.update(node_id for node_id, _ in self._reader.leaves(old))
+                leaves, interior = self._reader.tree_nodes(old)
+                run.seen.update(node_id for node_id, _ in leaves)
+                run.seen.update(interior)
         return entry, nodes, len(body)
 
     def _store_new(self, nodes: Sequence[NewNode], run: _SaveRun) -> None:

@@ -37,6 +37,7 @@ from ..errors import InvalidInputError
 
 __all__ = [
     "SCALES",
+    "SMALL_SAVES",
     "WORKLOADS",
     "AgentThread",
     "ByteChurn",
@@ -439,3 +440,43 @@ def _size(nbytes: int) -> str:
         if nbytes >= factor and nbytes % factor == 0:
             return f"{nbytes // factor} {unit}"
     return f"{nbytes} B"
+
+
+# ---------------------------------------------------------------------------------------------
+# small saves: what one step costs in metadata
+# ---------------------------------------------------------------------------------------------
+
+SMALL_SAVES: Final = ("append_message", "one_field_of_10000", "edit_1k_in_64m")
+"""The small saves whose metadata cost format 2 bounds (docs/FORMAT.md, "Formats")."""
+
+
+def small_saves(
+    seed: int, /, *, shrink: int = 1
+) -> dict[str, tuple[str, dict[str, Any], dict[str, Any]]]:
+    """Per small save: (chain, the state before, the state after).
+
+    - ``append_message``: one message appended to a 4.3 MB message history;
+    - ``one_field_of_10000``: one field changed among 10,000 small ones;
+    - ``edit_1k_in_64m``: 1 KiB overwritten inside a 64 MiB bytes value.
+
+    ``shrink`` divides the two large values' sizes (to measure the same trees with chunk
+    sizes divided alike, on the slow pure-Python chunker).
+    """
+    rng = random.Random(seed)
+    history: list[dict[str, Any]] = []
+    size = 0
+    while size < 4_300_000 // shrink:
+        text = words(rng, rng.randint(150, 1500))
+        history.append({"role": ("user", "assistant")[len(history) % 2], "text": text})
+        size += len(text)
+    appended = [*history, {"role": "user", "text": words(rng, 200)}]
+    fields = {f"field_{i:05d}": {"value": i, "note": words(rng, 3)} for i in range(10_000)}
+    changed = {**fields, "field_04242": {"value": -1, "note": "changed"}}
+    blob = rng.randbytes(64 * 2**20 // shrink)
+    at = len(blob) * 31 // 64
+    edited = blob[:at] + rng.randbytes(1024) + blob[at + 1024 :]
+    return {
+        "append_message": ("history", {"messages": history}, {"messages": appended}),
+        "one_field_of_10000": ("fields", fields, changed),
+        "edit_1k_in_64m": ("blob", {"data": blob}, {"data": edited}),
+    }

@@ -50,6 +50,7 @@ _INIT_OPTIONS = (
     "pack_size",
     "inline_max",
     "grace",
+    "format",
 )
 
 
@@ -349,6 +350,19 @@ def cmd_stats(args: argparse.Namespace) -> int:
             ("ratio", f"{ratio:.2f}x"),
         ]
     )
+    return 0
+
+
+def cmd_upgrade(args: argparse.Namespace) -> int:
+    with open_repo(args) as repo:
+        before = repo.config.format
+        after = repo.upgrade()
+    if args.json:
+        print_json({"format_before": before, "format": after})
+    elif before == after:
+        print(f"the repository already has format {after}")
+    else:
+        print(f"upgraded from format {before} to format {after}")
     return 0
 
 

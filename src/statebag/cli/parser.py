@@ -200,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
         "orphan pack (default 1h; 0 allowed)",
     )
     init.add_argument(
+        "--format",
+        type=int,
+        help="the format to create (default the newest; 1 for a repository that statebag "
+        "versions before format 2 can read too)",
+    )
+    init.add_argument(
         "--no-fsync",
         action="store_true",
         help="do not wait for the disk on commit (fast, unsafe on power loss)",
@@ -403,6 +409,15 @@ def build_parser() -> argparse.ArgumentParser:
         "bytes_logical, bytes_stored, bytes_dead.",
     )
     stats.add_argument("--json", action="store_true", help="print the figures as JSON")
+
+    upgrade = command(
+        "upgrade",
+        commands.cmd_upgrade,
+        "move the repository to the newest format (nothing stored is rewritten)",
+        "Versions saved before stay as they are; saves from then on write the new format. "
+        "--json keys: format_before, format.",
+    )
+    upgrade.add_argument("--json", action="store_true", help="print the result as JSON")
 
     gc = command(
         "gc",

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 
 from ..errors import ConfigError
+from ..keys import CountKeys
 from ..liveness import Liveness
 from ..meta import MetaStore
 from ..objects import ObjectStore
@@ -76,18 +77,19 @@ class Collector:
         forget: Callable[[bytes], None],
         lease: float,
         grace: float,
+        counts: CountKeys,
     ) -> None:
         self._objects = objects
         self._meta = meta
         self._grace = grace  # the repository's, not one run's
         # One reader for the sweep and the audit alike: swapping it swaps it for both.
         self._child_reader = ChildReader(read_nodes)
-        self._versions = VersionDeleter(meta, forget=forget)
+        self._versions = VersionDeleter(meta, forget=forget, counts=counts)
         self._retention = Retention(meta, self._versions)
-        self._sweeper = Sweeper(objects, meta, self._child_reader)
-        self._packs = PackReclaimer(objects, meta, liveness=liveness, lease=lease)
+        self._sweeper = Sweeper(objects, meta, self._child_reader, counts=counts)
+        self._packs = PackReclaimer(objects, meta, liveness=liveness, lease=lease, counts=counts)
         self._rollback = Rollback(objects, meta, liveness=liveness, packs=self._packs)
-        self._auditor = Auditor(objects, meta, self._child_reader)
+        self._auditor = Auditor(objects, meta, self._child_reader, counts=counts)
 
     # -- gc --------------------------------------------------------------------------------
 

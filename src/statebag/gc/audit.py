@@ -38,11 +38,11 @@ from ..keys import (
     NODE,
     PACK,
     PENDING,
-    REF,
     STAT_EPOCH,
     SWEEP,
     TOMB,
     ZERO,
+    CountKeys,
     IndexRecord,
     Tombstone,
     chain_of,
@@ -57,7 +57,6 @@ from ..keys import (
     manifest_key,
     node_key,
     pack_record_key,
-    ref_key,
     tomb_key,
     txn_of,
     zero_key,
@@ -81,10 +80,19 @@ _AUDIT_ATTEMPTS = 8
 class Auditor:
     """Audits one repository's stores and, when asked, repairs what can be repaired."""
 
-    def __init__(self, objects: ObjectStore, meta: MetaStore, children: ChildReader, /) -> None:
+    def __init__(
+        self,
+        objects: ObjectStore,
+        meta: MetaStore,
+        children: ChildReader,
+        /,
+        *,
+        counts: CountKeys,
+    ) -> None:
         self._objects = objects
         self._meta = meta
         self._children = children
+        self._counts = counts
 
     def audit(self, *, repair: bool, grace: float) -> AuditReport:
         for _ in range(_AUDIT_ATTEMPTS):
@@ -132,7 +140,8 @@ class Auditor:
             node_id = id_of(k, NODE)
             index[node_id] = IndexRecord.decode(v, node_id=node_id.hex())
             stored_records[node_id] = v
-        counts = {id_of(k, REF): v for k, v in meta.counters(REF)}
+        prefix = self._counts.prefix
+        counts = {id_of(k, prefix): v for k, v in meta.counters(prefix)}
         marks = {id_of(k, ZERO) for k, _ in meta.scan(ZERO)}
         forks = {id_of(k, FORK): v for k, v in meta.counters(FORK)}
         forks_expected: Counter[bytes] = Counter(
@@ -283,7 +292,7 @@ class Auditor:
             node_id = bytes.fromhex(text)
             want = expected.get(node_id, 0)
             have = counts.get(node_id, 0)
-            key = ref_key(node_id)
+            key = self._counts.key(node_id)
             if want < have and not quiet:
                 continue  # may be a save's count ahead of its index entry: left alone
             record = index.get(node_id)
@@ -303,7 +312,7 @@ class Auditor:
                 node_id = bytes.fromhex(text)
                 items.append(
                     [
-                        CheckCounter(ref_key(node_id), 0),
+                        CheckCounter(self._counts.key(node_id), 0),
                         Check(node_key(node_id), index[node_id]),
                         Put(zero_key(node_id), mark, expect=None),
                     ]

@@ -36,6 +36,7 @@ from ..keys import (
     STAT_BYTES_STORED,
     STAT_EPOCH,
     STAT_PACKS,
+    CountKeys,
     IndexRecord,
     PackRecord,
     dead_key,
@@ -48,7 +49,6 @@ from ..keys import (
     pack_letter_key,
     pack_record_key,
     pending_key,
-    ref_key,
     sum_totals,
     sweep_key,
     zero_key,
@@ -107,12 +107,20 @@ class PackReclaimer:
     rolled-back save that a committed batch indexed into (:meth:`keep_indexed`)."""
 
     def __init__(
-        self, objects: ObjectStore, meta: MetaStore, /, *, liveness: Liveness, lease: float
+        self,
+        objects: ObjectStore,
+        meta: MetaStore,
+        /,
+        *,
+        liveness: Liveness,
+        lease: float,
+        counts: CountKeys,
     ) -> None:
         self._objects = objects
         self._meta = meta
         self._liveness = liveness
         self._lease = lease
+        self._counts = counts
 
     def reclaim(self, tally: Tally, *, compact_bytes: int, pack_size: int) -> None:
         totals = sum_totals(self._meta.counters(STAT))
@@ -233,11 +241,10 @@ class PackReclaimer:
         now = encode_le64(time.time_ns())
         items: list[list[Op]] = []
         for node_id in node_ids:
-            if zero_key(node_id) in marks or self._meta.counter(ref_key(node_id)) != 0:
+            count = self._counts.key(node_id)
+            if zero_key(node_id) in marks or self._meta.counter(count) != 0:
                 continue
-            items.append(
-                [CheckCounter(ref_key(node_id), 0), Put(zero_key(node_id), now, expect=None)]
-            )
+            items.append([CheckCounter(count, 0), Put(zero_key(node_id), now, expect=None)])
         write_items(self._meta, items)
 
     def _sweeping(self, pack_id: bytes, entries: list[PackEntry]) -> set[bytes]:

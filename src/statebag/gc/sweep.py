@@ -42,12 +42,12 @@ from .. import dag
 from .._crash import crash_point
 from ..errors import IntegrityError
 from ..keys import (
-    REF,
     STAT_BYTES_DEAD,
     STAT_EPOCH,
     STAT_NODES,
     SWEEP,
     ZERO,
+    CountKeys,
     IndexRecord,
     SweepRecord,
     dead_key,
@@ -57,7 +57,6 @@ from ..keys import (
     encode_record,
     id_of,
     node_key,
-    ref_key,
     sweep_key,
     zero_key,
 )
@@ -97,10 +96,19 @@ class Sweeper:
     """Sweeps the zero marks older than a cutoff, in batches, until none is left that can
     go (a swept parent may mark its children, which are then swept in the same run)."""
 
-    def __init__(self, objects: ObjectStore, meta: MetaStore, children: ChildReader, /) -> None:
+    def __init__(
+        self,
+        objects: ObjectStore,
+        meta: MetaStore,
+        children: ChildReader,
+        /,
+        *,
+        counts: CountKeys,
+    ) -> None:
         self._objects = objects
         self._meta = meta
         self._children = children
+        self._counts = counts
 
     def sweep(self, tally: Tally, *, cutoff: int) -> None:
         self.resume(tally)
@@ -141,7 +149,7 @@ class Sweeper:
         """Sweep what can be of ``marks`` (node id, mark); the number of marks resolved."""
         keys = [node_key(node_id) for node_id, _ in marks]
         records = self._meta.get_many(keys)
-        counts = {node_id: self._meta.counter(ref_key(node_id)) for node_id, _ in marks}
+        counts = {node_id: self._meta.counter(self._counts.key(node_id)) for node_id, _ in marks}
         stale: list[Op] = []
         doomed: list[_Doomed] = []
         for (node_id, mark), key in zip(marks, keys, strict=True):
@@ -149,7 +157,7 @@ class Sweeper:
             if counts[node_id] != 0 or stored is None:
                 # Revived by a save, or already swept: the mark goes, on condition that the
                 # count has not changed (a decrement to zero since would re-mark it).
-                stale.append(CheckCounter(ref_key(node_id), counts[node_id]))
+                stale.append(CheckCounter(self._counts.key(node_id), counts[node_id]))
                 stale.append(Delete(zero_key(node_id), expect=mark))
             else:
                 doomed.append(
@@ -204,7 +212,7 @@ class Sweeper:
         mark_of: dict[bytes, bytes] = {}
         dead: Counter[bytes] = Counter()
         for (node_id, mark, stored, record), children in groups:
-            ops += _removal(node_id, mark, stored)
+            ops += _removal(node_id, mark, stored, self._counts)
             dead[record.pack_id] += record.length
             for child, times in children.items():
                 releases[child] += times
@@ -230,7 +238,7 @@ class Sweeper:
     def _release(self, child: bytes, times: int, mark: bytes) -> list[Op] | None:
         """Release ``times`` references to ``child`` on condition that its count is still
         the value read now, marking it when it reaches zero; None for an under-count."""
-        key = ref_key(child)
+        key = self._counts.key(child)
         count = self._meta.counter(key)
         if count < times:
             return None
@@ -268,7 +276,7 @@ class Sweeper:
             self._resume_one(tally, node_id, left)
         limit = self._meta.max_batch
         for _ in range(_SLICE_ATTEMPTS):
-            head = [*_removal(node_id, mark, stored), Add(STAT_NODES, -1)]
+            head = [*_removal(node_id, mark, stored, self._counts), Add(STAT_NODES, -1)]
             room = None if limit is None else limit - len(head) - 2
             built = self._slice(order, 0, room, mark)
             if built is None:
@@ -280,7 +288,9 @@ class Sweeper:
             try:
                 self._meta.write(ops)
             except ConditionFailed as exc:
-                if exc.key.startswith(REF) and exc.key != ref_key(node_id):
+                # Conditions on the node's own key (record or count) mean it was revived
+                # or swept; on a child's count key, that the count moved.
+                if exc.key.startswith(self._counts.prefix) and exc.key != node_key(node_id):
                     continue  # a child's count moved since it was read
                 return 0  # revived, or swept by another collector
             tally.nodes_freed += 1
@@ -361,15 +371,15 @@ def sweeping_children(
     return order[progress.released :] if remaining else order
 
 
-def _removal(node_id: bytes, mark: bytes, stored: bytes) -> list[Op]:
+def _removal(node_id: bytes, mark: bytes, stored: bytes, counts: CountKeys) -> list[Op]:
     """A zero-count node's removal: its count still zero, its mark and record unchanged."""
     return [
-        CheckCounter(ref_key(node_id), 0),
+        CheckCounter(counts.key(node_id), 0),
         Check(zero_key(node_id), mark),
         Check(node_key(node_id), stored),
         Delete(zero_key(node_id)),
         Delete(node_key(node_id)),
-        DropCounter(ref_key(node_id)),
+        DropCounter(counts.key(node_id)),
     ]
 
 

@@ -78,6 +78,7 @@ __all__ = [
     "MetaStore",
     "Op",
     "Put",
+    "batch_items",
     "check_keys",
     "check_meta_key",
     "check_scan_args",
@@ -159,6 +160,13 @@ class DropCounter(msgspec.Struct, frozen=True):
 
 Op: TypeAlias = Put | Delete | Check | CheckCounter | Add | DropCounter
 _OP_TYPES = (Put, Delete, Check, CheckCounter, Add, DropCounter)
+
+
+def batch_items(ops: Sequence[Op], /) -> int:
+    """The items a batch touches: its distinct keys, a key's value and its counter counting
+    as one item, as a store that keeps both in one record writes them (DynamoDB: one item
+    of a transaction, however many of its operations name the key)."""
+    return len({op.key for op in ops if isinstance(op, _OP_TYPES)})
 
 
 class ConditionFailed(ConflictError):

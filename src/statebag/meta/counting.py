@@ -18,7 +18,7 @@ from typing import TypeVar
 import msgspec
 
 from .. import metering
-from .base import Add, Delete, DropCounter, MetaStore, Op, Put
+from .base import Add, Delete, DropCounter, MetaStore, Op, Put, batch_items
 from .wrapping import WrappedMetaStore
 
 __all__ = ["PAGE_ITEMS", "CountingMetaStore", "MetaCounters"]
@@ -38,6 +38,7 @@ class MetaCounters(msgspec.Struct, frozen=True, kw_only=True):
     counter_reads: int = 0
     writes: int = 0
     ops_written: int = 0
+    items_written: int = 0  # distinct keys of each write (see batch_items)
 
     def __sub__(self, other: MetaCounters) -> MetaCounters:
         return MetaCounters(
@@ -126,10 +127,11 @@ class CountingMetaStore(WrappedMetaStore):
         batch = ops if isinstance(ops, (list, tuple)) else ()
         if self._meter:
             metering.note("meta_writes")
-            metering.note("meta_items", len(batch))
+            metering.note("meta_items", batch_items(batch))
         with self._lock:
             self._counts["writes"] += 1
             self._counts["ops_written"] += len(batch)
+            self._counts["items_written"] += batch_items(batch)
             if self._record:
                 self._keys.update(key for op in batch if (key := _written(op)) is not None)
         super().write(ops, durable=durable)
@@ -141,6 +143,7 @@ class CountingMetaStore(WrappedMetaStore):
         with self._lock:
             self._counts["writes"] += 1
             self._counts["ops_written"] += 1
+            self._counts["items_written"] += 1
             if self._record:
                 self._keys.add(key)
         return self._inner.add(key, delta)
