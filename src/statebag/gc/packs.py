@@ -69,6 +69,7 @@ from ..objects import ObjectStore
 from ..packs import PackEntry, PackWriter, pack_key, parse_footer
 from ..prepare import Prepare, new_txn_id
 from .batches import HeadFailed, write_items
+from .manifests import manifest_states, may_hold_manifests
 from .tally import Tally
 
 __all__ = ["COMPACT_BYTES", "COMPACT_PACK_DEAD", "COMPACT_REPO_DEAD", "PackReclaimer"]
@@ -88,6 +89,8 @@ class _Candidate:
     record: PackRecord
     dead: int
     live: list[tuple[bytes, bytes, IndexRecord, bytes]]
+    # Live manifests the pack carries (id, bytes): copied into the compacted pack.
+    manifests: list[tuple[bytes, bytes]]
 
     @property
     def live_bytes(self) -> int:
@@ -130,10 +133,13 @@ class PackReclaimer:
             if stored is None:
                 continue
             record = PackRecord.decode(stored, pack_id=pack_id.hex())
-            if dead >= record.frames:
+            all_dead = dead >= record.frames
+            if all_dead and not may_hold_manifests(self._objects, pack_id, record.size):
                 self._delete_pack(tally, pack_id, stored, record, dead)
-            elif compact and dead >= COMPACT_PACK_DEAD * record.frames and budget > 0:
-                budget -= record.size
+            elif all_dead or (compact and dead >= COMPACT_PACK_DEAD * record.frames and budget > 0):
+                # A pack of format 2 goes through compaction even when all its frames are
+                # dead: live manifests it carries are copied on, unknown ones keep it.
+                budget -= 0 if all_dead else record.size
                 candidate = self._candidate(tally, pack_id, stored, record, dead)
                 if candidate is None:
                     continue
@@ -313,10 +319,15 @@ class PackReclaimer:
                 live.append((entry.node_id, raw, old, frame))
         if self._sweeping(pack_id, entries):
             return None  # read after the records: a sweep that removed a node since fails a move
-        if not live:
+        states = manifest_states(self._meta, pack_id, data)
+        if states.unknown:
+            # The only copy of versions the metadata does not know to be deleted: kept.
+            tally.deferred += 1
+            return None
+        if not live and not states.live:
             self._delete_pack(tally, pack_id, stored, record, dead)
             return None
-        return _Candidate(pack_id, stored, record, dead, live)
+        return _Candidate(pack_id, stored, record, dead, live, states.live)
 
     def _compact_group(self, tally: Tally, group: list[_Candidate]) -> None:
         if not self._compact(tally, group) and len(group) > 1:
@@ -344,6 +355,9 @@ class PackReclaimer:
             moving = [item for candidate in group for item in candidate.live]
             for node_id, _, old, frame in moving:
                 writer.add_frame(node_id, frame, old.size)
+            carried = {i: data for candidate in group for i, data in candidate.manifests}
+            for manifest_id, manifest in carried.items():
+                writer.add_manifest(manifest_id, manifest)
             new_id, new_data, new_entries = writer.finish()
             prepare.ship(new_id, new_data, last=True)
             crash_point("gc.after_compact_upload")
