@@ -38,12 +38,15 @@ from ..keys import (
     STAT_PACKS,
     IndexRecord,
     PackRecord,
+    Tombstone,
     dead_key,
     decode_letter,
     decode_sweep,
     encode_le64,
     encode_letter,
+    encode_record,
     id_of,
+    manifest_key,
     node_key,
     pack_letter_key,
     pack_record_key,
@@ -51,6 +54,7 @@ from ..keys import (
     ref_key,
     sum_totals,
     sweep_key,
+    tomb_key,
     zero_key,
 )
 from ..liveness import Liveness
@@ -66,7 +70,8 @@ from ..meta import (
     Put,
 )
 from ..objects import ObjectStore
-from ..packs import PackEntry, PackWriter, pack_key, parse_footer
+from ..manifests import decode_manifest
+from ..packs import PackEntry, PackWriter, manifest_bytes, pack_key, parse_footer, parse_pack
 from ..prepare import Prepare, new_txn_id
 from .batches import HeadFailed, write_items
 from .manifests import manifest_states, may_hold_manifests
@@ -166,7 +171,8 @@ class PackReclaimer:
         there with a count of 0 and no ``zero/`` mark (no manifest reaches them) get a mark
         first, so that the sweep collects them."""
         try:
-            entries = parse_footer(self._objects.get(pack_key(pack_id)), pack_id=pack_id.hex())
+            data = self._objects.get(pack_key(pack_id))
+            entries = parse_footer(data, pack_id=pack_id.hex())
         except (NotFoundError, IntegrityError):
             # Gone, or no pack at all (a save indexes nothing before its packs are whole).
             return Settled(delete=True, letter=value)
@@ -207,6 +213,9 @@ class PackReclaimer:
                     Add(STAT_BYTES_DEAD, -counted),
                 ]
             else:
+                # The save never committed and never will (its entry is gone): a manifest
+                # it carries is tombstoned, so that the kept pack may go once it is dead.
+                ops += self._tombstone_uncommitted(pack_id, data)
                 frames = sum(e.length for e in entries)
                 dead = frames - sum(e.length for e in live)
                 ops += [
@@ -230,6 +239,30 @@ class PackReclaimer:
                 continue  # a sweep counted a frame dead meanwhile: count again
             return Settled(delete=not live, letter=encode_letter(rest) if rest else None)
         raise ConflictError(f"pack {pack_id.hex()} kept changing while gc settled it; run gc again")
+
+    def _tombstone_uncommitted(self, pack_id: bytes, data: bytes) -> list[Op]:
+        """Tombstones for the manifests pack ``data`` carries that the metadata does not
+        know, each on condition that the manifest is still absent."""
+        ops: list[Op] = []
+        now = time.time_ns()
+        contents = parse_pack(data, pack_id=pack_id.hex())
+        unknown = set(manifest_states(self._meta, pack_id, data).unknown)
+        for entry in contents.manifests:
+            if entry.node_id not in unknown:
+                continue
+            try:
+                manifest = decode_manifest(
+                    manifest_bytes(data, entry, pack_id=pack_id.hex()),
+                    manifest_id=entry.node_id.hex(),
+                )
+                tomb = Tombstone(manifest.chain, manifest.seq, manifest.time_ns, now)
+            except IntegrityError:
+                tomb = Tombstone("", 0, 0, now)
+            ops += [
+                Check(manifest_key(entry.node_id), None),
+                Put(tomb_key(entry.node_id), encode_record(tomb), expect=None),
+            ]
+        return ops
 
     def _mark_unreferenced(self, node_ids: list[bytes]) -> None:
         """Put ``zero/`` = now for each node of ``node_ids`` whose count is 0 and that has no
