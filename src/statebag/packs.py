@@ -12,14 +12,15 @@ From format 2 a pack may also carry the manifests of the versions whose save wro
 that the object store alone holds every version): their frames follow the node frames, and
 their entries (``manifest id | le64 offset | le32 frame length | le32 manifest size``)
 follow the node entries; the trailer then counts them in place of the reserved word and
-ends in ``b"SBPACK02"``. A pack without a manifest keeps the first layout, in any format. The salt is the
-id of the transaction that wrote the pack, so no two transactions ever write the same pack
-id: two saves of the same new nodes would otherwise write byte-identical packs, and the one
-that lost its race would delete the pack the winner's index points into (the salt is the
-first 16 bytes of the BLAKE3 of the txn id). The pack id is the BLAKE3 of the whole pack
-and its key is ``packs/<first two hex digits>/<pack id hex>``. The metadata index makes
-the footer unnecessary for reads; it is there so that a pack can be understood, verified
-and re-indexed on its own (by an audit, or a repair after metadata loss).
+ends in ``b"SBPACK02"``. A pack without a manifest keeps the first layout, in any format.
+
+The salt is the id of the transaction that wrote the pack, so no two transactions ever write
+the same pack id: two saves of the same new nodes would otherwise write byte-identical
+packs, and the one that lost its race would delete the pack the winner's index points into
+(the salt is the first 16 bytes of the BLAKE3 of the txn id). The pack id is the BLAKE3 of
+the whole pack and its key is ``packs/<first two hex digits>/<pack id hex>``. The metadata
+index makes the footer unnecessary for reads; it is there so that a pack can be understood,
+verified and re-indexed on its own (by an audit, or a repair after metadata loss).
 """
 
 from __future__ import annotations

@@ -174,7 +174,8 @@ def _rebuild(objects: ObjectStore, meta: MetaStore, *, where: str, dry_run: bool
     if config.format < 2 and not packs.manifests:
         problems.append(
             f"format {config.format}: packs carry no manifests, so no version can be recovered; "
-            f"{len(chosen)} node(s) are indexed without zero marks (kept, not collected)"
+            f"{len(chosen)} node(s) are indexed without zero marks: gc keeps them, and the "
+            f"audit reports them unswept (a repair marks them, and gc then collects them)"
         )
     heads = _heads(versions)
     ops = list(_metadata_ops(config, packs, chosen, versions, flags, refs, heads, problems))

@@ -58,6 +58,7 @@ from ..keys import (
     zero_key,
 )
 from ..liveness import Liveness
+from ..manifests import decode_manifest
 from ..meta import (
     Add,
     Check,
@@ -70,7 +71,6 @@ from ..meta import (
     Put,
 )
 from ..objects import ObjectStore
-from ..manifests import decode_manifest
 from ..packs import PackEntry, PackWriter, manifest_bytes, pack_key, parse_footer, parse_pack
 from ..prepare import Prepare, new_txn_id
 from .batches import HeadFailed, write_items
