@@ -22,6 +22,7 @@ from .errors import (
 from .hydrator import Hydrator, HydratorStats
 from .ids import ContentId
 from .merging import MISSING
+from .rebuild import rebuild
 from .repository import LazyState, Repository, open
 from .results import (
     AuditReport,
@@ -29,6 +30,7 @@ from .results import (
     Diff,
     GCReport,
     ManifestInfo,
+    RebuildReport,
     RepoStats,
     ResetResult,
     VerifyReport,
@@ -55,6 +57,7 @@ __all__ = [
     "ManifestInfo",
     "NotFoundError",
     "OutcomeUnknown",
+    "RebuildReport",
     "RepoStats",
     "Repository",
     "ResetResult",
@@ -64,4 +67,5 @@ __all__ = [
     "__version__",
     "backend",
     "open",
+    "rebuild",
 ]

@@ -13,8 +13,20 @@ from .errors import ConfigError, IntegrityError, InvalidInputError, NotFoundErro
 from .keys import CONFIG, COUNTS_WITH_RECORDS, SEPARATE_COUNTS, CountKeys
 from .manifests import MANIFEST_ENCODER
 from .meta import ConditionFailed, MetaStore, Put
+from .objects import ObjectStore
 
-__all__ = ["FORMAT_VERSION", "Config", "check_config", "load_or_create_config", "upgrade_config"]
+__all__ = [
+    "CONFIG_OBJECT",
+    "FORMAT_VERSION",
+    "Config",
+    "check_config",
+    "decode_config",
+    "encode_config",
+    "load_or_create_config",
+    "read_config_object",
+    "store_config_object",
+    "upgrade_config",
+]
 
 FORMAT_VERSION = 2
 """The format new repositories are created with; every format from 1 up to it is read and
@@ -46,19 +58,70 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
 
 _DECODER = msgspec.msgpack.Decoder(Config)
 
+# The object-store key of a format 2 repository's configuration: the same bytes as the
+# metadata's ``config``, so that the object store alone describes the repository.
+CONFIG_OBJECT = "config"
+
+
+def encode_config(config: Config, /) -> bytes:
+    """A configuration's canonical bytes (stored in the metadata and, from format 2, as the
+    ``config`` object)."""
+    return MANIFEST_ENCODER.encode(config)
+
+
+def store_config_object(objects: ObjectStore, config: Config, /) -> None:
+    """Write ``config`` as the object store's ``config`` object (creation of a format 2
+    repository, an upgrade to format 2, a rebuild)."""
+    objects.put(CONFIG_OBJECT, encode_config(config))
+
+
+def read_config_object(objects: ObjectStore, /) -> bytes | None:
+    """The bytes of the object store's ``config`` object, or None when there is none."""
+    try:
+        return objects.get(CONFIG_OBJECT)
+    except NotFoundError:
+        return None
+
 
 def load_or_create_config(
-    meta: MetaStore, given: dict[str, Any], *, create: bool, where: str
+    meta: MetaStore,
+    given: dict[str, Any],
+    *,
+    create: bool,
+    where: str,
+    objects: ObjectStore | None = None,
 ) -> Config:
+    """The repository's configuration, read from ``meta``; with ``create``, made from
+    ``given`` when there is none. A format 2 repository's ``config`` object is written into
+    ``objects`` first, before anything else: a location holding a different one is a
+    repository whose metadata was lost, and is refused (ConfigError naming rebuild)."""
     stored = meta.get(CONFIG)
     if stored is None:
         if not create:
             raise NotFoundError(f"no repository at {where} (create=False)")
         config = check_config(given)
-        if meta.put_if_absent(CONFIG, MANIFEST_ENCODER.encode(config)):
+        encoded = encode_config(config)
+        if objects is not None and config.format >= 2:
+            found = read_config_object(objects)
+            # Equal bytes and no pack (checked by the caller): a creation that raced this
+            # one or stopped before its metadata; nothing is hidden by finishing it.
+            if found is not None and found != encoded:
+                raise ConfigError(
+                    f"{where} holds a repository configuration object but no repository "
+                    f"metadata: the metadata was lost or emptied. Recover it with "
+                    f"`statebag -r {where} rebuild`"
+                )
+            if found is None:
+                store_config_object(objects, config)
+        if meta.put_if_absent(CONFIG, encoded):
             return config
         stored = meta.get(CONFIG)
         assert stored is not None
+    return decode_config(stored, given, where=where)
+
+
+def decode_config(stored: bytes, given: dict[str, Any], /, *, where: str) -> Config:
+    """The configuration stored as ``stored``, checked against the options ``given``."""
     try:
         raw = msgspec.msgpack.decode(stored)
         version = raw.get("format") if isinstance(raw, dict) else None
@@ -112,13 +175,16 @@ def check_config(given: dict[str, Any]) -> Config:
     return config
 
 
-def upgrade_config(meta: MetaStore, config: Config, /, *, where: str) -> Config:
+def upgrade_config(
+    objects: ObjectStore, meta: MetaStore, config: Config, /, *, where: str
+) -> Config:
     """Record the newest format in the repository's configuration (a no-op when it has it).
 
-    Only ``format`` changes: the chunker, the pack size and everything else stay, so every
-    node already stored is still what a save of the same value would reuse. The write is
-    conditional on the configuration as read, so of two upgrades one writes and the other
-    finds the result.
+    Only ``format`` changes: the chunker, the pack size, where counts live and everything
+    else stay, so every node already stored is still what a save of the same value would
+    reuse. The ``config`` object is written first (format 2 keeps one for a rebuild; two
+    upgrades write the same bytes), then the metadata's, conditional on the configuration as
+    read, so of two upgrades one writes and the other finds the result.
     """
     stored = meta.get(CONFIG)
     if stored is None:
@@ -127,8 +193,9 @@ def upgrade_config(meta: MetaStore, config: Config, /, *, where: str) -> Config:
     if current.format >= FORMAT_VERSION:
         return current
     upgraded = msgspec.structs.replace(current, format=FORMAT_VERSION)
+    store_config_object(objects, upgraded)
     try:
-        meta.write([Put(CONFIG, MANIFEST_ENCODER.encode(upgraded), expect=stored)])
+        meta.write([Put(CONFIG, encode_config(upgraded), expect=stored)])
     except ConditionFailed:
         return _DECODER.decode(meta.get(CONFIG) or b"")
     return upgraded

@@ -24,6 +24,8 @@ prefix constant (for scans), a builder and, where keys are scanned, a parser.
 | ``pending/<txn>`` | a save or compaction in progress | :class:`PendingRecord` |
 | ``dlq/<name>`` | dead letter: pack ids to delete | :func:`encode_letter` |
 | ``rec/<chain hash>/<name>`` | a caller's record beside a chain | the caller's bytes |
+| ``unpacked/<id>`` | empty: a format 2 manifest no pack carries yet | |
+| ``rebuild`` | le64 ns: a rebuild from the packs is writing this store | :func:`encode_le64` |
 | counter ``ref/<id>`` | reference count of a node | |
 | counter ``dead/<pack id>`` | dead frame bytes of a pack | |
 | counter ``fork/<id>`` | chains other than its own headed by a version | |
@@ -58,6 +60,7 @@ __all__ = [
     "PACK",
     "PENDING",
     "PIN",
+    "REBUILDING",
     "RECORD",
     "RECORDS",
     "REF",
@@ -74,6 +77,7 @@ __all__ = [
     "STAT_PACKS",
     "SWEEP",
     "TOMB",
+    "UNPACKED",
     "VERSION",
     "ZERO",
     "CountKeys",
@@ -118,6 +122,7 @@ __all__ = [
     "tomb_key",
     "txn_of",
     "undo_added",
+    "unpacked_key",
     "version_key",
     "version_of",
     "version_prefix",
@@ -147,6 +152,10 @@ STAT = "stat/"
 DISCARDS_SEEN = "gc/discards"
 RECORD = "rec/"
 RECORDS = "recs/"
+UNPACKED = "unpacked/"
+# Present while statebag.rebuild writes a metadata store; a store without ``config`` that has
+# it was being rebuilt when the rebuild stopped (a rerun starts it again from scratch).
+REBUILDING = "rebuild"
 
 STAT_CHAINS = "stat/chains"
 STAT_MANIFESTS = "stat/manifests"
@@ -241,6 +250,12 @@ def orphan_key(manifest_id: bytes, /) -> str:
 
 def fork_key(manifest_id: bytes, /) -> str:
     return FORK + manifest_id.hex()
+
+
+def unpacked_key(manifest_id: bytes, /) -> str:
+    """Marks a format 2 manifest committed without a pack to carry it (its save wrote no new
+    node); gc writes such manifests into a pack and drops the mark."""
+    return UNPACKED + manifest_id.hex()
 
 
 def node_key(node_id: bytes, /) -> str:

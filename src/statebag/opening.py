@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlparse
 
-from .config import check_config, load_or_create_config
+from .config import CONFIG_OBJECT, check_config, load_or_create_config, read_config_object
 from .durations import as_seconds
 from .errors import ConfigError, InvalidInputError, NotFoundError
 from .keys import CONFIG
@@ -136,6 +136,10 @@ class _LocalLocation:
         # meanwhile may have put something there.
         for directory in reversed(made.directories):
             if directory == self.path / _OBJECTS_DIR:
+                if made.meta_file is not None:
+                    # The configuration object this creation wrote (format 2), if it did.
+                    with contextlib.suppress(OSError):
+                        os.unlink(directory / CONFIG_OBJECT)
                 with contextlib.suppress(OSError):
                     os.rmdir(directory / TEMP_DIR)
             with contextlib.suppress(OSError):
@@ -163,7 +167,9 @@ def _open_local_path(path: Path, create: bool) -> Location:
         return _LocalLocation(path, read_only=_read_only(path, meta_path))
     if not create:
         # Not "no repository" when only the metadata is gone: creating one would not help.
-        _refuse_unknown_packs(LocalObjectStore(path / _OBJECTS_DIR, read_only=True), str(path))
+        _refuse_unknown_packs(
+            LocalObjectStore(path / _OBJECTS_DIR, read_only=True), str(path), config_object=True
+        )
         raise NotFoundError(f"no repository at {path} (create=False)")
     return _LocalLocation(path, made=_make_local(path))
 
@@ -465,9 +471,10 @@ def _open_stores(
         check_config(given)  # bad options are refused before anything is written
     if meta.get(CONFIG) is None:
         if not create:
+            _refuse_packs_without_metadata(objects, where, config_object=True)
             raise NotFoundError(f"no repository in the stores {where} (create=False)")
         _refuse_packs_without_metadata(objects, where)
-    config = load_or_create_config(meta, given, create=create, where=where)
+    config = load_or_create_config(meta, given, create=create, where=where, objects=objects)
     return Repository(
         objects,
         meta,
@@ -503,8 +510,18 @@ def _open_url(
     try:
         meta = location.open_meta(fsync=True)
         if meta.get(CONFIG) is None:
-            _refuse_unknown_packs(location.open_objects(fsync=False), str(url))
-        config = load_or_create_config(meta, given, create=create, where=str(url))
+            # The object store is checked for packs, and gets a new repository's
+            # configuration object first (format 2), before the metadata says it exists.
+            probe = location.open_objects(fsync=given.get("fsync", True) is not False)
+            try:
+                _refuse_packs_without_metadata(probe, str(url), config_object=not create)
+                config = load_or_create_config(
+                    meta, given, create=create, where=str(url), objects=probe
+                )
+            finally:
+                probe.close()
+        else:
+            config = load_or_create_config(meta, given, create=create, where=str(url))
         if not config.fsync:
             # Created without fsync: metadata commits need not wait for the disk either.
             meta.close()
@@ -528,17 +545,29 @@ def _open_url(
         raise
 
 
-def _refuse_unknown_packs(objects: ObjectStore, where: str) -> None:
+def _refuse_unknown_packs(objects: ObjectStore, where: str, *, config_object: bool) -> None:
     """ConfigError if ``objects``, the object store of a location without a configuration,
     holds packs: its metadata was lost, and a repository made over them would hide their
     data (and its audit would take them for orphans). Closes ``objects``."""
     try:
-        _refuse_packs_without_metadata(objects, where)
+        _refuse_packs_without_metadata(objects, where, config_object=config_object)
     finally:
         objects.close()
 
 
-def _refuse_packs_without_metadata(objects: ObjectStore, where: str) -> None:
+def _refuse_packs_without_metadata(
+    objects: ObjectStore, where: str, *, config_object: bool = False
+) -> None:
+    """ConfigError naming ``rebuild`` if ``objects`` holds packs (or, with
+    ``config_object``, a repository's configuration object) while the metadata holds no
+    repository. A creation checks the configuration object itself (one equal to what it
+    writes is a creation that stopped before its metadata, and is finished)."""
+    if config_object and read_config_object(objects) is not None:
+        raise ConfigError(
+            f"{where} holds a repository configuration object but no repository metadata: "
+            f"the metadata was lost or emptied. Recover it from the object store with "
+            f"`statebag -r {where} rebuild`"
+        )
     found = next((k for k in objects.list(PACKS_PREFIX) if pack_id_of(k) is not None), None)
     if found is not None:
         raise ConfigError(

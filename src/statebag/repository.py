@@ -168,7 +168,9 @@ class Repository:
         opened with until reopened, which every format reads."""
         self._check_open()
         with self._lock:
-            self._config = upgrade_config(self._meta, self._config, where=self._url or "here")
+            self._config = upgrade_config(
+                self._objects, self._meta, self._config, where=self._url or "here"
+            )
             self._writer.use_config(self._config)
             return self._config.format
 

@@ -16,6 +16,7 @@ __all__ = [
     "Diff",
     "GCReport",
     "ManifestInfo",
+    "RebuildReport",
     "RepoStats",
     "ResetResult",
     "VerifyReport",
@@ -129,6 +130,20 @@ class GCReport(msgspec.Struct, frozen=True, kw_only=True):
     bytes_reclaimed: int = 0
     deferred: int = 0
     dead_letters_processed: int = 0
+
+
+class RebuildReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What :func:`statebag.rebuild` restored (or, with ``dry_run``, would restore) from the
+    object store alone: ``chains`` given a head, ``versions`` restored, ``nodes`` indexed,
+    ``packs`` recorded; ``problems`` names what could not be restored (unreadable packs or
+    nodes, versions whose state is not whole in the packs, unknown options), one sentence
+    each."""
+
+    chains: int
+    versions: int
+    nodes: int
+    packs: int
+    problems: list[str]
 
 
 class AuditReport(msgspec.Struct, frozen=True, kw_only=True):

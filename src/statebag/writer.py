@@ -37,7 +37,7 @@ from .config import Config
 from .dag import Entry, InlineField, NewNode, TreeField
 from .errors import ConflictError, IntegrityError, InvalidInputError, NotFoundError, StatebagError
 from .ids import ContentId
-from .keys import HeadRecord, encode_le64, head_key, node_key, version_key
+from .keys import HeadRecord, encode_le64, head_key, node_key, unpacked_key, version_key
 from .liveness import Liveness
 from .manifests import MANIFEST_ENCODER, Manifest
 from .meta import Check, MetaStore, Op, Put
@@ -126,6 +126,7 @@ class _Encoded(NamedTuple):
     fields_nodes: list[NewNode]
     name_hashes: dict[str, bytes]
     reused: int
+    manifest: tuple[Manifest, bytes, bytes]  # the manifest, its bytes and its id
 
 
 @dataclass
@@ -337,19 +338,7 @@ class Writer:
         started: float,
         spent: metering.Tally,
     ) -> CommitResult:
-        manifest = Manifest(
-            format=self._config.format,
-            chain=plan.chain,
-            seq=plan.seq,
-            parents=plan.parents,
-            root=encoded.root,
-            fields=len(run.entries),
-            size=encoded.logical,
-            time_ns=time.time_ns(),
-            meta=plan.meta_raw if plan.meta_raw is not None else msgspec.Raw(b"\xc0"),
-        )
-        manifest_bytes = MANIFEST_ENCODER.encode(manifest)
-        manifest_id = bytes(ContentId.of(manifest_bytes))
+        manifest, manifest_bytes, manifest_id = encoded.manifest
         extra = [
             *plan.extra,
             Put(
@@ -359,6 +348,9 @@ class Writer:
         ]
         if plan.hold_s is not None:
             extra += self._catalog.hold_ops(manifest_id, seconds=plan.hold_s)
+        if self._config.format >= 2 and not encoded.packs:
+            # No pack to carry the manifest: gc writes it into one (see gc.manifests).
+            extra.append(Put(unpacked_key(manifest_id), b""))
         tx = Transaction(
             txn=txn,
             chain=plan.chain,
@@ -473,16 +465,34 @@ class Writer:
         packer.reused += len(fields_nodes) - len(unknown)
         self._store_new(unknown, run)
 
+        logical = sum(dag.entry_size(entry) for entry in run.entries.values())
+        manifest = Manifest(
+            format=self._config.format,
+            chain=plan.chain,
+            seq=plan.seq,
+            parents=plan.parents,
+            root=root,
+            fields=len(run.entries),
+            size=logical,
+            time_ns=time.time_ns(),
+            meta=plan.meta_raw if plan.meta_raw is not None else msgspec.Raw(b"\xc0"),
+        )
+        manifest_bytes = MANIFEST_ENCODER.encode(manifest)
+        manifest_id = bytes(ContentId.of(manifest_bytes))
         t = time.perf_counter()
-        packs = packer.finish()
+        # From format 2 the save's last pack carries its manifest (see statebag.rebuild).
+        packs = packer.finish(
+            manifest=(manifest_id, manifest_bytes) if self._config.format >= 2 else None
+        )
         timings["compress"] = time.perf_counter() - t
         return _Encoded(
             root=root,
             packs=packs,
-            logical=sum(dag.entry_size(entry) for entry in run.entries.values()),
+            logical=logical,
             fields_nodes=fields_nodes,
             name_hashes=name_hashes,
             reused=packer.reused,
+            manifest=(manifest, manifest_bytes, manifest_id),
         )
 
     def _cut_value(
@@ -649,9 +659,13 @@ class _Packer:
         self._writer, self._raw = PackWriter(self.prepare.salt), 0
         self.prepare.ship(pack_id, data, last=last)
 
-    def finish(self) -> list[tuple[bytes, int, list[Any]]]:
+    def finish(self, *, manifest: tuple[bytes, bytes] | None) -> list[tuple[bytes, int, list[Any]]]:
+        """Ship the last pack, carrying ``manifest`` (id, bytes) when given. A save with no
+        new node ships no pack: its manifest has none to ride in."""
         self.drain(block=True)
         if len(self._writer):
+            if manifest is not None:
+                self._writer.add_manifest(*manifest)
             self._ship(last=True)
         return self._packs
 

@@ -13,6 +13,7 @@ import msgspec
 from ..errors import ConflictError, IntegrityError, InvalidInputError, NotFoundError
 from ..ids import SHORT_LENGTH, looks_like_id
 from ..merging import MergeConflictError, conflict_summary
+from ..rebuild import rebuild
 from ..repository import Repository
 from ..repository import open as open_repository
 from ..results import AuditReport, CommitResult, ManifestInfo
@@ -418,6 +419,23 @@ _AUDIT_FINDINGS: tuple[tuple[str, str, bool | None], ...] = (
     ("stray_objects", "stray file", None),
 )
 _AUDIT_SHOWN = 20  # ids listed per finding in the human output; --json lists them all
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    check_repo_url(args.repo)
+    with status(show_progress(args), "reading every pack"):
+        report = rebuild(args.repo, dry_run=args.dry_run)
+    if args.json:
+        print_json(msgspec.to_builtins(report))
+    else:
+        verb = "would restore" if args.dry_run else "restored"
+        write_text(
+            f"{verb} {report.versions} version(s) on {report.chains} chain(s), "
+            f"{report.nodes} node(s) in {report.packs} pack(s)\n"
+        )
+        for problem in report.problems:
+            print_note(problem)
+    return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

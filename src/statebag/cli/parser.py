@@ -486,6 +486,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    rebuild = command(
+        "rebuild",
+        commands.cmd_rebuild,
+        "recreate a repository's lost metadata from its object store alone",
+        "Reads every pack and writes, into an empty metadata store, the node index, every "
+        "version a pack carries whose state is whole, the version index, reference counts, "
+        "totals and one head per chain (its highest seq). What the packs do not hold is not "
+        "restored: resets, deletions, pins, holds, records beside chains, forks never saved "
+        "on (see docs/FORMAT.md, Rebuild); each problem found is printed. A metadata store "
+        "that is not empty is refused (exit 6).\n\n"
+        "--json keys: chains, versions, nodes, packs, problems.",
+    )
+    rebuild.add_argument(
+        "--dry-run", action="store_true", help="report what would be restored, write nothing"
+    )
+    rebuild.add_argument("--json", action="store_true", help="print the report as JSON")
+
     chains = command(
         "chains",
         commands.cmd_chains,

@@ -31,6 +31,7 @@ from ..results import AuditReport, GCReport
 from ..versions import ReachabilityChanged, VersionDeleter
 from .audit import Auditor
 from .lost import lost_metadata
+from .manifests import ManifestPacker
 from .nodes import ChildReader, NodeReader
 from .packs import COMPACT_BYTES, COMPACT_PACK_DEAD, COMPACT_REPO_DEAD, PackReclaimer
 from .retention import Retention, select_for_deletion
@@ -88,6 +89,7 @@ class Collector:
         self._retention = Retention(meta, self._versions)
         self._sweeper = Sweeper(objects, meta, self._child_reader, counts=counts)
         self._packs = PackReclaimer(objects, meta, liveness=liveness, lease=lease, counts=counts)
+        self._manifests = ManifestPacker(objects, meta, liveness=liveness, lease=lease)
         self._rollback = Rollback(objects, meta, liveness=liveness, packs=self._packs)
         self._auditor = Auditor(objects, meta, self._child_reader, counts=counts)
 
@@ -135,6 +137,8 @@ class Collector:
                 unreachable=unreachable,
             )
         self._sweeper.sweep(tally, cutoff=time.time_ns() - int(grace * 1e9))
+        # Versions whose save wrote no pack get one before any pack is reclaimed.
+        self._manifests.pack_unpacked()
         self._packs.reclaim(tally, compact_bytes=compact_bytes, pack_size=pack_size)
         return tally.report()
 

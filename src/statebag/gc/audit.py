@@ -69,6 +69,7 @@ from ..results import AuditReport
 from ..versions import accounted_for
 from .batches import write_items
 from .lost import lost_metadata
+from .manifests import manifest_states
 from .nodes import ChildReader
 from .sweep import sweeping_children
 
@@ -330,6 +331,14 @@ class Auditor:
             except NotFoundError:
                 continue
             if self._meta.get(pack_record_key(pack_id)) is not None:
+                continue
+            try:
+                data = self._objects.get(pack_key(pack_id))
+            except NotFoundError:
+                continue
+            if manifest_states(self._meta, pack_id, data).unknown:
+                # It carries a version the metadata never knew (only a rebuild can tell
+                # what it is): never deleted; reported as an orphan each time.
                 continue
             self._objects.delete(pack_key(pack_id))
             repaired += 1

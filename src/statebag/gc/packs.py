@@ -39,21 +39,26 @@ from ..keys import (
     CountKeys,
     IndexRecord,
     PackRecord,
+    Tombstone,
     dead_key,
     decode_letter,
     decode_sweep,
     encode_le64,
     encode_letter,
+    encode_record,
     id_of,
+    manifest_key,
     node_key,
     pack_letter_key,
     pack_record_key,
     pending_key,
     sum_totals,
     sweep_key,
+    tomb_key,
     zero_key,
 )
 from ..liveness import Liveness
+from ..manifests import decode_manifest
 from ..meta import (
     Add,
     Check,
@@ -66,9 +71,10 @@ from ..meta import (
     Put,
 )
 from ..objects import ObjectStore
-from ..packs import PackEntry, PackWriter, pack_key, parse_footer
+from ..packs import PackEntry, PackWriter, manifest_bytes, pack_key, parse_footer, parse_pack
 from ..prepare import Prepare, new_txn_id
 from .batches import HeadFailed, write_items
+from .manifests import manifest_states, may_hold_manifests
 from .tally import Tally
 
 __all__ = ["COMPACT_BYTES", "COMPACT_PACK_DEAD", "COMPACT_REPO_DEAD", "PackReclaimer"]
@@ -88,6 +94,8 @@ class _Candidate:
     record: PackRecord
     dead: int
     live: list[tuple[bytes, bytes, IndexRecord, bytes]]
+    # Live manifests the pack carries (id, bytes): copied into the compacted pack.
+    manifests: list[tuple[bytes, bytes]]
 
     @property
     def live_bytes(self) -> int:
@@ -138,10 +146,13 @@ class PackReclaimer:
             if stored is None:
                 continue
             record = PackRecord.decode(stored, pack_id=pack_id.hex())
-            if dead >= record.frames:
+            all_dead = dead >= record.frames
+            if all_dead and not may_hold_manifests(self._objects, pack_id, record.size):
                 self._delete_pack(tally, pack_id, stored, record, dead)
-            elif compact and dead >= COMPACT_PACK_DEAD * record.frames and budget > 0:
-                budget -= record.size
+            elif all_dead or (compact and dead >= COMPACT_PACK_DEAD * record.frames and budget > 0):
+                # A pack of format 2 goes through compaction even when all its frames are
+                # dead: live manifests it carries are copied on, unknown ones keep it.
+                budget -= 0 if all_dead else record.size
                 candidate = self._candidate(tally, pack_id, stored, record, dead)
                 if candidate is None:
                     continue
@@ -168,7 +179,8 @@ class PackReclaimer:
         there with a count of 0 and no ``zero/`` mark (no manifest reaches them) get a mark
         first, so that the sweep collects them."""
         try:
-            entries = parse_footer(self._objects.get(pack_key(pack_id)), pack_id=pack_id.hex())
+            data = self._objects.get(pack_key(pack_id))
+            entries = parse_footer(data, pack_id=pack_id.hex())
         except (NotFoundError, IntegrityError):
             # Gone, or no pack at all (a save indexes nothing before its packs are whole).
             return Settled(delete=True, letter=value)
@@ -209,6 +221,9 @@ class PackReclaimer:
                     Add(STAT_BYTES_DEAD, -counted),
                 ]
             else:
+                # The save never committed and never will (its entry is gone): a manifest
+                # it carries is tombstoned, so that the kept pack may go once it is dead.
+                ops += self._tombstone_uncommitted(pack_id, data)
                 frames = sum(e.length for e in entries)
                 dead = frames - sum(e.length for e in live)
                 ops += [
@@ -232,6 +247,30 @@ class PackReclaimer:
                 continue  # a sweep counted a frame dead meanwhile: count again
             return Settled(delete=not live, letter=encode_letter(rest) if rest else None)
         raise ConflictError(f"pack {pack_id.hex()} kept changing while gc settled it; run gc again")
+
+    def _tombstone_uncommitted(self, pack_id: bytes, data: bytes) -> list[Op]:
+        """Tombstones for the manifests pack ``data`` carries that the metadata does not
+        know, each on condition that the manifest is still absent."""
+        ops: list[Op] = []
+        now = time.time_ns()
+        contents = parse_pack(data, pack_id=pack_id.hex())
+        unknown = set(manifest_states(self._meta, pack_id, data).unknown)
+        for entry in contents.manifests:
+            if entry.node_id not in unknown:
+                continue
+            try:
+                manifest = decode_manifest(
+                    manifest_bytes(data, entry, pack_id=pack_id.hex()),
+                    manifest_id=entry.node_id.hex(),
+                )
+                tomb = Tombstone(manifest.chain, manifest.seq, manifest.time_ns, now)
+            except IntegrityError:
+                tomb = Tombstone("", 0, 0, now)
+            ops += [
+                Check(manifest_key(entry.node_id), None),
+                Put(tomb_key(entry.node_id), encode_record(tomb), expect=None),
+            ]
+        return ops
 
     def _mark_unreferenced(self, node_ids: list[bytes]) -> None:
         """Put ``zero/`` = now for each node of ``node_ids`` whose count is 0 and that has no
@@ -320,10 +359,15 @@ class PackReclaimer:
                 live.append((entry.node_id, raw, old, frame))
         if self._sweeping(pack_id, entries):
             return None  # read after the records: a sweep that removed a node since fails a move
-        if not live:
+        states = manifest_states(self._meta, pack_id, data)
+        if states.unknown:
+            # The only copy of versions the metadata does not know to be deleted: kept.
+            tally.deferred += 1
+            return None
+        if not live and not states.live:
             self._delete_pack(tally, pack_id, stored, record, dead)
             return None
-        return _Candidate(pack_id, stored, record, dead, live)
+        return _Candidate(pack_id, stored, record, dead, live, states.live)
 
     def _compact_group(self, tally: Tally, group: list[_Candidate]) -> None:
         if not self._compact(tally, group) and len(group) > 1:
@@ -351,6 +395,9 @@ class PackReclaimer:
             moving = [item for candidate in group for item in candidate.live]
             for node_id, _, old, frame in moving:
                 writer.add_frame(node_id, frame, old.size)
+            carried = {i: data for candidate in group for i, data in candidate.manifests}
+            for manifest_id, manifest in carried.items():
+                writer.add_manifest(manifest_id, manifest)
             new_id, new_data, new_entries = writer.finish()
             prepare.ship(new_id, new_data, last=True)
             crash_point("gc.after_compact_upload")
