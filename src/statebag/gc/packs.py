@@ -25,6 +25,7 @@ neither compacted nor deleted: the sweep still reads that node.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .._crash import crash_point
@@ -71,11 +72,25 @@ from ..prepare import Prepare, new_txn_id
 from .batches import HeadFailed, write_items
 from .tally import Tally
 
-__all__ = ["COMPACT_BYTES", "COMPACT_PACK_DEAD", "COMPACT_REPO_DEAD", "PackReclaimer"]
+__all__ = [
+    "COMPACT_BYTES",
+    "COMPACT_PACK_DEAD",
+    "COMPACT_REPO_DEAD",
+    "COMPACT_POINTS",
+    "LiveFrame",
+    "PackReclaimer",
+]
 
 COMPACT_PACK_DEAD = 0.20
 COMPACT_REPO_DEAD = 0.05
 COMPACT_BYTES = 1 << 30
+
+
+LiveFrame = tuple[bytes, bytes, IndexRecord, bytes]
+"""A frame to move: node id, its index record as stored, decoded, and the frame's bytes."""
+
+COMPACT_POINTS = ("gc.after_compact_upload", "gc.after_compact_index")
+"""Compaction's crash points: after the new pack's upload, after the index moved."""
 
 
 @dataclass
@@ -87,7 +102,7 @@ class _Candidate:
     stored: bytes
     record: PackRecord
     dead: int
-    live: list[tuple[bytes, bytes, IndexRecord, bytes]]
+    live: list[LiveFrame]
 
     @property
     def live_bytes(self) -> int:
@@ -114,11 +129,22 @@ class PackReclaimer:
         self._liveness = liveness
         self._lease = lease
 
-    def reclaim(self, tally: Tally, *, compact_bytes: int, pack_size: int) -> None:
+    def compacting(self) -> dict[bytes, int]:
+        """The ``dead/`` counters of the packs compaction would take now, by pack id, when
+        the repository has enough dead bytes for it to run (else empty): the packs for which
+        ``dead >= COMPACT_PACK_DEAD * frames`` among them are its candidates."""
+        if not self._compaction_due():
+            return {}
+        return {id_of(key, DEAD): dead for key, dead in self._meta.counters(DEAD)}
+
+    def _compaction_due(self) -> bool:
         totals = sum_totals(self._meta.counters(STAT))
         stored_total = totals.get("bytes_stored", 0)
         dead_total = totals.get("bytes_dead", 0)
-        compact = stored_total > 0 and dead_total >= COMPACT_REPO_DEAD * stored_total
+        return stored_total > 0 and dead_total >= COMPACT_REPO_DEAD * stored_total
+
+    def reclaim(self, tally: Tally, *, compact_bytes: int, pack_size: int) -> None:
+        compact = self._compaction_due()
         budget = compact_bytes
         # The live frames of several packs go into one new pack of up to pack_size, so that
         # compaction also merges the small packs of small saves.
@@ -302,7 +328,7 @@ class PackReclaimer:
         entries = parse_footer(data, pack_id=pack_id.hex())
         keys = [node_key(e.node_id) for e in entries]
         records = self._meta.get_many(keys)
-        live: list[tuple[bytes, bytes, IndexRecord, bytes]] = []
+        live: list[LiveFrame] = []
         for entry, key in zip(entries, keys, strict=True):
             raw = records.get(key)
             if raw is None:
@@ -325,10 +351,34 @@ class PackReclaimer:
                 self._compact(tally, [candidate])
 
     def _compact(self, tally: Tally, group: list[_Candidate]) -> bool:
-        """Copy the live frames of ``group`` into one new pack, move their index records and
-        retire the old packs, in one write conditional on every record; False if a
-        condition failed (the new pack is then deleted). Where that write does not fit
-        ``max_batch``, in batches (see the module docstring)."""
+        """Copy the live frames of ``group`` into one new pack and retire the old packs (see
+        :meth:`move_frames`); False if a condition failed."""
+        moving = [item for candidate in group for item in candidate.live]
+        size = self.move_frames(tally, moving, retiring=group, points=COMPACT_POINTS)
+        if size is None:
+            return False
+        tally.bytes_reclaimed -= size
+        return True
+
+    def move_frames(
+        self,
+        tally: Tally,
+        moving: Sequence[LiveFrame],
+        /,
+        *,
+        retiring: Sequence[_Candidate] = (),
+        points: tuple[str, str],
+    ) -> int | None:
+        """Copy the frames ``moving`` unchanged into one new pack and move their index
+        records there, in one write conditional on every record; the new pack's size, or
+        None if a condition failed (the new pack is then deleted). Where that write does not
+        fit ``max_batch``, in batches (see the module docstring).
+
+        The one path by which gc moves nodes between packs: compaction moves every live
+        frame of the packs ``retiring``, which the same write retires; the repack
+        (:mod:`.repack`) moves some frames of packs that stay, whose ``dead/`` counters the
+        write raises by the frames moved out, and deletes those left all dead afterwards.
+        ``points`` are the crash points after the upload and after the index moved."""
         txn = new_txn_id()
         prepare = Prepare(
             self._objects,
@@ -338,15 +388,20 @@ class PackReclaimer:
             lease=self._lease,
             liveness=self._liveness,
         )
+        retired = {candidate.pack_id for candidate in retiring}
+        # Frames moved out of packs that stay are dead there from the move on.
+        left: dict[bytes, int] = {}
+        for _, _, old, _ in moving:
+            if old.pack_id not in retired:
+                left[old.pack_id] = left.get(old.pack_id, 0) + old.length
         batched = False
         try:
             writer = PackWriter(prepare.salt)
-            moving = [item for candidate in group for item in candidate.live]
             for node_id, _, old, frame in moving:
                 writer.add_frame(node_id, frame, old.size)
             new_id, new_data, new_entries = writer.finish()
             prepare.ship(new_id, new_data, last=True)
-            crash_point("gc.after_compact_upload")
+            crash_point(points[0])
             moves = [
                 (node_id, raw, old, IndexRecord(new_id, e.offset, e.length, e.size, old.flags))
                 for (node_id, raw, old, _), e in zip(moving, new_entries, strict=True)
@@ -358,25 +413,28 @@ class PackReclaimer:
             ]
             ops.append(Put(pack_record_key(new_id), new_record.encode(), expect=None))
             ops.append(Delete(pending_key(txn), expect=prepare.recorded))
-            for candidate in group:
+            for candidate in retiring:
                 ops += self._pack_gone_ops(candidate.pack_id, candidate.stored, candidate.dead)
+            ops += [Add(dead_key(pack_id), length) for pack_id, length in left.items()]
+            if left:
+                ops.append(Add(STAT_BYTES_DEAD, sum(left.values())))
             ops += [Add(STAT_PACKS, 1), Add(STAT_BYTES_STORED, len(new_data))]
             limit = self._meta.max_batch
             if limit is not None and len(ops) > limit:
                 batched = True
                 if not self._move_in_batches(prepare, txn, new_id, new_record, moves):
-                    return False
+                    return None
             else:
                 try:
                     self._meta.write(ops)
                 except ConditionFailed:
                     prepare.abandon()
-                    return False
+                    return None
             prepare.recorded = None
         finally:
             prepare.release()
-        crash_point("gc.after_compact_index")
-        for candidate in group:
+        crash_point(points[1])
+        for candidate in retiring:
             if batched:
                 # Every frame moved (or swept meanwhile) is dead there now: the old pack
                 # goes as any dead pack, unless a sweep in slices still reads a frame of it.
@@ -387,8 +445,13 @@ class PackReclaimer:
                 self._meta.delete(pack_letter_key(candidate.pack_id))
             tally.packs_compacted += 1
             tally.bytes_reclaimed += candidate.record.size
-        tally.bytes_reclaimed -= len(new_data)
-        return True
+        for pack_id in left:
+            # A pack whose every frame moved out goes as any dead pack.
+            size = self._retire_if_dead(pack_id)
+            if size:
+                tally.packs_deleted += 1
+                tally.bytes_reclaimed += size
+        return len(new_data)
 
     def _move_in_batches(
         self,
@@ -464,10 +527,14 @@ class PackReclaimer:
                 if not still_ours():
                     return False
 
-    def _retire_if_dead(self, pack_id: bytes) -> bool:
+    def _retire_if_dead(self, pack_id: bytes) -> int:
+        """Retire ``pack_id`` if its frames are all dead (as read again now); its size, or 0
+        when it was not retired."""
         stored = self._meta.get(pack_record_key(pack_id))
         if stored is None:
-            return False
+            return 0
         record = PackRecord.decode(stored, pack_id=pack_id.hex())
         dead = self._meta.counter(dead_key(pack_id))
-        return dead >= record.frames and self._retire(pack_id, stored, dead)
+        if dead >= record.frames and self._retire(pack_id, stored, dead):
+            return record.size
+        return 0
