@@ -90,9 +90,7 @@ class Collector:
         self._retention = Retention(meta, self._versions)
         self._sweeper = Sweeper(objects, meta, self._child_reader)
         self._packs = PackReclaimer(objects, meta, liveness=liveness, lease=lease)
-        self._repacker = Repacker(
-            objects, meta, packs=self._packs, children=self._child_reader
-        )
+        self._repacker = Repacker(objects, meta, packs=self._packs, children=self._child_reader)
         self._rollback = Rollback(objects, meta, liveness=liveness, packs=self._packs)
         self._auditor = Auditor(objects, meta, self._child_reader)
 

@@ -32,6 +32,7 @@ from .._crash import crash_point
 from ..errors import ConflictError, IntegrityError, NotFoundError
 from ..keys import (
     DEAD,
+    PENDING,
     STAT,
     STAT_BYTES_DEAD,
     STAT_BYTES_STORED,
@@ -41,6 +42,7 @@ from ..keys import (
     PackRecord,
     dead_key,
     decode_letter,
+    decode_pending,
     decode_sweep,
     encode_le64,
     encode_letter,
@@ -75,8 +77,8 @@ from .tally import Tally
 __all__ = [
     "COMPACT_BYTES",
     "COMPACT_PACK_DEAD",
-    "COMPACT_REPO_DEAD",
     "COMPACT_POINTS",
+    "COMPACT_REPO_DEAD",
     "LiveFrame",
     "PackReclaimer",
 ]
@@ -150,8 +152,12 @@ class PackReclaimer:
         # compaction also merges the small packs of small saves.
         group: list[_Candidate] = []
         group_bytes = 0
-        for key, dead in list(self._meta.counters(DEAD)):
+        counted = list(self._meta.counters(DEAD))
+        pending = self._pending_packs() if counted else set()
+        for key, dead in counted:
             pack_id = id_of(key, DEAD)
+            if pack_id in pending:
+                continue  # a compaction's or repack's new pack, still being filled
             stored = self._meta.get(pack_record_key(pack_id))
             if stored is None:
                 continue
@@ -438,19 +444,17 @@ class PackReclaimer:
             if batched:
                 # Every frame moved (or swept meanwhile) is dead there now: the old pack
                 # goes as any dead pack, unless a sweep in slices still reads a frame of it.
-                if not self._retire_if_dead(candidate.pack_id):
+                if not self._retire_dead([candidate.pack_id]):
                     continue
             else:
                 self._objects.delete(pack_key(candidate.pack_id))
                 self._meta.delete(pack_letter_key(candidate.pack_id))
             tally.packs_compacted += 1
             tally.bytes_reclaimed += candidate.record.size
-        for pack_id in left:
-            # A pack whose every frame moved out goes as any dead pack.
-            size = self._retire_if_dead(pack_id)
-            if size:
-                tally.packs_deleted += 1
-                tally.bytes_reclaimed += size
+        # A pack whose every frame moved out goes as any dead pack.
+        for size in self._retire_dead(list(left)).values():
+            tally.packs_deleted += 1
+            tally.bytes_reclaimed += size
         return len(new_data)
 
     def _move_in_batches(
@@ -527,14 +531,36 @@ class PackReclaimer:
                 if not still_ours():
                     return False
 
-    def _retire_if_dead(self, pack_id: bytes) -> int:
-        """Retire ``pack_id`` if its frames are all dead (as read again now); its size, or 0
-        when it was not retired."""
-        stored = self._meta.get(pack_record_key(pack_id))
-        if stored is None:
-            return 0
-        record = PackRecord.decode(stored, pack_id=pack_id.hex())
-        dead = self._meta.counter(dead_key(pack_id))
-        if dead >= record.frames and self._retire(pack_id, stored, dead):
-            return record.size
-        return 0
+    def _retire_dead(self, pack_ids: list[bytes]) -> dict[bytes, int]:
+        """Retire those of ``pack_ids`` whose frames are all dead (as read again now) and
+        that no pending entry names; the size of each retired."""
+        dead_packs: list[tuple[bytes, bytes, int, int]] = []
+        for pack_id in pack_ids:
+            stored = self._meta.get(pack_record_key(pack_id))
+            if stored is None:
+                continue
+            record = PackRecord.decode(stored, pack_id=pack_id.hex())
+            dead = self._meta.counter(dead_key(pack_id))
+            if dead >= record.frames:
+                dead_packs.append((pack_id, stored, dead, record.size))
+        if not dead_packs:
+            return {}
+        pending = self._pending_packs()
+        return {
+            pack_id: size
+            for pack_id, stored, dead, size in dead_packs
+            if pack_id not in pending and self._retire(pack_id, stored, dead)
+        }
+
+    def _pending_packs(self) -> set[bytes]:
+        """The packs pending entries name. Read after the ``dead/`` counters of the packs
+        to retire: a compaction or repack in batches records its new pack all dead, then
+        moves records into it on condition of its pending entry, so a pack that looks all
+        dead may be one still being filled. If its entry is gone by now, no move of it can
+        land any more, and any that landed since the counter was read fails the retire's
+        condition on the counter."""
+        return {
+            pack_id
+            for _, value in self._meta.scan(PENDING)
+            for pack_id in decode_pending(value).packs
+        }

@@ -121,14 +121,11 @@ class Repacker:
             if budget <= 0:
                 break
             located = self._scattered(root, small=small, taken=taken, compacting=compacting)
-            if not located:
+            chosen = _within(located, budget)
+            if not chosen:
                 continue
-            frames = self._read_frames(located)
-            for frame in frames:
+            for frame in self._read_frames(chosen):
                 length = len(frame[3])
-                if budget < length:
-                    budget = 0
-                    break
                 if group.frames and group.size + length > pack_size:
                     self._flush(tally, group)
                     group = _Group()
@@ -193,8 +190,7 @@ class Repacker:
         gathered = {
             pack_id
             for pack_id, pack in packs.items()
-            if pack.size < small
-            and compacting.get(pack_id, 0) < COMPACT_PACK_DEAD * pack.frames
+            if pack.size < small and compacting.get(pack_id, 0) < COMPACT_PACK_DEAD * pack.frames
         }
         chosen = [
             (node_id, raw, record)
@@ -236,9 +232,31 @@ class Repacker:
             frame = blob[record.offset : record.offset + record.length]
             if len(frame) != record.length:
                 raise IntegrityError(
-                    f"pack {record.pack_id.hex()} is truncated: node {node_id.hex()} is cut "
-                    "short",
+                    f"pack {record.pack_id.hex()} is truncated: node {node_id.hex()} is cut short",
                     object_id=record.pack_id.hex(),
                 )
             frames.append((node_id, raw, record, frame))
         return frames
+
+
+def _within(
+    located: list[tuple[bytes, bytes, IndexRecord]], budget: int
+) -> list[tuple[bytes, bytes, IndexRecord]]:
+    """Of ``located`` (in walk order), the nodes of the small packs that fit in ``budget``,
+    whole packs only (a pack left with one of the head's nodes is still read), those holding
+    the fewest of the head's bytes first (each costs a load one request, whatever it holds);
+    nothing when fewer than two packs fit: moving one pack's nodes into another gains
+    nothing, and a budget too small for the head would otherwise copy the same nodes every
+    run."""
+    held: dict[bytes, int] = {}
+    for _, _, record in located:
+        held[record.pack_id] = held.get(record.pack_id, 0) + record.length
+    fitting: set[bytes] = set()
+    for pack_id, length in sorted(held.items(), key=lambda item: (item[1], item[0])):
+        if length > budget:
+            break
+        fitting.add(pack_id)
+        budget -= length
+    if len(fitting) < 2:
+        return []
+    return [item for item in located if item[2].pack_id in fitting]
