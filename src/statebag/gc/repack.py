@@ -5,7 +5,7 @@ scattered over as many packs, and a load reads each of them (on an object store,
 request each at least). Compaction merges only packs with dead bytes; this pass merges
 live ones, by what is read together: for each chain, newest head first, it walks the
 head's nodes and gathers those that sit in *small* packs (under :data:`SMALL_PACK`), when
-they sit in two small packs or more, into new packs of up to ``pack_size``, one chain's
+they sit in :data:`SCATTERED` small packs or more, into new packs of up to ``pack_size``, one chain's
 nodes after another's, in the order of the walk. Nodes of older versions stay where they
 are: their frames left behind are compaction's to merge once enough of a pack is dead.
 
@@ -19,9 +19,11 @@ record failed, reads the new record and commits (see commit protocol).
 
 Each run is bounded: it copies at most ``budget`` bytes of frames (``repack_bytes``,
 :data:`REPACK_BYTES` by default) and walks at most :data:`REPACK_HEADS` heads, the newest.
-A chain whose head has its nodes in at most one small pack is left alone, so a run over an
+A chain whose head has its nodes in fewer small packs is left alone, so a run over an
 unchanged repository copies nothing, and the packs a repack writes are not repacked again
-until new saves scatter the chain anew.
+until new saves scatter the chain anew. Only whole packs move (all of the head's nodes in
+them), those holding the fewest of its bytes first, and only two or more at once, so a
+budget too small for a head never copies the same nodes run after run.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ less) is small: its nodes are worth gathering. 1 MiB is the reader's largest ran
 so a load reads a pack at least that big in as many requests as its bytes need anyway,
 while each small pack costs a request of its own (see docs/FORMAT.md, Repacking)."""
 
-SCATTERED = 4
+SCATTERED = 3
 """A head whose nodes (those not left to a newer head) sit in at least this many small
 packs is gathered: a load of it then reads at most SCATTERED - 1 small packs more than it
 must, and a chain saved once between two gc runs is copied again every SCATTERED - 1 runs
@@ -159,8 +161,7 @@ class Repacker:
     ) -> list[tuple[bytes, bytes, IndexRecord]]:
         """The nodes of the version under ``root`` (in walk order: each level of the tree
         before the next) that sit in small packs and are not ``taken``, with their records
-        as stored and decoded; empty when they sit in fewer than two small packs (nothing to
-        gain) or the version cannot be walked whole (being deleted: gc's sweep is there).
+        as stored and decoded; empty when they sit in fewer than SCATTERED small packs or the version cannot be walked whole (being deleted: gc's sweep is there).
         Every node of the version is added to ``taken``."""
         seen: set[bytes] = set()
         located: list[tuple[bytes, bytes, IndexRecord]] = []
