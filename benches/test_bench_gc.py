@@ -13,7 +13,8 @@ fsync, so the timings are of the work, not of the disk.
   deleted with ``repo.delete`` (both untimed, in the round's setup); then
   ``repo.gc(grace=0, repack_bytes=0)`` is timed: it sweeps the nodes the deletions released,
   deletes the packs left dead and compacts the packs left mostly dead (the repack is left
-  out: it gathers the heads whatever was deleted; ``gc_load_locality`` measures it). The versions of the 10% are among those of the 90%.
+  out: it gathers the heads whatever was deleted; ``gc_load_locality`` measures it). The
+  versions of the 10% are among those of the 90%.
 - ``gc_nothing_deleted``: ``repo.gc(grace=0)`` on a fresh copy where nothing was deleted
   and an untimed gc already repacked the heads: the fixed cost of a gc on this repository.
 - ``audit``: ``repo.audit()`` of the whole repository, on a handle opened afresh each round.

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import statebag
-from statebag import GCReport, InvalidInputError, Repository
+from statebag import GCReport, InvalidInputError, Repository, dag
 from statebag.bench.workloads import AgentThread, agent_state, agent_step
 from statebag.keys import IndexRecord, PackRecord
 from statebag.meta import Check, ConditionFailed, MetaStore, Op, Put
@@ -122,8 +122,6 @@ def head_bytes(repo: Repository, chain: str) -> int:
 
 def recount_version(repo: Repository, manifest_id: str) -> tuple[int, set[bytes]]:
     """The nodes of one version (walked from its root), and how many."""
-    from statebag import dag
-
     reader = internals.reader(repo)
     root = internals.manifest(repo, manifest_id).root
     seen: set[bytes] = set()

@@ -5,8 +5,8 @@ scattered over as many packs, and a load reads each of them (on an object store,
 request each at least). Compaction merges only packs with dead bytes; this pass merges
 live ones, by what is read together: for each chain, newest head first, it walks the
 head's nodes and gathers those that sit in *small* packs (under :data:`SMALL_PACK`), when
-they sit in :data:`SCATTERED` small packs or more, into new packs of up to ``pack_size``, one chain's
-nodes after another's, in the order of the walk. Nodes of older versions stay where they
+they sit in :data:`SCATTERED` small packs or more, into new packs of up to ``pack_size``,
+one chain's nodes after another's, in the order of the walk. Nodes of older versions stay where they
 are: their frames left behind are compaction's to merge once enough of a pack is dead.
 
 The nodes move by compaction's own path (:meth:`.packs.PackReclaimer.move_frames`): a new
@@ -84,7 +84,7 @@ _LOCATE_SLICE = 512
 
 @dataclass
 class _Group:
-    """Frames gathered for one new pack, and the small packs' bytes read for them."""
+    """Frames gathered for one new pack, and their bytes."""
 
     frames: list[LiveFrame] = field(default_factory=list)
     size: int = 0
@@ -161,8 +161,9 @@ class Repacker:
     ) -> list[tuple[bytes, bytes, IndexRecord]]:
         """The nodes of the version under ``root`` (in walk order: each level of the tree
         before the next) that sit in small packs and are not ``taken``, with their records
-        as stored and decoded; empty when they sit in fewer than SCATTERED small packs or the version cannot be walked whole (being deleted: gc's sweep is there).
-        Every node of the version is added to ``taken``."""
+        as stored and decoded; empty when they sit in fewer than SCATTERED small packs or
+        the version cannot be walked whole (being deleted: gc's sweep is there). Every node
+        of the version is added to ``taken``."""
         seen: set[bytes] = set()
         located: list[tuple[bytes, bytes, IndexRecord]] = []
         level = [root]
