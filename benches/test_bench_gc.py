@@ -10,12 +10,19 @@ fsync, so the timings are of the work, not of the disk.
 
 - ``gc_delete_10pct`` / ``gc_delete_90pct``: a fresh copy of the repository
   (``shutil.copytree``) in which 10% / 90% of the versions, never a chain's head, were
-  deleted with ``repo.delete`` (both untimed, in the round's setup); then ``repo.gc(grace=0)``
-  is timed: it sweeps the nodes the deletions released, deletes the packs left dead and
-  compacts the packs left mostly dead. The versions of the 10% are among those of the 90%.
-- ``gc_nothing_deleted``: ``repo.gc(grace=0)`` on a fresh copy where nothing was deleted:
-  the fixed cost of a gc on this repository.
+  deleted with ``repo.delete`` (both untimed, in the round's setup); then
+  ``repo.gc(grace=0, repack_bytes=0)`` is timed: it sweeps the nodes the deletions released,
+  deletes the packs left dead and compacts the packs left mostly dead (the repack is left
+  out: it gathers the heads whatever was deleted; ``gc_load_locality`` measures it). The
+  versions of the 10% are among those of the 90%.
+- ``gc_nothing_deleted``: ``repo.gc(grace=0)`` on a fresh copy where nothing was deleted
+  and an untimed gc already repacked the heads: the fixed cost of a gc on this repository.
 - ``audit``: ``repo.audit()`` of the whole repository, on a handle opened afresh each round.
+- ``gc_load_locality``: 300 saves of one agent thread (the ``agent`` workload, 1-8 MiB
+  attachment; a pack per save), then ``repo.gc(grace=0)`` of a fresh copy, timed: its repack
+  gathers the head's nodes out of the small packs. ``extra_info`` has the distinct packs
+  and object GETs of a fresh handle's ``load_latest`` before and after that gc (counted by
+  a wrapper around the object store), and what the repack moved.
 
 gc's work should grow with what was deleted, not with the size of the repository: the 90%
 benchmark reports ``t90 / t10`` next to the ratios of versions deleted and of bytes
@@ -38,7 +45,11 @@ import pytest
 import statebag
 from conftest import SEED, Bench, _benchmarks_disabled, _env_number
 from statebag import GCReport, Repository
-from statebag.bench.workloads import agent_state, agent_step
+from statebag.bench.workloads import AgentThread, agent_state, agent_step
+from statebag.meta.sqlite import SQLiteMetaStore
+from statebag.objects import ObjectStore
+from statebag.objects.counting import CountingObjectStore
+from statebag.objects.local import LocalObjectStore
 from test_bench_repository import ATTACHMENT_MAX, ATTACHMENT_MIN
 
 GC_CHAINS = 10
@@ -170,7 +181,7 @@ def _bench_gc(gbench: Bench, gc_repo: GCRepo, copies: Copies, share: str) -> Non
         return (copies.new(doomed),), {}
 
     def collect(repo: Repository) -> GCReport:
-        report = repo.gc(grace=0)
+        report = repo.gc(grace=0, repack_bytes=0)
         reports.append(report)
         return report
 
@@ -185,6 +196,7 @@ def _bench_gc(gbench: Bench, gc_repo: GCRepo, copies: Copies, share: str) -> Non
     assert report.deferred == 0 and report.dead_letters_processed == 0
     stats = repo.stats()
     assert stats.manifests == kept
+    assert report.nodes_repacked == report.bytes_repacked == 0
     assert stats.bytes_stored == gc_repo.bytes_stored - report.bytes_reclaimed
     audit = repo.audit()
     assert audit.ok, audit
@@ -248,8 +260,15 @@ def test_gc_delete_90pct(gbench: Bench, gc_repo: GCRepo, copies: Copies) -> None
 
 @pytest.mark.benchmark(group="gc")
 def test_gc_nothing_deleted(gbench: Bench, gc_repo: GCRepo, copies: Copies) -> None:
-    """The fixed cost of a gc with nothing to do, on the same repository."""
-    report = gbench.run(lambda repo: repo.gc(grace=0), setup=lambda: ((copies.new([]),), {}))
+    """The fixed cost of a gc with nothing to do, on the same repository (its repack done
+    by an untimed gc first: what is left is walking the heads to find nothing to move)."""
+
+    def setup() -> tuple[tuple[Repository], dict[str, Any]]:
+        repo = copies.new([])
+        repo.gc(grace=0)
+        return (repo,), {}
+
+    report = gbench.run(lambda repo: repo.gc(grace=0), setup=setup)
 
     assert report == GCReport(), report
     median = _median(gbench)
@@ -286,3 +305,93 @@ def test_audit(gbench: Bench, gc_repo: GCRepo) -> None:
         ms_per_manifest=None if median is None else round(1e3 * median / report.manifests, 3),
     )
     gbench.figures(audit_s=median, audit_nodes=report.nodes)
+
+
+# -- load locality -----------------------------------------------------------------------------
+
+LOCALITY_SAVES = 300
+
+
+class _PackReads(CountingObjectStore):
+    """Counts requests and the distinct packs read."""
+
+    def __init__(self, inner: ObjectStore, /) -> None:
+        super().__init__(inner)
+        self.packs: set[str] = set()
+
+    def get(self, key: str, /, *, offset: int = 0, length: int | None = None) -> bytes:
+        self.packs.add(key)
+        return super().get(key, offset=offset, length=length)
+
+
+def _load_reads(path: Path) -> tuple[int, int]:
+    """Distinct packs and object GETs of ``load_latest("agent")`` on a fresh handle."""
+    reads = _PackReads(LocalObjectStore(path / "objects", fsync=False))
+    with statebag.open(objects=reads, meta=SQLiteMetaStore(path / "meta.sqlite")) as fresh:
+        fresh.load_latest("agent")
+    return len(reads.packs), reads.snapshot().gets
+
+
+@pytest.fixture(scope="module")
+def agent_repo(gc_workspace: Path) -> Path:
+    """300 saves of the agent workload (1-8 MiB attachment), one pack each."""
+    path = gc_workspace / "agent"
+    with statebag.open(path, fsync=False) as repo:
+        for step in AgentThread(LOCALITY_SAVES).run():
+            repo.save(step.chain, step.state)
+    return path
+
+
+@pytest.mark.benchmark(group="gc")
+def test_gc_load_locality(bench_on: Callable[[str, int], Bench], agent_repo: Path) -> None:
+    """Packs read by a fresh handle's ``load_latest`` after 300 agent saves, before and after
+    one gc (its repack gathers the head's nodes out of the saves' small packs); the gc of a
+    fresh copy is what is timed."""
+    with statebag.open(agent_repo, create=False) as repo:
+        stats = repo.stats()
+    lbench = bench_on(f"agent{LOCALITY_SAVES}", stats.bytes_stored)
+    packs_before, gets_before = _load_reads(agent_repo)
+    copies: list[Path] = []
+    reports: list[GCReport] = []
+
+    def setup() -> tuple[tuple[Repository], dict[str, Any]]:
+        for copy in copies:
+            shutil.rmtree(copy.parent, ignore_errors=True)
+        copies.clear()
+        copy = Path(tempfile.mkdtemp(prefix="copy-", dir=agent_repo.parent)) / "repo"
+        shutil.copytree(agent_repo, copy)
+        copies.append(copy)
+        return (statebag.open(copy, create=False),), {}
+
+    def collect(repo: Repository) -> GCReport:
+        try:
+            report = repo.gc(grace=0)
+        finally:
+            repo.close()
+        reports.append(report)
+        return report
+
+    report: GCReport = lbench.run(collect, setup=setup)
+    assert all(r == report for r in reports), reports
+    packs_after, gets_after = _load_reads(copies[-1])
+    with statebag.open(copies[-1], create=False) as repo:
+        after = repo.stats()
+        audit = repo.audit()
+    assert audit.ok and not (audit.over_counted or audit.orphan_packs), audit
+    assert report.nodes_repacked > 0 and packs_after <= 8, (report, packs_after)
+    figures = {
+        "saves": LOCALITY_SAVES,
+        "load_packs_before_gc": packs_before,
+        "load_packs_after_gc": packs_after,
+        "load_gets_before_gc": gets_before,
+        "load_gets_after_gc": gets_after,
+        "repo_packs_before_gc": stats.packs,
+        "repo_packs_after_gc": after.packs,
+        "nodes_repacked": report.nodes_repacked,
+        "bytes_repacked": report.bytes_repacked,
+        "bytes_reclaimed": report.bytes_reclaimed,
+    }
+    lbench.figures(**figures)
+    lbench.record("gc_load_locality", stats.bytes_stored, **figures)
+    for copy in copies:
+        shutil.rmtree(copy.parent, ignore_errors=True)

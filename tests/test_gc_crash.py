@@ -99,6 +99,12 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]
                     doomed.append(result.manifest_id)
         for step in range(3):  # left to retention (keep_last=1), so not among `kept`
             repo.save("r", {"blob": rng.randbytes(30_000), "n": step})
+        # Four saves of five new fields each: the head's nodes sit in four small packs, so gc
+        # repacks them (in several writes on the capped store).
+        scattered: dict[str, Any] = {}
+        for step in range(4):
+            scattered.update({f"s{step}.{i}": rng.randbytes(2000) for i in range(5)})
+            kept[repo.save("s", scattered).manifest_id] = dict(scattered)
         fields = {f"f{i}": rng.randbytes(5000) for i in range(40)}
         wide = repo.save("wide", fields)
         half = {name: value for name, value in fields.items() if int(name[1:]) % 2}

@@ -282,3 +282,23 @@ def test_a_format_1_repository_rebuilds_its_nodes_and_says_what_it_could_not(
         with pytest.raises(statebag.ConfigError, match="rebuild"):
             repo.gc(grace=0)
         assert repo.stats().nodes == report.nodes
+
+
+def test_a_repack_keeps_every_manifest_a_rebuild_needs() -> None:
+    """gc's repack moves a chain's nodes out of many small packs; the packs it empties carry
+    the manifests of their saves, which must survive into some pack, or a rebuild after it
+    would lose those versions."""
+    objects, meta = MemoryObjectStore(), MemoryMetaStore()
+    with statebag.open(objects=objects, meta=meta, create=True) as repo:
+        rng = random.Random(4)
+        history: list[str] = []
+        states: dict[str, Any] = {}
+        for step in range(60):
+            history.append(rng.randbytes(3000).hex())
+            state = {"messages": list(history), "step": step}
+            states[repo.save("agent", state).manifest_id] = state
+        report = repo.gc(grace=0)
+        assert report.nodes_repacked > 0, report
+        assert set(states) <= manifests_in_packs(objects)
+    rebuilt = statebag.rebuild((objects, MemoryMetaStore()))
+    assert rebuilt.versions == len(states), rebuilt

@@ -31,6 +31,8 @@ CRASH_POINTS = (
     "gc.after_pack_delete",  # the dead pack's object deleted, its dead letter remains
     "gc.after_compact_upload",  # the compacted pack uploaded, the index not yet moved
     "gc.after_compact_index",  # the index moved to the new pack, the old one remains
+    "gc.after_repack_upload",  # a repack's new pack uploaded, the index not yet moved
+    "gc.after_repack_index",  # the index moved into the repack's pack, the small ones remain
     # rebuild (rebuild.py)
     "rebuild.after_batch",  # one batch of the rebuilt metadata landed, no config yet
     # delete_chain (versions.py)

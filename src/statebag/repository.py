@@ -37,7 +37,7 @@ from .config import FORMAT_VERSION, Config, upgrade_config
 from .dag import Entry, NodeLimits
 from .durations import as_seconds
 from .errors import IntegrityError, InvalidInputError, NotFoundError, StatebagError
-from .gc import COMPACT_BYTES, Collector
+from .gc import COMPACT_BYTES, REPACK_BYTES, Collector
 from .ids import ContentId
 from .liveness import Liveness, Rehearsal
 from .meta import MetaStore
@@ -540,6 +540,7 @@ class Repository:
         dry_run: bool = False,
         *,
         compact_bytes: int = COMPACT_BYTES,
+        repack_bytes: int = REPACK_BYTES,
     ) -> GCReport:
         """Apply retention, then free what no version references; see docs/FORMAT.md.
 
@@ -549,16 +550,18 @@ class Repository:
         ``keep_daily`` days that have one. Heads, pinned and held versions are always kept.
         Then nodes whose count has been zero for ``grace`` (default: the repository's, 1 h)
         are freed, dead packs deleted, and packs with much dead space compacted (at most
-        ``compact_bytes`` per run). Saves whose writer is gone are rolled back.
+        ``compact_bytes`` per run). The nodes of the chains' latest versions that sit
+        scattered over small packs are gathered into packs of up to ``pack_size``, newest
+        chains first (at most ``repack_bytes`` per run; 0 turns it off), so that a load
+        reads few packs. Saves whose writer is gone are rolled back.
         """
         self._check_open()
         for name, value in (("keep_last", keep_last), ("keep_daily", keep_daily)):
             if value is not None and (type(value) is not int or value < 0):
                 raise InvalidInputError(f"{name} must be an int >= 0, not {value!r}", path=name)
-        if type(compact_bytes) is not int or compact_bytes < 0:
-            raise InvalidInputError(
-                f"compact_bytes must be an int >= 0, not {compact_bytes!r}", path="compact_bytes"
-            )
+        for name, budget in (("compact_bytes", compact_bytes), ("repack_bytes", repack_bytes)):
+            if type(budget) is not int or budget < 0:
+                raise InvalidInputError(f"{name} must be an int >= 0, not {budget!r}", path=name)
         within = None if keep_within is None else as_seconds(keep_within, field="keep_within")
         grace_s = self._config.grace if grace is None else as_seconds(grace, field="grace")
         names = None
@@ -577,6 +580,7 @@ class Repository:
             "chains": names,
             "grace": grace_s,
             "compact_bytes": compact_bytes,
+            "repack_bytes": repack_bytes,
             "pack_size": self._config.pack_size,
         }
         if dry_run:

@@ -121,6 +121,9 @@ class GCReport(msgspec.Struct, frozen=True, kw_only=True):
     whose writer is alive (or whose lease has not expired), and versions retention would
     delete but a hold keeps. ``dead_letters_processed`` counts dead letters (rollbacks or
     pack deletions an earlier run or save could not finish) drained by this run.
+    ``nodes_repacked`` counts the nodes of chains' latest versions gathered out of small
+    packs, ``bytes_repacked`` the bytes of the packs that gathered them: the bytes stored
+    after a run are those before, minus ``bytes_reclaimed``, plus ``bytes_repacked``.
     """
 
     manifests_deleted: int = 0
@@ -130,6 +133,8 @@ class GCReport(msgspec.Struct, frozen=True, kw_only=True):
     bytes_reclaimed: int = 0
     deferred: int = 0
     dead_letters_processed: int = 0
+    nodes_repacked: int = 0
+    bytes_repacked: int = 0
 
 
 class RebuildReport(msgspec.Struct, frozen=True, kw_only=True):

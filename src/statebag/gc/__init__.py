@@ -11,9 +11,9 @@ split into steps that are each safe on their own (see :mod:`.sweep`, :mod:`.pack
 
 Each part keeps its own invariant and says which in its module: :mod:`.retention` (which
 versions go, deleted through the catalog's :mod:`statebag.versions`), :mod:`.sweep`
-(freeing the nodes counted zero), :mod:`.packs` (deleting and compacting packs),
-:mod:`.rollback` (abandoned saves, dead letters) and :mod:`.audit`. :class:`Collector` runs
-them in order.
+(freeing the nodes counted zero), :mod:`.repack` (gathering the latest versions' nodes
+out of small packs), :mod:`.packs` (deleting and compacting packs), :mod:`.rollback`
+(abandoned saves, dead letters) and :mod:`.audit`. :class:`Collector` runs them in order.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from .lost import lost_metadata
 from .manifests import ManifestPacker
 from .nodes import ChildReader, NodeReader
 from .packs import COMPACT_BYTES, COMPACT_PACK_DEAD, COMPACT_REPO_DEAD, PackReclaimer
+from .repack import REPACK_BYTES, REPACK_HEADS, SMALL_PACK, Repacker
 from .retention import Retention, select_for_deletion
 from .rollback import Rollback
 from .sweep import Sweeper
@@ -44,6 +45,9 @@ __all__ = [
     "COMPACT_PACK_DEAD",
     "COMPACT_REPO_DEAD",
     "MIN_BATCH",
+    "REPACK_BYTES",
+    "REPACK_HEADS",
+    "SMALL_PACK",
     "Collector",
     "NodeReader",
     "select_for_deletion",
@@ -90,6 +94,7 @@ class Collector:
         self._sweeper = Sweeper(objects, meta, self._child_reader, counts=counts)
         self._packs = PackReclaimer(objects, meta, liveness=liveness, lease=lease, counts=counts)
         self._manifests = ManifestPacker(objects, meta, liveness=liveness, lease=lease)
+        self._repacker = Repacker(objects, meta, packs=self._packs, children=self._child_reader)
         self._rollback = Rollback(objects, meta, liveness=liveness, packs=self._packs)
         self._auditor = Auditor(objects, meta, self._child_reader, counts=counts)
 
@@ -104,12 +109,15 @@ class Collector:
         chains: list[str] | None,
         grace: float,
         compact_bytes: int = COMPACT_BYTES,
+        repack_bytes: int = REPACK_BYTES,
         pack_size: int = 16 << 20,
     ) -> GCReport:
         """One gc run (a dry run is this run on a ``Repository.rehearsal()``).
 
         The sweep runs after the deletes, so that with no grace the nodes they release go
-        in the same run; the packs go last, from the dead frames the sweep counted.
+        in the same run; the repack after the sweep, so that it gathers no node about to go;
+        the packs go last, from the dead frames the sweep and the repack counted (a small
+        pack the repack emptied is deleted in the same run).
 
         ConfigError, before anything is done, when the metadata looks lost (see
         :mod:`.lost`): its records would no longer say what the packs hold."""
@@ -139,6 +147,7 @@ class Collector:
         self._sweeper.sweep(tally, cutoff=time.time_ns() - int(grace * 1e9))
         # Versions whose save wrote no pack get one before any pack is reclaimed.
         self._manifests.pack_unpacked()
+        self._repacker.repack(tally, budget=repack_bytes, pack_size=pack_size)
         self._packs.reclaim(tally, compact_bytes=compact_bytes, pack_size=pack_size)
         return tally.report()
 

@@ -25,12 +25,14 @@ neither compacted nor deleted: the sweep still reads that node.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .._crash import crash_point
 from ..errors import ConflictError, IntegrityError, NotFoundError
 from ..keys import (
     DEAD,
+    PENDING,
     STAT,
     STAT_BYTES_DEAD,
     STAT_BYTES_STORED,
@@ -42,6 +44,7 @@ from ..keys import (
     Tombstone,
     dead_key,
     decode_letter,
+    decode_pending,
     decode_sweep,
     encode_le64,
     encode_letter,
@@ -77,11 +80,25 @@ from .batches import HeadFailed, write_items
 from .manifests import manifest_states, may_hold_manifests
 from .tally import Tally
 
-__all__ = ["COMPACT_BYTES", "COMPACT_PACK_DEAD", "COMPACT_REPO_DEAD", "PackReclaimer"]
+__all__ = [
+    "COMPACT_BYTES",
+    "COMPACT_PACK_DEAD",
+    "COMPACT_POINTS",
+    "COMPACT_REPO_DEAD",
+    "LiveFrame",
+    "PackReclaimer",
+]
 
 COMPACT_PACK_DEAD = 0.20
 COMPACT_REPO_DEAD = 0.05
 COMPACT_BYTES = 1 << 30
+
+
+LiveFrame = tuple[bytes, bytes, IndexRecord, bytes]
+"""A frame to move: node id, its index record as stored, decoded, and the frame's bytes."""
+
+COMPACT_POINTS = ("gc.after_compact_upload", "gc.after_compact_index")
+"""Compaction's crash points: after the new pack's upload, after the index moved."""
 
 
 @dataclass
@@ -93,7 +110,7 @@ class _Candidate:
     stored: bytes
     record: PackRecord
     dead: int
-    live: list[tuple[bytes, bytes, IndexRecord, bytes]]
+    live: list[LiveFrame]
     # Live manifests the pack carries (id, bytes): copied into the compacted pack.
     manifests: list[tuple[bytes, bytes]]
 
@@ -130,22 +147,39 @@ class PackReclaimer:
         self._lease = lease
         self._counts = counts
 
-    def reclaim(self, tally: Tally, *, compact_bytes: int, pack_size: int) -> None:
+    def compacting(self) -> dict[bytes, int]:
+        """The ``dead/`` counters of the packs compaction would take now, by pack id, when
+        the repository has enough dead bytes for it to run (else empty): the packs for which
+        ``dead >= COMPACT_PACK_DEAD * frames`` among them are its candidates."""
+        if not self._compaction_due():
+            return {}
+        return {id_of(key, DEAD): dead for key, dead in self._meta.counters(DEAD)}
+
+    def _compaction_due(self) -> bool:
         totals = sum_totals(self._meta.counters(STAT))
         stored_total = totals.get("bytes_stored", 0)
         dead_total = totals.get("bytes_dead", 0)
-        compact = stored_total > 0 and dead_total >= COMPACT_REPO_DEAD * stored_total
+        return stored_total > 0 and dead_total >= COMPACT_REPO_DEAD * stored_total
+
+    def reclaim(self, tally: Tally, *, compact_bytes: int, pack_size: int) -> None:
+        compact = self._compaction_due()
         budget = compact_bytes
         # The live frames of several packs go into one new pack of up to pack_size, so that
         # compaction also merges the small packs of small saves.
         group: list[_Candidate] = []
         group_bytes = 0
-        for key, dead in list(self._meta.counters(DEAD)):
+        counted = list(self._meta.counters(DEAD))
+        pending = self._pending_packs() if counted else set()
+        for key, dead in counted:
             pack_id = id_of(key, DEAD)
+            if pack_id in pending:
+                continue  # a compaction's or repack's new pack, still being filled
             stored = self._meta.get(pack_record_key(pack_id))
             if stored is None:
                 continue
             record = PackRecord.decode(stored, pack_id=pack_id.hex())
+            if not record.frames:
+                continue  # manifests only (gc packed them): nothing here to reclaim
             all_dead = dead >= record.frames
             if all_dead and not may_hold_manifests(self._objects, pack_id, record.size):
                 self._delete_pack(tally, pack_id, stored, record, dead)
@@ -348,7 +382,7 @@ class PackReclaimer:
         entries = parse_footer(data, pack_id=pack_id.hex())
         keys = [node_key(e.node_id) for e in entries]
         records = self._meta.get_many(keys)
-        live: list[tuple[bytes, bytes, IndexRecord, bytes]] = []
+        live: list[LiveFrame] = []
         for entry, key in zip(entries, keys, strict=True):
             raw = records.get(key)
             if raw is None:
@@ -376,10 +410,34 @@ class PackReclaimer:
                 self._compact(tally, [candidate])
 
     def _compact(self, tally: Tally, group: list[_Candidate]) -> bool:
-        """Copy the live frames of ``group`` into one new pack, move their index records and
-        retire the old packs, in one write conditional on every record; False if a
-        condition failed (the new pack is then deleted). Where that write does not fit
-        ``max_batch``, in batches (see the module docstring)."""
+        """Copy the live frames of ``group`` into one new pack and retire the old packs (see
+        :meth:`move_frames`); False if a condition failed."""
+        moving = [item for candidate in group for item in candidate.live]
+        size = self.move_frames(tally, moving, retiring=group, points=COMPACT_POINTS)
+        if size is None:
+            return False
+        tally.bytes_reclaimed -= size
+        return True
+
+    def move_frames(
+        self,
+        tally: Tally,
+        moving: Sequence[LiveFrame],
+        /,
+        *,
+        retiring: Sequence[_Candidate] = (),
+        points: tuple[str, str],
+    ) -> int | None:
+        """Copy the frames ``moving`` unchanged into one new pack and move their index
+        records there, in one write conditional on every record; the new pack's size, or
+        None if a condition failed (the new pack is then deleted). Where that write does not
+        fit ``max_batch``, in batches (see the module docstring).
+
+        The one path by which gc moves nodes between packs: compaction moves every live
+        frame of the packs ``retiring``, which the same write retires; the repack
+        (:mod:`.repack`) moves some frames of packs that stay, whose ``dead/`` counters the
+        write raises by the frames moved out, and deletes those left all dead afterwards.
+        ``points`` are the crash points after the upload and after the index moved."""
         txn = new_txn_id()
         prepare = Prepare(
             self._objects,
@@ -389,18 +447,23 @@ class PackReclaimer:
             lease=self._lease,
             liveness=self._liveness,
         )
+        retired = {candidate.pack_id for candidate in retiring}
+        # Frames moved out of packs that stay are dead there from the move on.
+        left: dict[bytes, int] = {}
+        for _, _, old, _ in moving:
+            if old.pack_id not in retired:
+                left[old.pack_id] = left.get(old.pack_id, 0) + old.length
         batched = False
         try:
             writer = PackWriter(prepare.salt)
-            moving = [item for candidate in group for item in candidate.live]
             for node_id, _, old, frame in moving:
                 writer.add_frame(node_id, frame, old.size)
-            carried = {i: data for candidate in group for i, data in candidate.manifests}
+            carried = {i: data for candidate in retiring for i, data in candidate.manifests}
             for manifest_id, manifest in carried.items():
                 writer.add_manifest(manifest_id, manifest)
             new_id, new_data, new_entries = writer.finish()
             prepare.ship(new_id, new_data, last=True)
-            crash_point("gc.after_compact_upload")
+            crash_point(points[0])
             moves = [
                 (node_id, raw, old, IndexRecord(new_id, e.offset, e.length, e.size, old.flags))
                 for (node_id, raw, old, _), e in zip(moving, new_entries, strict=True)
@@ -412,37 +475,43 @@ class PackReclaimer:
             ]
             ops.append(Put(pack_record_key(new_id), new_record.encode(), expect=None))
             ops.append(Delete(pending_key(txn), expect=prepare.recorded))
-            for candidate in group:
+            for candidate in retiring:
                 ops += self._pack_gone_ops(candidate.pack_id, candidate.stored, candidate.dead)
+            ops += [Add(dead_key(pack_id), length) for pack_id, length in left.items()]
+            if left:
+                ops.append(Add(STAT_BYTES_DEAD, sum(left.values())))
             ops += [Add(STAT_PACKS, 1), Add(STAT_BYTES_STORED, len(new_data))]
             limit = self._meta.max_batch
             if limit is not None and len(ops) > limit:
                 batched = True
                 if not self._move_in_batches(prepare, txn, new_id, new_record, moves):
-                    return False
+                    return None
             else:
                 try:
                     self._meta.write(ops)
                 except ConditionFailed:
                     prepare.abandon()
-                    return False
+                    return None
             prepare.recorded = None
         finally:
             prepare.release()
-        crash_point("gc.after_compact_index")
-        for candidate in group:
+        crash_point(points[1])
+        for candidate in retiring:
             if batched:
                 # Every frame moved (or swept meanwhile) is dead there now: the old pack
                 # goes as any dead pack, unless a sweep in slices still reads a frame of it.
-                if not self._retire_if_dead(candidate.pack_id):
+                if not self._retire_dead([candidate.pack_id], manifests_carried=True):
                     continue
             else:
                 self._objects.delete(pack_key(candidate.pack_id))
                 self._meta.delete(pack_letter_key(candidate.pack_id))
             tally.packs_compacted += 1
             tally.bytes_reclaimed += candidate.record.size
-        tally.bytes_reclaimed -= len(new_data)
-        return True
+        # A pack whose every frame moved out goes as any dead pack.
+        for size in self._retire_dead(list(left)).values():
+            tally.packs_deleted += 1
+            tally.bytes_reclaimed += size
+        return len(new_data)
 
     def _move_in_batches(
         self,
@@ -518,10 +587,43 @@ class PackReclaimer:
                 if not still_ours():
                     return False
 
-    def _retire_if_dead(self, pack_id: bytes) -> bool:
-        stored = self._meta.get(pack_record_key(pack_id))
-        if stored is None:
-            return False
-        record = PackRecord.decode(stored, pack_id=pack_id.hex())
-        dead = self._meta.counter(dead_key(pack_id))
-        return dead >= record.frames and self._retire(pack_id, stored, dead)
+    def _retire_dead(
+        self, pack_ids: list[bytes], *, manifests_carried: bool = False
+    ) -> dict[bytes, int]:
+        """Retire those of ``pack_ids`` whose frames are all dead (as read again now) and
+        that no pending entry names; the size of each retired. A pack that may carry
+        manifests stays for :meth:`reclaim`, which copies live ones on before it goes,
+        unless ``manifests_carried`` (a compaction that copied them already)."""
+        dead_packs: list[tuple[bytes, bytes, int, int]] = []
+        for pack_id in pack_ids:
+            stored = self._meta.get(pack_record_key(pack_id))
+            if stored is None:
+                continue
+            record = PackRecord.decode(stored, pack_id=pack_id.hex())
+            dead = self._meta.counter(dead_key(pack_id))
+            if dead < record.frames:
+                continue
+            if not manifests_carried and may_hold_manifests(self._objects, pack_id, record.size):
+                continue
+            dead_packs.append((pack_id, stored, dead, record.size))
+        if not dead_packs:
+            return {}
+        pending = self._pending_packs()
+        return {
+            pack_id: size
+            for pack_id, stored, dead, size in dead_packs
+            if pack_id not in pending and self._retire(pack_id, stored, dead)
+        }
+
+    def _pending_packs(self) -> set[bytes]:
+        """The packs pending entries name. Read after the ``dead/`` counters of the packs
+        to retire: a compaction or repack in batches records its new pack all dead, then
+        moves records into it on condition of its pending entry, so a pack that looks all
+        dead may be one still being filled. If its entry is gone by now, no move of it can
+        land any more, and any that landed since the counter was read fails the retire's
+        condition on the counter."""
+        return {
+            pack_id
+            for _, value in self._meta.scan(PENDING)
+            for pack_id in decode_pending(value).packs
+        }

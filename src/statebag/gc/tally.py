@@ -21,6 +21,8 @@ class Tally:
     bytes_reclaimed: int = 0
     deferred: int = 0
     dead_letters_processed: int = 0
+    nodes_repacked: int = 0
+    bytes_repacked: int = 0
 
     def report(self) -> GCReport:
         return GCReport(**dataclasses.asdict(self))
