@@ -16,18 +16,26 @@ from .meta import MetaStore
 
 __all__ = ["FORMAT_VERSION", "Config", "check_config", "load_or_create_config"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MIB = 1 << 20
+# A format-1 configuration has no ``normalization``: its repositories were all cut at level 2.
+FORMAT1_NORMALIZATION = 2
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
-    """What a repository records at creation (``config`` key); fixed for its life."""
+    """What a repository records at creation (``config`` key); fixed for its life.
+
+    The defaults are what a new repository records. The chunking ones were chosen by
+    measurement on binary churn (docs/FORMAT.md "Chunking"); a repository keeps the ones it
+    recorded, and a format-1 configuration, which has no ``normalization``, means level 2.
+    """
 
     format: int = FORMAT_VERSION
     min_size: int = 4096
     avg_size: int = 16384
     max_size: int = 65536
     seed: int = 0
+    normalization: int = 1
     compression_level: int = codec.DEFAULT_LEVEL
     pack_size: int = 16 * MIB
     inline_max: int = 512
@@ -61,6 +69,8 @@ def load_or_create_config(
             f"reads (format {FORMAT_VERSION}); upgrade statebag"
         )
     config = _DECODER.decode(stored)
+    if "normalization" not in raw:
+        config = msgspec.structs.replace(config, normalization=FORMAT1_NORMALIZATION)
     for name, value in given.items():
         if getattr(config, name) != value:
             raise ConfigError(
@@ -79,9 +89,17 @@ def check_config(given: dict[str, Any]) -> Config:
             )
     config = Config(**given)
     try:
-        Chunker(config.min_size, config.avg_size, config.max_size, config.seed)
+        Chunker(
+            config.min_size,
+            config.avg_size,
+            config.max_size,
+            config.seed,
+            normalization=config.normalization,
+        )
     except ValueError as exc:
-        raise InvalidInputError(f"chunker options: {exc}", path="avg_size") from exc
+        # The chunker names the option at fault; keep its name rather than blame avg_size.
+        path = exc.path if isinstance(exc, InvalidInputError) and exc.path else "avg_size"
+        raise InvalidInputError(f"chunker options: {exc}", path=path) from exc
     if not 16 <= config.inline_max <= 65536:
         raise InvalidInputError(
             f"inline_max must be from 16 to 65536 bytes, not {config.inline_max}",
