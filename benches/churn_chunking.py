@@ -48,7 +48,6 @@ from blake3 import blake3
 import statebag
 from statebag import _cdc_py
 from statebag.bench.workloads import KIB, MIB, ByteChurn
-from statebag.config import Config
 
 MB = 1_000_000
 FRAME_HEADER = 1  # the codec byte of a stored frame (random data is stored raw)
@@ -203,18 +202,35 @@ def _tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def repository(workload: ByteChurn, params: tuple[int, int, int, int], where: Path) -> None:
-    low, avg, high, level = params
-    repo_dir = where / "statebag"
-    options: dict[str, int] = {"min_size": low, "avg_size": avg, "max_size": high}
-    if "normalization" in Config.__struct_fields__:
-        options["normalization"] = level
-    elif level != 2:
-        raise SystemExit("this statebag has no normalization option: only level 2")
-    chunker = statebag.Chunker(low, avg, high, normalization=level)
+@dataclass(frozen=True)
+class Breakdown:
+    """A statebag repository directory after the workload, in bytes."""
+
+    total: int
+    chunk_frames: int  # the frames of the value's chunks
+    other_nodes: int  # the frames of index and fields nodes
+    pack_overhead: int  # pack footers and trailers
+    meta: int  # meta.sqlite and its WAL
+    nodes: int
+    save_seconds: tuple[float, ...]
+
+
+def save_and_measure(workload: ByteChurn, repo_dir: Path, **options: int) -> Breakdown:
+    """Save every version into a new repository at ``repo_dir`` (with ``options``) and take
+    its directory apart. The chunk frames are counted from the chunker the repository
+    recorded: every distinct chunk of every version, plus its codec byte (random data is
+    stored raw); the other nodes are what the packs hold beyond them."""
     chunk_frames: dict[bytes, int] = {}
     save_seconds: list[float] = []
     with statebag.open(repo_dir, **options) as repo:
+        config = repo.config
+        chunker = statebag.Chunker(
+            config.min_size,
+            config.avg_size,
+            config.max_size,
+            config.seed,
+            normalization=config.normalization,
+        )
         for step in workload.run():
             started = time.perf_counter()
             repo.save(step.chain, step.state)
@@ -225,16 +241,32 @@ def repository(workload: ByteChurn, params: tuple[int, int, int, int], where: Pa
                 chunk_frames[digest] = end - start + FRAME_HEADER
                 start = end
         stats = repo.stats()
-    total = _tree_bytes(repo_dir)
-    meta = sum(p.stat().st_size for p in repo_dir.glob("meta.sqlite*"))
     objects = _tree_bytes(repo_dir / "objects")
     chunks = sum(chunk_frames.values())
-    footers = FOOTER_ENTRY * stats.nodes + PACK_TRAILER * stats.packs
-    others = objects - chunks - footers
+    overhead = FOOTER_ENTRY * stats.nodes + PACK_TRAILER * stats.packs
+    return Breakdown(
+        total=_tree_bytes(repo_dir),
+        chunk_frames=chunks,
+        other_nodes=objects - chunks - overhead,
+        pack_overhead=overhead,
+        meta=sum(p.stat().st_size for p in repo_dir.glob("meta.sqlite*")),
+        nodes=stats.nodes,
+        save_seconds=tuple(save_seconds),
+    )
+
+
+def repository(workload: ByteChurn, params: tuple[int, int, int, int], where: Path) -> None:
+    low, avg, high, level = params
+    repo_dir = where / "statebag"
+    found = save_and_measure(
+        workload, repo_dir, min_size=low, avg_size=avg, max_size=high, normalization=level
+    )
+    later = sorted(found.save_seconds[1:])
     print(
-        f"| {_label(params)} | {total / MB:.1f} | {chunks / MB:.1f} | {others / MB:.2f} | "
-        f"{footers / MB:.2f} | {meta / MB:.2f} | {total - objects - meta:,} | {stats.nodes:,} | "
-        f"{save_seconds[0]:.2f} | {sorted(save_seconds[1:])[len(save_seconds[1:]) // 2]:.2f} |"
+        f"| {_label(params)} | {found.total / MB:.1f} | {found.chunk_frames / MB:.1f} | "
+        f"{found.other_nodes / MB:.2f} | {found.pack_overhead / MB:.2f} | "
+        f"{found.meta / MB:.2f} | {found.nodes:,} | {found.save_seconds[0]:.2f} | "
+        f"{later[len(later) // 2]:.2f} |"
     )
     shutil.rmtree(repo_dir)
 
@@ -324,10 +356,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.repos:
             print(
                 "\n| parameters | repo MB | chunk frames MB | index+fields nodes MB | "
-                "pack footers MB | meta.sqlite MB | other B | nodes | fresh save s | "
-                "later save p50 s |"
+                "pack footers MB | meta.sqlite MB | nodes | fresh save s | later save p50 s |"
             )
-            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
             for params in args.repo_params or [GRID[0]]:
                 repository(workload, params, Path(tmp))
         if args.fresh_rounds:
