@@ -105,3 +105,28 @@ def test_new_saves_forks_merges_and_gc_work_on_it(
         head = expected["heads"][chain]
         assert repo.head(chain) == head
         same(expected["states"][head], repo.load(head))
+
+
+def test_an_upgrade_keeps_the_counts_and_the_cut_it_had(
+    repo: statebag.Repository, expected: dict[str, Any], tmp_path: Path
+) -> None:
+    """The fixture's configuration predates ``normalization`` and ``counts_with_records``:
+    absent, they mean level 2 and counts under ``ref/``, before and after an upgrade (which
+    changes the format alone), so nothing stored is misread or miscounted."""
+    before = repo.config
+    assert (before.normalization, before.counts_with_records) == (2, False)
+    assert repo.upgrade() == 2
+    after = repo.config
+    assert after == msgspec.structs.replace(before, format=2)
+    head = expected["heads"]["agent"]
+    state = repo.load(head)
+    state["after_upgrade"] = [1, 2, 3]
+    saved = repo.save("agent", state).manifest_id
+    assert repo.verify().ok and repo.audit().ok
+    repo.gc(keep_last=1, grace=0)
+    assert repo.audit().ok
+    repo.close()
+    with statebag.open(tmp_path / "repo", create=False) as reopened:
+        assert reopened.config == after
+        same(state, reopened.load(saved))
+        assert reopened.audit().ok

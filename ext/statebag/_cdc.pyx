@@ -12,9 +12,9 @@
 #   for i in NORMAL .. LIMIT-1: same with MASK_L
 #   otherwise cut at LIMIT.
 #
-# MASK_S has log2(AVG) + 2 ones and MASK_L log2(AVG) - 2 ones (normalized chunking level 2),
-# both ending at bit 59; GEAR and the masks come from statebag._gear, shared with the
-# pure-Python twin, which scans byte by byte.
+# MASK_S has log2(AVG) + N ones and MASK_L log2(AVG) - N ones (normalized chunking level N,
+# 0..3; format 1 is level 2), both ending at bit 59; GEAR and the masks come from
+# statebag._gear, shared with the pure-Python twin, which scans byte by byte.
 #
 # Two-byte rolling: the loop consumes bytes a, b in one step. With x = fp << 2,
 #   x + GEAR_LS[a]                   equals (hash after a) << 1, where GEAR_LS[v] = GEAR[v] << 1,
@@ -24,7 +24,7 @@
 # shift and one add on the loop-carried dependency per two bytes.
 #
 # Invariants (tests/test_chunking*.py check them on both twins):
-#   - cut points depend only on the bytes and (MIN, AVG, MAX, seed), never on how the input
+#   - cut points depend only on the bytes and (MIN, AVG, MAX, seed, N), never on how the input
 #     is batched or on the number of threads;
 #   - every chunk but the last is at least MIN + 1 and at most MAX bytes long; offsets are
 #     strictly increasing and the last equals len(data); empty input gives no chunk;
@@ -258,26 +258,29 @@ cdef class _ScanJob:
 
 
 cdef class Chunker:
-    """FastCDC 2020 chunker with normalized chunking level 2 (compiled).
+    """FastCDC 2020 chunker with normalized chunking (level 2 unless told) (compiled).
 
     Immutable once built, so one instance may be shared by many threads.
     """
 
     cdef _Params _params
     cdef readonly object seed
+    cdef readonly object normalization
 
     def __cinit__(self, min_size=_gear.DEFAULT_MIN_SIZE, avg_size=_gear.DEFAULT_AVG_SIZE,
-                  max_size=_gear.DEFAULT_MAX_SIZE, seed=0):
-        _gear.check_params(min_size, avg_size, max_size, seed)
+                  max_size=_gear.DEFAULT_MAX_SIZE, seed=0, *,
+                  normalization=_gear.DEFAULT_NORMALIZATION):
+        _gear.check_params(min_size, avg_size, max_size, seed, normalization)
         self._params.min_size = min_size
         self._params.avg_size = avg_size
         self._params.max_size = max_size
-        self._params.mask_s, self._params.mask_l = _gear.masks(avg_size)
+        self._params.mask_s, self._params.mask_l = _gear.masks(avg_size, normalization)
         cdef int i
         for i, value in enumerate(_gear.gear_table(seed)):
             self._params.gear[i] = value
             self._params.gear_ls[i] = <uint64_t>value << 1
         self.seed = seed
+        self.normalization = normalization
 
     @property
     def min_size(self):
@@ -294,7 +297,7 @@ cdef class Chunker:
     def __repr__(self):
         return (
             f"Chunker(min_size={self.min_size}, avg_size={self.avg_size}, "
-            f"max_size={self.max_size}, seed={self.seed})"
+            f"max_size={self.max_size}, seed={self.seed}, normalization={self.normalization})"
         )
 
     def gear_table(self):

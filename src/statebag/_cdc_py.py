@@ -32,9 +32,18 @@ def common_prefix(a: Buffer, b: Buffer, /) -> int:
 
 
 class Chunker:
-    """FastCDC 2020 chunker with normalized chunking level 2 (pure Python)."""
+    """FastCDC 2020 chunker with normalized chunking (level 2 unless told) (pure Python)."""
 
-    __slots__ = ("_gear", "_mask_l", "_mask_s", "avg_size", "max_size", "min_size", "seed")
+    __slots__ = (
+        "_gear",
+        "_mask_l",
+        "_mask_s",
+        "avg_size",
+        "max_size",
+        "min_size",
+        "normalization",
+        "seed",
+    )
 
     def __init__(
         self,
@@ -42,19 +51,22 @@ class Chunker:
         avg_size: int = _gear.DEFAULT_AVG_SIZE,
         max_size: int = _gear.DEFAULT_MAX_SIZE,
         seed: int = 0,
+        *,
+        normalization: int = _gear.DEFAULT_NORMALIZATION,
     ) -> None:
-        _gear.check_params(min_size, avg_size, max_size, seed)
+        _gear.check_params(min_size, avg_size, max_size, seed, normalization)
         self.min_size = min_size
         self.avg_size = avg_size
         self.max_size = max_size
         self.seed = seed
+        self.normalization = normalization
         self._gear = tuple(_gear.gear_table(seed))
-        self._mask_s, self._mask_l = _gear.masks(avg_size)
+        self._mask_s, self._mask_l = _gear.masks(avg_size, normalization)
 
     def __repr__(self) -> str:
         return (
             f"Chunker(min_size={self.min_size}, avg_size={self.avg_size}, "
-            f"max_size={self.max_size}, seed={self.seed})"
+            f"max_size={self.max_size}, seed={self.seed}, normalization={self.normalization})"
         )
 
     def gear_table(self) -> list[int]:

@@ -8,9 +8,11 @@ existing data (``tests/test_chunking_golden.py`` guards it).
 Gear table: ``GEAR[i]`` is the little-endian ``uint64`` at byte offset ``8 * i`` of the 2048-byte
 BLAKE3 extended output of ``b"statebag/gear/v1" + seed.to_bytes(8, "little")``.
 
-Masks (normalized chunking, level 2): with ``bits = log2(avg_size)``, ``MASK_S`` has ``bits + 2``
-ones and ``MASK_L`` has ``bits - 2`` ones, both ending at bit 59 (the most significant bit
-used). Bits 60..63 stay clear so that a multi-byte step may compare ``h << k`` with
+Masks (normalized chunking, level ``n``; format 1 is always level 2): with
+``bits = log2(avg_size)``, ``MASK_S`` has ``bits + n`` ones and ``MASK_L`` has ``bits - n`` ones,
+both ending at bit 59 (the most significant bit used). Level 0 is one mask of ``bits`` ones on
+both sides of ``avg_size``: a cut then depends on content alone, not on how far the chunk has
+come. Bits 60..63 stay clear so that a multi-byte step may compare ``h << k`` with
 ``mask << k`` for ``k <= 4`` and still give exactly the byte-wise answer.
 """
 
@@ -25,8 +27,10 @@ __all__ = [
     "DEFAULT_AVG_SIZE",
     "DEFAULT_MAX_SIZE",
     "DEFAULT_MIN_SIZE",
+    "DEFAULT_NORMALIZATION",
     "GEAR_DOMAIN",
     "MASK_TOP_BIT",
+    "MAX_NORMALIZATION",
     "byte_view",
     "check_params",
     "check_threads",
@@ -37,6 +41,10 @@ __all__ = [
 DEFAULT_MIN_SIZE = 4096
 DEFAULT_AVG_SIZE = 16384
 DEFAULT_MAX_SIZE = 65536
+# Format 1's level, and the chunker's default, so that ``Chunker()`` cuts as it always did.
+DEFAULT_NORMALIZATION = 2
+# Above 3, MASK_L of the smallest average (2**8) would keep 4 bits: a cut every 16 bytes.
+MAX_NORMALIZATION = 3
 
 MIN_SIZE_FLOOR = 64
 AVG_SIZE_FLOOR = 256
@@ -47,13 +55,20 @@ GEAR_DOMAIN = b"statebag/gear/v1"
 MASK_TOP_BIT = 59
 
 
-def check_params(min_size: int, avg_size: int, max_size: int, seed: int) -> None:
+def check_params(
+    min_size: int,
+    avg_size: int,
+    max_size: int,
+    seed: int,
+    normalization: int = DEFAULT_NORMALIZATION,
+) -> None:
     """Refuse chunker parameters that the format does not allow, naming the one at fault."""
     for name, value in (
         ("min_size", min_size),
         ("avg_size", avg_size),
         ("max_size", max_size),
         ("seed", seed),
+        ("normalization", normalization),
     ):
         if type(value) is not int:
             raise InvalidInputError(f"{name} must be an int, got {type(value).__name__}", path=name)
@@ -78,6 +93,11 @@ def check_params(min_size: int, avg_size: int, max_size: int, seed: int) -> None
         )
     if not 0 <= seed < SEED_LIMIT:
         raise InvalidInputError(f"seed must be in [0, 2**64), got {seed}", path="seed")
+    if not 0 <= normalization <= MAX_NORMALIZATION:
+        raise InvalidInputError(
+            f"normalization must be from 0 to {MAX_NORMALIZATION}, got {normalization}",
+            path="normalization",
+        )
 
 
 def gear_table(seed: int) -> list[int]:
@@ -86,12 +106,14 @@ def gear_table(seed: int) -> list[int]:
     return [int.from_bytes(stream[8 * i : 8 * i + 8], "little") for i in range(256)]
 
 
-def masks(avg_size: int) -> tuple[int, int]:
-    """``(MASK_S, MASK_L)`` for normalized chunking level 2 around ``avg_size``."""
+def masks(avg_size: int, normalization: int = DEFAULT_NORMALIZATION) -> tuple[int, int]:
+    """``(MASK_S, MASK_L)`` for normalized chunking level ``normalization`` around
+    ``avg_size``."""
     bits = avg_size.bit_length() - 1
     top = MASK_TOP_BIT + 1
-    mask_s = ((1 << (bits + 2)) - 1) << (top - (bits + 2))
-    mask_l = ((1 << (bits - 2)) - 1) << (top - (bits - 2))
+    small, large = bits + normalization, bits - normalization
+    mask_s = ((1 << small) - 1) << (top - small)
+    mask_l = ((1 << large) - 1) << (top - large)
     return mask_s, mask_l
 
 

@@ -1,7 +1,10 @@
-"""Content-defined chunking: FastCDC 2020 with normalized chunking level 2.
+"""Content-defined chunking: FastCDC 2020 with normalized chunking.
 
-``Chunker(min_size=4096, avg_size=16384, max_size=65536, seed=0)`` cuts a buffer into chunks
-whose boundaries depend on content only, so an edit moves at most a few boundaries:
+``Chunker(min_size=4096, avg_size=16384, max_size=65536, seed=0, *, normalization=2)`` cuts a
+buffer into chunks whose boundaries depend on content only, so an edit moves at most a few
+boundaries. ``normalization`` (0-3) is the level: 2 is format 1's and the default, so that
+``Chunker()`` cuts as it always did; a format-2 repository records its own (1 by default,
+chosen by measurement: docs/FORMAT.md "Chunking") and builds its chunker from its config.
 
 - ``Chunker.cut(data) -> list[int]``: the end offset of every chunk;
 - ``Chunker.cut_and_hash(data, threads=1) -> (offsets, digests)``: the same offsets and the

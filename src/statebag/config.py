@@ -32,24 +32,32 @@ FORMAT_VERSION = 2
 """The format new repositories are created with; every format from 1 up to it is read and
 written (a repository keeps its own: see :meth:`statebag.Repository.upgrade`)."""
 MIB = 1 << 20
+# A format-1 configuration has no ``normalization``: its repositories were all cut at level 2.
+FORMAT1_NORMALIZATION = 2
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
-    """What a repository records at creation (``config`` key); fixed for its life."""
+    """What a repository records at creation (``config`` key); fixed for its life.
+
+    The defaults are what a new repository records. The chunking ones were chosen by
+    measurement on binary churn (docs/FORMAT.md "Chunking"); a repository keeps the ones it
+    recorded, and a format-1 configuration, which has no ``normalization``, means level 2.
+    """
 
     format: int = FORMAT_VERSION
     min_size: int = 4096
     avg_size: int = 16384
     max_size: int = 65536
     seed: int = 0
+    normalization: int = 1
     compression_level: int = codec.DEFAULT_LEVEL
     pack_size: int = 16 * MIB
     inline_max: int = 512
     fsync: bool = True
     grace: int = 3600
     # Whether each node's count is the counter under its index record's key (node/<id>):
-    # true for repositories created at format 2 or later, absent (false) before.
-    counts_with_records: bool = False
+    # true for repositories created at format 2 or later; absent (false) before.
+    counts_with_records: bool = True
 
     @property
     def count_keys(self) -> CountKeys:
@@ -132,7 +140,7 @@ def decode_config(stored: bytes, given: dict[str, Any], /, *, where: str) -> Con
             f"the repository at {where} has format {version}, newer than this statebag "
             f"reads (format {FORMAT_VERSION}); upgrade statebag"
         )
-    config = _DECODER.decode(stored)
+    config = _decode_recorded(stored)
     for name, value in given.items():
         if getattr(config, name) != value:
             raise ConfigError(
@@ -154,12 +162,30 @@ def check_config(given: dict[str, Any]) -> Config:
         raise InvalidInputError(
             f"format must be from 1 to {FORMAT_VERSION}, not {version}", path="format"
         )
+    made: dict[str, Any] = {"counts_with_records": version >= 2}
+    if version == 1:
+        # What a format-1 statebag reads: it cuts at level 2 whatever the record says.
+        if given.get("normalization", FORMAT1_NORMALIZATION) != FORMAT1_NORMALIZATION:
+            raise InvalidInputError(
+                f"a format 1 repository is cut at normalization level "
+                f"{FORMAT1_NORMALIZATION}, not {given['normalization']}",
+                path="normalization",
+            )
+        made["normalization"] = FORMAT1_NORMALIZATION
     # A repository made at format 2 or later counts references under its nodes' own keys.
-    config = Config(**given, counts_with_records=version >= 2)
+    config = Config(**{**given, **made})
     try:
-        Chunker(config.min_size, config.avg_size, config.max_size, config.seed)
+        Chunker(
+            config.min_size,
+            config.avg_size,
+            config.max_size,
+            config.seed,
+            normalization=config.normalization,
+        )
     except ValueError as exc:
-        raise InvalidInputError(f"chunker options: {exc}", path="avg_size") from exc
+        # The chunker names the option at fault; keep its name rather than blame avg_size.
+        path = exc.path if isinstance(exc, InvalidInputError) and exc.path else "avg_size"
+        raise InvalidInputError(f"chunker options: {exc}", path=path) from exc
     if not 16 <= config.inline_max <= 65536:
         raise InvalidInputError(
             f"inline_max must be from 16 to 65536 bytes, not {config.inline_max}",
@@ -173,6 +199,19 @@ def check_config(given: dict[str, Any]) -> Config:
     if config.grace < 0:
         raise InvalidInputError(f"grace must be seconds >= 0, not {config.grace}", path="grace")
     return config
+
+
+def _decode_recorded(stored: bytes, /) -> Config:
+    """A stored configuration, with what a format-1 one leaves out read as format 1 meant
+    it: cut at normalization level 2, counts under ``ref/``."""
+    config = _DECODER.decode(stored)
+    recorded = msgspec.msgpack.decode(stored)
+    absent: dict[str, Any] = {}
+    if "normalization" not in recorded:
+        absent["normalization"] = FORMAT1_NORMALIZATION
+    if "counts_with_records" not in recorded:
+        absent["counts_with_records"] = False
+    return msgspec.structs.replace(config, **absent) if absent else config
 
 
 def upgrade_config(
@@ -189,7 +228,7 @@ def upgrade_config(
     stored = meta.get(CONFIG)
     if stored is None:
         raise NotFoundError(f"no repository at {where}: its configuration is gone")
-    current = _DECODER.decode(stored)
+    current = _decode_recorded(stored)
     if current.format >= FORMAT_VERSION:
         return current
     upgraded = msgspec.structs.replace(current, format=FORMAT_VERSION)
@@ -197,5 +236,5 @@ def upgrade_config(
     try:
         meta.write([Put(CONFIG, encode_config(upgraded), expect=stored)])
     except ConditionFailed:
-        return _DECODER.decode(meta.get(CONFIG) or b"")
+        return _decode_recorded(meta.get(CONFIG) or b"")
     return upgraded

@@ -30,6 +30,7 @@ from .config import (
     CONFIG_OBJECT,
     FORMAT_VERSION,
     Config,
+    check_config,
     decode_config,
     encode_config,
     read_config_object,
@@ -162,7 +163,7 @@ def _rebuild(objects: ObjectStore, meta: MetaStore, *, where: str, dry_run: bool
         # A format 1 repository (or one whose configuration object was deleted): the
         # defaults, in the format the packs show. Reads do not depend on the chunker's
         # parameters; a chunk longer than the default max_size would be refused.
-        config = Config(format=FORMAT_VERSION if packs.manifests else 1)
+        config = check_config({"format": FORMAT_VERSION if packs.manifests else 1})
         problems.append(
             f"no {CONFIG_OBJECT!r} object: the repository's options are unknown, so the "
             f"defaults were recorded (format {config.format})"

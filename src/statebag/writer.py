@@ -184,7 +184,13 @@ class Writer:
         self._pool = pool
         self._liveness = liveness
         self._lease = lease
-        self._chunker = Chunker(config.min_size, config.avg_size, config.max_size, config.seed)
+        self._chunker = Chunker(
+            config.min_size,
+            config.avg_size,
+            config.max_size,
+            config.seed,
+            normalization=config.normalization,
+        )
         self._grouping = dag.GROUPINGS[config.format]
         # One version of each value is kept (a new cut replaces its parent's), not a history
         # that would push out the values the next save needs.

@@ -40,7 +40,7 @@ _TAIL_LINES = 20
 _TAIL_CHARS = 2000
 # restic always encrypts; the bench's repositories are throwaway, so the password is fixed.
 RESTIC_PASSWORD: Final = "statebag-bench"
-_STATEBAG_SETTINGS = "defaults: FastCDC 4/16/64 KiB, zstd 3, fsync on"
+_STATEBAG_SETTINGS = "defaults: FastCDC 4/16/64 KiB normalization 1, zstd 3, fsync on"
 
 
 class PeerError(Exception):
