@@ -1,16 +1,19 @@
-"""Seeded random damage to a small repository: load, verify and audit answer right or raise.
+"""Seeded random damage to a small repository: load, verify, audit and rebuild answer right
+or raise.
 
 Each trial damages one thing, as a failing disk, a bad copy or a hand with write access to
 the stores could: a byte of a pack (frames, footer or trailer), a field of a footer entry,
 the trailer's count, a pack's length; a field of an index record (offset, frame length,
 size, flags), or its length; a manifest's bytes; or a version crafted with consistent
 hashes whose fields table rewrites a tree entry's length, level or root, or an inline
-value's bytes. Then every version is loaded, and the repository verified and audited, with
-every cache dropped. Each call either gives the right answer or raises a StatebagError,
-never another exception, and never allocates (tracemalloc peak) more than a small multiple
-of the repository's state. For damage to stored bytes (not crafted versions), a version
-that fails to load must also fail ``verify(read_data=1.0)``, and a repository that verifies
-must load every version as saved. The damage is undone after each trial.
+value's bytes. Then every version is loaded, the repository verified and audited, and its
+metadata rebuilt from its packs into an empty store, with every cache dropped. Each call
+either gives the right answer or raises a StatebagError, never another exception, and
+never allocates (tracemalloc peak) more than a small multiple of the repository's state.
+For damage to stored bytes (not crafted versions), a version that fails to load must also
+fail ``verify(read_data=1.0)``, and a repository that verifies must load every version as
+saved; for damage to the metadata alone, a rebuild restores every version. The damage is
+undone after each trial.
 
 Time-bounded: the trials stop after ``BUDGET_S`` seconds (the seed fixes their order).
 """
@@ -31,12 +34,15 @@ import statebag
 from statebag import dag
 from statebag.errors import StatebagError
 from statebag.keys import head_key
+from statebag.meta.memory import MemoryMetaStore
 from statebag.packs import FOOTER_ENTRY_SIZE, TRAILER_SIZE
 
 from . import internals
 from .crafting import craft_version, retree
 
 SEED = 21
+# Damage to the metadata alone: a rebuild from the packs restores everything.
+METADATA_ONLY = frozenset({"index_record", "manifest"})
 BUDGET_S = 10.0  # per backend
 MIN_TRIALS = 60
 # Peak allocation of one call, as a multiple of the bytes of every saved state, plus slack
@@ -267,6 +273,14 @@ def test_damaged_storage_gives_right_answers_or_statebag_errors(
                 measured(repo, lambda h=head: repo.load(h), allowed)
             report, _ = measured(repo, lambda: repo.verify(read_data=1.0), allowed)
             measured(repo, lambda: repo.audit(), allowed)
+            rebuilt, _ = measured(
+                repo,
+                lambda: statebag.rebuild((internals.objects(repo), MemoryMetaStore())),
+                allowed,
+            )
+            if trial.what in METADATA_ONLY:
+                # The packs are whole: the object store alone restores every version.
+                assert rebuilt is not None and rebuilt.versions == len(versions), rebuilt
             if not trial.crafted and report is not None:
                 assert report.ok == (not failed_loads), (trial.what, report, failed_loads)
         finally:

@@ -12,15 +12,18 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 import statebag
 from statebag import ConfigError, Repository
+from statebag.hashing import hash_bytes
 from statebag.liveness import ProcessLiveness
+from statebag.manifests import MANIFEST_ENCODER
 from statebag.meta.memory import MemoryMetaStore
 from statebag.objects import ObjectStore
 from statebag.objects.memory import MemoryObjectStore
-from statebag.packs import PACKS_PREFIX, pack_id_of, parse_pack
+from statebag.packs import PACKS_PREFIX, PackWriter, pack_id_of, pack_key, parse_pack
 from statebag.testing import CRASH_EXIT_CODE, run_until_crash
 
 from . import internals
@@ -302,3 +305,26 @@ def test_a_repack_keeps_every_manifest_a_rebuild_needs() -> None:
         assert set(states) <= manifests_in_packs(objects)
     rebuilt = statebag.rebuild((objects, MemoryMetaStore()))
     assert rebuilt.versions == len(states), rebuilt
+
+
+def test_a_manifest_whose_claims_its_nodes_do_not_back_is_not_restored() -> None:
+    """A pack carrying a crafted manifest (its nodes whole, its logical size a lie): the
+    rebuild reports it and counts none of it, so ``stats`` never trusts a claim no save
+    checked."""
+    objects, meta = MemoryObjectStore(), MemoryMetaStore()
+    with statebag.open(objects=objects, meta=meta, create=True) as repo:
+        saved = repo.save("c", {"blob": random.Random(3).randbytes(50_000), "n": 1})
+        honest = repo.stats().bytes_logical
+        manifest = internals.manifest(repo, saved.manifest_id)
+    crafted = msgspec.structs.replace(manifest, chain="crafted", size=2**40)
+    raw = MANIFEST_ENCODER.encode(crafted)
+    writer = PackWriter(bytes(16))
+    writer.add_manifest(hash_bytes(raw), raw)
+    pack_id, data, _ = writer.finish()
+    objects.put(pack_key(pack_id), data)
+    report = statebag.rebuild((objects, rebuilt := MemoryMetaStore()))
+    assert report.versions == 1 and report.chains == 1, report
+    assert any(hash_bytes(raw).hex() in problem for problem in report.problems), report
+    with statebag.open(objects=objects, meta=rebuilt, create=False) as repo:
+        assert repo.stats().bytes_logical == honest
+        assert list(repo.chains()) == ["c"]

@@ -276,6 +276,13 @@ def test_names_past_the_fields_node_bound_are_refused_before_commit(
         repo.save("c", {long: os.urandom(20_000), "short": 1})
     assert info.value.path == long
     assert repo.stats() == before
+    # Told from the names before anything was encoded: no pack was even uploaded, though
+    # a value of three packs' worth ships its first packs while later fields encode.
+    with statebag.open(f"memory://{uuid.uuid4().hex}", pack_size=1 << 20) as small_packs:
+        requests = small_packs.io_counters()
+        with pytest.raises(InvalidInputError):
+            small_packs.save("c", {"a": os.urandom(3 << 20), long: 1, "z": os.urandom(3 << 20)})
+        assert (small_packs.io_counters() - requests).puts == 0
     assert list(internals.objects(repo).list("packs/")) == []
     # Within the bound, the same state saves.
     repo.save("c", {"L" * 990: os.urandom(20_000), "short": 1})

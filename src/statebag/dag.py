@@ -58,6 +58,7 @@ __all__ = [
     "TreeField",
     "build_fields",
     "build_index",
+    "check_field_names",
     "children_of",
     "children_of_fields_node",
     "entry_size",
@@ -506,6 +507,30 @@ def build_fields(
             next_firsts,
             next_hashes,
         )
+        level += 1
+
+
+def check_field_names(
+    names: Sequence[str], /, *, grouping: Groupings, hashes: dict[str, bytes] | None = None
+) -> None:
+    """InvalidInputError, naming the longest, if the fields tree of ``names`` (sorted,
+    unique) would put more than FIELDS_NAMES_MAX bytes of names in one node: what
+    :func:`build_fields` refuses, told from the names alone before anything is encoded or
+    stored. ``hashes`` caches name hashes as in :func:`build_fields`."""
+    if 4 * sum(map(len, names)) <= FIELDS_NAMES_MAX:
+        return  # no node can hold more names than all of them
+    known = hashes if hashes is not None else {}
+    firsts = list(names)
+    name_hashes = [known.get(name) or known.setdefault(name, name_hash(name)) for name in names]
+    level = 0
+    while True:
+        groups = list(_fields_groups(name_hashes, level, grouping))
+        for lo, hi in groups:
+            _check_names(firsts[lo:hi])
+        if len(groups) <= 1:
+            return
+        firsts = [firsts[lo] for lo, _ in groups]
+        name_hashes = [name_hashes[lo] for lo, _ in groups]
         level += 1
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from . import codec, dag
@@ -333,7 +333,14 @@ def _walk_versions(
     versions: dict[bytes, tuple[bytes, Manifest]] = {}
     for manifest_id, (raw, manifest) in sorted(packs.manifests.items()):
         if walk(manifest.root):
-            versions[manifest_id] = (raw, manifest)
+            if _claims_hold(manifest, packs, chosen):
+                versions[manifest_id] = (raw, manifest)
+            else:
+                problems.append(
+                    f"version {manifest_id.hex()} of chain {manifest.chain!r} is not restored: "
+                    "its manifest's field count or size, or a length its trees claim, is not "
+                    "what its nodes hold"
+                )
         else:
             problems.append(
                 f"version {manifest_id.hex()} of chain {manifest.chain!r} (seq {manifest.seq}) "
@@ -350,6 +357,31 @@ def _walk_versions(
     for _, manifest in versions.values():
         refs[manifest.root] += 1
     return versions, set(interior), refs
+
+
+def _claims_hold(
+    manifest: Manifest, packs: _Packs, chosen: dict[bytes, tuple[bytes, int, int, int]]
+) -> bool:
+    """Whether what a manifest claims (fields, logical size) is what its fields table holds,
+    and each tree's lengths are what its chunks hold: a rebuild counts nothing in the
+    totals that a save would not have checked first."""
+
+    def fetch(ids: Sequence[bytes]) -> dict[bytes, bytes]:
+        return {node_id: packs.interior_bytes[node_id] for node_id in ids}
+
+    try:
+        entries = list(dag.iter_fields(manifest.root, fetch))
+        if len(entries) != manifest.fields:
+            return False
+        if sum(dag.entry_size(entry) for _, entry in entries) != manifest.size:
+            return False
+        trees = {name: entry for name, entry in entries if type(entry) is TreeField}
+        for chunks in dag.leaves_of_many(trees, fetch).values():
+            if any(chosen[chunk][3] != claimed for chunk, claimed in chunks):
+                return False
+    except (IntegrityError, KeyError):
+        return False
+    return True
 
 
 def _heads(versions: dict[bytes, tuple[bytes, Manifest]]) -> dict[str, tuple[bytes, Manifest]]:

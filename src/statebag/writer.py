@@ -423,7 +423,11 @@ class Writer:
         # unless a writer made them, they are checked against their chunks first.
         unchecked: dict[str, TreeField] = {}
         base_checked = base is not None and base.checked
-        for name in sorted({*plan.data, *plan.given}):
+        names = sorted({*plan.data, *plan.given})
+        name_hashes = dict(base.name_hashes) if base is not None else {}
+        # Names too long for one fields node are refused before anything is stored.
+        dag.check_field_names(names, grouping=self._grouping, hashes=name_hashes)
+        for name in names:
             taken = plan.given.get(name)
             if taken is not None:
                 # A merge takes this field as one side stored it: nothing to encode.
@@ -464,7 +468,6 @@ class Writer:
         self._reader.check_lengths(unchecked)
 
         ordered = sorted(run.entries.items())
-        name_hashes = dict(base.name_hashes) if base is not None else {}
         root, fields_nodes = dag.build_fields(ordered, grouping=self._grouping, hashes=name_hashes)
         known = base.node_ids if base is not None else set()
         unknown = [node for node in fields_nodes if node.node_id not in known]
