@@ -185,3 +185,29 @@ def _fields_rows(repo: statebag.Repository, manifest_id: str) -> list[int]:
 
     list(dag.iter_fields(manifest(repo, manifest_id).root, fetch))
     return counts
+
+
+def test_a_handle_opened_before_an_upgrade_keeps_writing_format_1_safely(
+    steps: dict[str, Step], tmp_path: Any
+) -> None:
+    """Two processes' handles: one upgrades, the other still writes format 1's groupings
+    (it read the configuration before). Both groupings share nodes and counts; every
+    version loads, and gc and the audit find the counts exact."""
+    chain, before, after = steps["edit_1k_in_64m"]
+    path = tmp_path / "r"
+    with statebag.open(path, format=1, fsync=False, **_chunking()) as old_handle:
+        first = old_handle.save(chain, before).manifest_id
+        with statebag.open(path, create=False) as new_handle:
+            assert new_handle.upgrade() == 2
+            upgraded = new_handle.save(chain, after).manifest_id
+            # The old handle saves on top, with format 1's wide nodes.
+            late = old_handle.save(chain, before).manifest_id
+            assert manifest(old_handle, late).format == 1
+            assert manifest(new_handle, upgraded).format == 2
+            new_handle.delete(first)
+            new_handle.gc(grace=0)
+            assert new_handle.load(upgraded) == after
+            assert new_handle.load(late) == before
+            report = new_handle.audit()
+            assert report.ok and not report.over_counted and not report.under_counted, report
+            assert new_handle.verify().ok
